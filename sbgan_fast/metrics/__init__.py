@@ -1,0 +1,1 @@
+"""sbgan_fast.metrics"""

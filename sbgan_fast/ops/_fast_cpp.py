@@ -1,0 +1,1 @@
+"""Registration of the C++/CUDA impls (sbgan_fast._C), imported lazily."""

@@ -1,0 +1,1 @@
+"""Registration of the Triton impls (sbgan_fast.kernels), imported lazily."""
