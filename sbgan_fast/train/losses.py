@@ -1,0 +1,86 @@
+"""GAN losses of the three stages (REFERENCE.md sections 4, 7, 8)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+
+def wgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """G = -mean D(fake)."""
+    return -d_fake.mean()
+
+
+def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, **d_kwargs) -> torch.Tensor:
+    """WGAN-GP: mean over samples of (||grad_x D(x_hat)||_2 - 1)^2, x_hat a per-sample interpolate of
+    real and (detached) fake, norm over all non-batch dims, create_graph=True (second order through D).
+
+    The D forward runs inside :func:`sbgan_fast.ops.double_backward`, so no first-order-only fast op
+    is chosen there."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    with ops.double_backward():
+        out = D(x_hat, **d_kwargs)
+        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def wgan_gp_d_loss(D, real: torch.Tensor, fake: torch.Tensor, lambda_gp: float = 10.0, **d_kwargs):
+    """D = mean D(fake) - mean D(real) + lambda_gp * GP. Returns (loss, dict of parts)."""
+    d_real = D(real, **d_kwargs)
+    d_fake = D(fake.detach(), **d_kwargs)
+    gp = gradient_penalty(D, real, fake, **d_kwargs)
+    w = d_fake.mean() - d_real.mean()
+    return w + lambda_gp * gp, {"wdist": -w.detach(), "gp": gp.detach()}
+
+
+def _preds(outputs) -> List[torch.Tensor]:
+    """Multiscale D output (list per scale of feature lists, prediction last) -> predictions."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    return [o[-1] if isinstance(o, (list, tuple)) else o for o in outputs]
+
+
+def hinge_d_loss(real_out, fake_out) -> torch.Tensor:
+    """-mean(min(x_real - 1, 0)) - mean(min(-x_fake - 1, 0)), averaged over scales."""
+    reals, fakes = _preds(real_out), _preds(fake_out)
+    loss = 0.0
+    for r, f in zip(reals, fakes):
+        loss = loss + (-torch.clamp(r - 1, max=0).mean()) + (-torch.clamp(-f - 1, max=0).mean())
+    return loss / len(reals)
+
+
+def hinge_d_parts(real_out, fake_out):
+    reals, fakes = _preds(real_out), _preds(fake_out)
+    r = sum(-torch.clamp(x - 1, max=0).mean() for x in reals) / len(reals)
+    f = sum(-torch.clamp(-x - 1, max=0).mean() for x in fakes) / len(fakes)
+    return r, f
+
+
+def hinge_g_loss(fake_out) -> torch.Tensor:
+    """-mean(x_fake), averaged over scales."""
+    fakes = _preds(fake_out)
+    return sum(-f.mean() for f in fakes) / len(fakes)
+
+
+def feature_matching_loss(fake_out: Sequence[Sequence[torch.Tensor]], real_out, lambda_feat: float = 10.0):
+    """L1 between fake and detached real intermediate features (prediction excluded), summed over
+    layers and scales, x lambda_feat / num_D."""
+    num_d = len(fake_out)
+    loss = 0.0
+    for f_feats, r_feats in zip(fake_out, real_out):
+        for f, r in zip(f_feats[:-1], r_feats[:-1]):
+            loss = loss + F.l1_loss(f, r.detach())
+    return loss * (lambda_feat / num_d)
+
+
+def split_real_fake(outputs, n_fake: int):
+    """D ran on cat([fake, real]): split each feature of each scale into (fake, real) parts."""
+    fake, real = [], []
+    for feats in outputs:
+        fake.append([t[:n_fake] for t in feats])
+        real.append([t[n_fake:] for t in feats])
+    return fake, real

@@ -1,0 +1,177 @@
+"""Run-folder plumbing shared by the stages: device, data streams, logging, grids.
+
+A run folder holds ``config.json`` (the resolved config), ``stats.jsonl`` (one JSON object per log
+interval), ``tb/`` (TensorBoard scalars and image grids), ``samples/`` (PNG grids) and
+``checkpoints/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+from .config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+# ---------------------------------------------------------------------- data order
+class SampleStream:
+    """An endless, resumable stream of dataset indices: epoch e is a permutation of range(n) drawn
+    from a generator seeded by (seed, e). ``indices(offset, count)`` returns stream items
+    [offset, offset+count), so any step's batch is a pure function of the schedule."""
+
+    def __init__(self, n: int, seed: int):
+        if n <= 0:
+            raise ValueError("the dataset is empty")
+        self.n, self.seed = n, seed
+        self._cache: Dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.pop(min(self._cache))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache[epoch] = torch.randperm(self.n, generator=g)
+        return self._cache[epoch]
+
+    def indices(self, offset: int, count: int) -> List[int]:
+        out = []
+        while count > 0:
+            epoch, pos = divmod(offset, self.n)
+            take = min(count, self.n - pos)
+            out.extend(self._perm(epoch)[pos:pos + take].tolist())
+            offset += take
+            count -= take
+        return out
+
+
+class ScheduledBatches:
+    """Batch sampler for torch's DataLoader: yields the index lists of steps [start, end) where
+    ``schedule(step) -> (stream_offset, batch_size)``."""
+
+    def __init__(self, stream: SampleStream, schedule: Callable[[int], tuple], start: int, end: int):
+        self.stream, self.schedule, self.start, self.end = stream, schedule, start, end
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for step in range(self.start, self.end):
+            offset, bs = self.schedule(step)
+            yield self.stream.indices(offset, bs)
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def make_loader(dataset, stream: SampleStream, schedule, start: int, end: int, num_workers: int, seed: int):
+    # The loader's own generator keeps it from drawing its worker base seed from torch's global RNG,
+    # whose state is checkpointed: creating a loader on resume must not shift the training noise.
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=ScheduledBatches(stream, schedule, start, end), num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed + start))
+
+
+def step_generator(seed: int, stage: str, step: int, device: torch.device) -> torch.Generator:
+    """A generator for per-step random choices that must not depend on how the run was split
+    (flips): seeded by (seed, stage, step)."""
+    salt = {"seg": 1, "spade": 2, "e2e": 3, "d2": 4}[stage]
+    g = torch.Generator(device="cpu")
+    g.manual_seed((seed * 7919 + salt) * 1_000_003 + step)
+    return g
+
+
+def random_hflip(gen: torch.Generator, *tensors: torch.Tensor):
+    """Flip each sample of every tensor (same decision across tensors) with probability 1/2."""
+    n = tensors[0].shape[0]
+    flip = (torch.rand(n, generator=gen) < 0.5).to(tensors[0].device)
+    out = []
+    for t in tensors:
+        shape = (n,) + (1,) * (t.dim() - 1)
+        out.append(torch.where(flip.view(shape), t.flip(-1), t))
+    return out
+
+
+# ---------------------------------------------------------------------- logging
+class RunLogger:
+    """JSONL stats, TensorBoard scalars/images and a rank-0 progress bar with images/s and ETA."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, enabled: bool = True):
+        self.cfg, self.out_dir, self.enabled = cfg, out_dir, enabled
+        self.tb = None
+        self.bar = None
+        self._warned_tb = False
+        if not enabled:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        self.stats_path = os.path.join(out_dir, "stats.jsonl")
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+            except Exception as e:  # noqa: BLE001 - tensorboard missing or broken
+                print(f"[sbgan_fast] TensorBoard logging off ({type(e).__name__}: {e}); "
+                      "install 'tensorboard' to enable it", file=sys.stderr)
+
+    def start_stage(self, stage: str, start: int, total: int, images_per_step: float) -> None:
+        self._t0, self._s0 = time.perf_counter(), start
+        self._ips = images_per_step
+        if not self.enabled or not self.cfg.progress:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=start, desc=f"{stage:>5}", dynamic_ncols=True, unit="step",
+                        file=sys.stderr, mininterval=1.0)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, stage: str, step: int, images: int, scalars: Dict[str, float]) -> Dict[str, float]:
+        elapsed = time.perf_counter() - self._t0
+        done = step - self._s0
+        rec = {"stage": stage, "step": step, "images": images, "time": time.time(),
+               "images_per_s": (done * self._ips / elapsed) if elapsed > 0 and done > 0 else 0.0}
+        rec.update({k: float(v) for k, v in scalars.items()})
+        if not self.enabled:
+            return rec
+        with open(self.stats_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k not in ("stage", "step", "time", "images") and isinstance(v, float) and math.isfinite(v):
+                    self.tb.add_scalar(f"{stage}/{k}", v, images)
+        if self.bar is not None:
+            short = {k: f"{v:.3g}" for k, v in scalars.items() if k.startswith("loss")}
+            short["img/s"] = f"{rec['images_per_s']:.1f}"
+            self.bar.set_postfix(short, refresh=False)
+        return rec
+
+    def image(self, tag: str, hwc_uint8, step: int) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, hwc_uint8, step, dataformats="HWC")
+
+    def end_stage(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.end_stage()
+        if self.tb is not None:
+            self.tb.close()

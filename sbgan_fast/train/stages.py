@@ -1,0 +1,407 @@
+"""The three training stages: ``seg`` (progressive WGAN-GP on label maps), ``spade`` (label-to-image
+pretraining on real pairs) and ``e2e`` (joint fine-tuning of all five networks with D2).
+
+Each stage is a step function over a deterministic schedule: the batch, flips and learning rate of
+step ``s`` depend only on the config and ``s``, and every other random draw comes from torch's RNG,
+whose state is checkpointed, so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from . import losses as L
+from .run import random_hflip, step_generator
+
+
+def set_requires_grad(nets, flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def decay_factor(epoch: float, epochs: float, epochs_decay: float) -> float:
+    """SPADE's schedule: constant for ``epochs``, then linear decay to 0 over ``epochs_decay``,
+    updated once per (whole) epoch."""
+    e = math.floor(epoch)
+    if epochs_decay <= 0 or e < epochs:
+        return 1.0
+    return max(0.0, 1.0 - (e - math.floor(epochs)) / epochs_decay)
+
+
+class Stage:
+    """Base class. Subclasses define networks, optimizers, the schedule and one training step."""
+
+    name = ""
+    trains: Tuple[str, ...] = ()     # networks whose parameters this stage updates
+
+    def __init__(self, trainer):
+        self.t = trainer
+        self.cfg = trainer.cfg
+        self.dev = trainer.device
+
+    # -- schedule ---------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def schedule(self, step: int) -> Tuple[int, int]:
+        """(offset into the sample stream, batch size) of ``step``."""
+        raise NotImplementedError
+
+    def images_per_step(self) -> float:
+        return float(self.schedule(0)[1])
+
+    def images_done(self, step: int) -> int:
+        off, bs = self.schedule(step - 1) if step > 0 else (0, 0)
+        return off + bs
+
+    # -- optimizers -------------------------------------------------------------------------
+    def make_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def adam(self, net, lr: float, betas) -> torch.optim.Optimizer:
+        kwargs = {}
+        if self.dev.type == "cuda":
+            kwargs["fused"] = True
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas), **kwargs)
+
+    def set_lr(self, step: int) -> Dict[str, float]:
+        return {}
+
+    def step(self, step: int, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------
+    def real_batch(self, step: int, batch, *, need_image: bool):
+        """Move to device, flip (shared image/label decision from the per-step generator)."""
+        labels = batch["label"].to(self.dev, non_blocking=True).long()
+        image = batch["image"].to(self.dev, non_blocking=True) if need_image else None
+        if self.cfg.data.hflip:
+            gen = step_generator(self.cfg.seed, self.name, step, self.dev)
+            if image is not None:
+                image, labels = random_hflip(gen, image, labels)
+            else:
+                (labels,) = random_hflip(gen, labels)
+        if image is not None and image.dtype == torch.uint8:
+            image = image.float().div_(127.5).sub_(1.0)
+        return labels, image
+
+    def preview(self):
+        """(labels (N,H,W) int, images (N,3,H,W) in [-1,1] or None) for the sample grid."""
+        return None, None
+
+
+# ======================================================================================= seg
+@dataclass
+class Phase:
+    res: int
+    kind: str          # 'stabilize' | 'fade'
+    start: int         # first step
+    steps: int
+    batch: int
+    offset: int        # stream offset at its first step
+
+
+class SegStage(Stage):
+    name = "seg"
+    trains = ("G_seg", "D_seg")
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        c = self.cfg.seg
+        n = trainer.dataset_size
+        self.phases: List[Phase] = []
+        start = offset = 0
+        for res in trainer.G_seg.resolutions:
+            for kind in (("stabilize",) if res == trainer.G_seg.resolutions[0] else ("fade", "stabilize")):
+                bs = c.batch_size if res <= 128 else c.batch_size_high
+                steps = max(1, math.ceil(c.epochs_per_phase * n / bs))
+                self.phases.append(Phase(res, kind, start, steps, bs, offset))
+                start += steps
+                offset += steps * bs
+        self._total = start
+
+    def total_steps(self) -> int:
+        return self._total
+
+    def phase(self, step: int) -> Phase:
+        for ph in self.phases:
+            if step < ph.start + ph.steps:
+                return ph
+        return self.phases[-1]
+
+    def schedule(self, step: int):
+        ph = self.phase(step)
+        return ph.offset + (step - ph.start) * ph.batch, ph.batch
+
+    def alpha(self, step: int) -> float:
+        ph = self.phase(step)
+        if not self.cfg.seg.fade_in or ph.kind != "fade":
+            return 1.0
+        return min(1.0, (step - ph.start + 1) / ph.steps)
+
+    def make_optimizers(self):
+        c = self.cfg.seg
+        return {"G_seg": self.adam(self.t.G_seg, c.lr, c.betas), "D_seg": self.adam(self.t.D_seg, c.lr, c.betas)}
+
+    def step(self, step, batch):
+        t, c = self.t, self.cfg.seg
+        ph, alpha = self.phase(step), self.alpha(step)
+        labels, _ = self.real_batch(step, batch, need_image=False)
+        n = labels.shape[0]
+        size = (ph.res, int(ph.res * c.aspect_ratio))
+        real = t.onehot(labels, size=size)
+        G, D = t.G_seg, t.D_seg
+        opt_g, opt_d = t.optims["G_seg"], t.optims["D_seg"]
+        # G step
+        set_requires_grad([D], False)
+        z = torch.randn(n, c.z_dim, device=self.dev)
+        p = G(z, res=ph.res, alpha=alpha)
+        fake = ops.gumbel_softmax_st(torch.log(p + 1e-5), c.tau, impl=self.cfg.impl)
+        g_loss = L.wgan_g_loss(D(fake, alpha=alpha))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        set_requires_grad([D], True)
+        # D step (fresh z)
+        with torch.no_grad():
+            z = torch.randn(n, c.z_dim, device=self.dev)
+            p = G(z, res=ph.res, alpha=alpha)
+            fake = ops.gumbel_softmax_st(torch.log(p + 1e-5), c.tau, impl=self.cfg.impl)
+        d_loss, parts = L.wgan_gp_d_loss(D, real, fake, c.lambda_gp, alpha=alpha)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        return {"loss_G": g_loss.detach(), "loss_D": d_loss.detach(), "wdist": parts["wdist"],
+                "gp": parts["gp"], "res": torch.tensor(float(ph.res))}
+
+    def preview(self):
+        ph = self.phase(max(0, self.t.current_step - 1))
+        with torch.no_grad():
+            self.t.G_seg.eval()
+            p = self.t.G_seg(self.t.preview_z, res=ph.res)
+            self.t.G_seg.train()
+        return p.argmax(1), None
+
+
+# ===================================================================================== spade
+class SpadeStage(Stage):
+    name = "spade"
+    trains = ("G_spd", "D_spd")
+
+    def _cfg(self):
+        return self.cfg.spade
+
+    def epochs(self) -> Tuple[float, float]:
+        c = self.cfg.spade
+        return c.epochs, c.epochs_decay
+
+    def batch_size(self) -> int:
+        return self.cfg.spade.batch_size
+
+    def total_steps(self) -> int:
+        e, d = self.epochs()
+        return max(1, math.ceil((e + d) * self.t.dataset_size / self.batch_size()))
+
+    def schedule(self, step):
+        bs = self.batch_size()
+        return step * bs, bs
+
+    def make_optimizers(self):
+        c = self.cfg.spade
+        return {"G_spd": self.adam(self.t.G_spd, c.lr_G, c.betas), "D_spd": self.adam(self.t.D_spd, c.lr_D, c.betas)}
+
+    def set_lr(self, step):
+        c = self.cfg.spade
+        e, d = self.epochs()
+        epoch = self.schedule(step)[0] / self.t.dataset_size
+        f = decay_factor(epoch, e, d)
+        lrs = {"G_spd": c.lr_G * f, "D_spd": c.lr_D * f}
+        for name, lr in lrs.items():
+            for g in self.t.optims[name].param_groups:
+                g["lr"] = lr
+        return {f"lr_{k}": v for k, v in lrs.items()}
+
+    # shared with e2e
+    def spade_g_losses(self, seg, real_img) -> Dict[str, torch.Tensor]:
+        c, t = self.cfg.spade, self.t
+        fake = t.G_spd(seg)
+        n = fake.shape[0]
+        out = t.D_spd(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real_img], 1)], 0))
+        fake_out, real_out = L.split_real_fake(out, n)
+        res = {"G_gan": L.hinge_g_loss(fake_out),
+               "G_feat": L.feature_matching_loss(fake_out, real_out, c.lambda_feat)}
+        if t.vgg is not None:
+            res["G_vgg"] = t.vgg(fake, real_img) * c.lambda_vgg
+        return res
+
+    def spade_d_losses(self, seg, real_img) -> Dict[str, torch.Tensor]:
+        t = self.t
+        with torch.no_grad():
+            fake = t.G_spd(seg)
+        n = fake.shape[0]
+        out = t.D_spd(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real_img], 1)], 0))
+        fake_out, real_out = L.split_real_fake(out, n)
+        d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
+        return {"D_real": d_real, "D_fake": d_fake}
+
+    def step(self, step, batch):
+        t = self.t
+        labels, image = self.real_batch(step, batch, need_image=True)
+        seg = t.onehot(labels)
+        set_requires_grad([t.D_spd], False)
+        g = self.spade_g_losses(seg, image)
+        g_loss = sum(g.values())
+        t.optims["G_spd"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        t.optims["G_spd"].step()
+        set_requires_grad([t.D_spd], True)
+        d = self.spade_d_losses(seg, image)
+        d_loss = sum(d.values())
+        t.optims["D_spd"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        t.optims["D_spd"].step()
+        out = {"loss_G": g_loss.detach(), "loss_D": d_loss.detach()}
+        out.update({k: v.detach() for k, v in {**g, **d}.items()})
+        return out
+
+    def preview(self):
+        t = self.t
+        labels = t.preview_labels
+        with torch.no_grad():
+            t.G_spd.eval()
+            img = t.G_spd(t.onehot(labels))
+            t.G_spd.train()
+        return labels, img
+
+
+# ======================================================================================= e2e
+class E2EStage(SpadeStage):
+    name = "e2e"
+    trains = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+
+    def epochs(self):
+        c = self.cfg.e2e
+        return c.epochs, c.epochs_decay
+
+    def batch_size(self):
+        return self.cfg.e2e.batch_size
+
+    def pretrain_steps(self) -> int:
+        c = self.cfg.e2e
+        return math.ceil(c.d2_pretrain_epochs * self.t.dataset_size / self.batch_size()) if c.d2_pretrain_epochs > 0 else 0
+
+    def total_steps(self):
+        return self.pretrain_steps() + super().total_steps()
+
+    def schedule(self, step):
+        bs = self.batch_size()
+        return step * bs, bs
+
+    def set_lr(self, step):
+        c, cs = self.cfg.e2e, self.cfg.spade
+        joint = max(0, step - self.pretrain_steps())
+        epoch = joint * self.batch_size() / self.t.dataset_size
+        f = decay_factor(epoch, c.epochs, c.epochs_decay)
+        lrs = {"G_spd": c.lr_G * f, "D_spd": c.lr_D * f}
+        for name, lr in lrs.items():
+            for g in self.t.optims[name].param_groups:
+                g["lr"] = lr
+        del cs
+        return {f"lr_{k}": v for k, v in lrs.items()}
+
+    def make_optimizers(self):
+        c, cs = self.cfg.e2e, self.cfg.spade
+        t = self.t
+        return {"G_seg": self.adam(t.G_seg, c.lr_seg, c.seg_betas), "D_seg": self.adam(t.D_seg, c.lr_seg, c.seg_betas),
+                "G_spd": self.adam(t.G_spd, c.lr_G, cs.betas), "D_spd": self.adam(t.D_spd, c.lr_D, cs.betas),
+                "D2": self.adam(t.D2, c.lr_D2, c.d2_betas)}
+
+    def seg_to_image_size(self, seg):
+        return F.interpolate(seg, scale_factor=2, mode="nearest") if self.cfg.e2e.seg_half_res else seg
+
+    def step(self, step, batch):
+        if step < self.pretrain_steps():
+            return self.d2_pretrain_step(step, batch)
+        return self.joint_step(step, batch)
+
+    def d2_pretrain_step(self, step, batch):
+        """D2 alone: real images vs G_spd(argmax G_seg(z)), hinge."""
+        t, cs = self.t, self.cfg.seg
+        _, image = self.real_batch(step, batch, need_image=True)
+        n = image.shape[0]
+        with torch.no_grad():
+            p = t.G_seg(torch.randn(n, cs.z_dim, device=self.dev))
+            fake = t.G_spd(self.seg_to_image_size(ops.argmax_one_hot(p, impl=self.cfg.impl)))
+        out = t.D2(torch.cat([fake, image], 0))
+        fake_out, real_out = L.split_real_fake(out, n)
+        d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
+        loss = d_real + d_fake
+        t.optims["D2"].zero_grad(set_to_none=True)
+        loss.backward()
+        t.optims["D2"].step()
+        return {"loss_D2": loss.detach(), "D2_real": d_real.detach(), "D2_fake": d_fake.detach()}
+
+    def joint_step(self, step, batch):
+        t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
+        labels, image = self.real_batch(step, batch, need_image=True)
+        n = labels.shape[0]
+        seg_real_img = t.onehot(labels)
+        seg_size = (cs.max_dim, int(cs.max_dim * cs.aspect_ratio))
+        seg_real_low = t.onehot(labels, size=seg_size)
+        g_nets, d_nets = [t.G_seg, t.G_spd], [t.D_seg, t.D_spd, t.D2]
+        # ---- generators
+        set_requires_grad(d_nets, False)
+        z = torch.randn(n, cs.z_dim, device=self.dev)
+        p = t.G_seg(z)
+        fake_seg = ops.gumbel_softmax_st(torch.log(p + 1e-5), cs.tau, impl=self.cfg.impl)
+        seg_g = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
+        fake_img2 = t.G_spd(self.seg_to_image_size(fake_seg))
+        d2_g = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
+        g = self.spade_g_losses(seg_real_img, image)
+        g_loss = seg_g + d2_g + sum(g.values())
+        for name in ("G_seg", "G_spd"):
+            t.optims[name].zero_grad(set_to_none=True)
+        g_loss.backward()
+        for name in ("G_seg", "G_spd"):
+            t.optims[name].step()
+        set_requires_grad(d_nets, True)
+        # ---- discriminators
+        seg_d, parts = L.wgan_gp_d_loss(t.D_seg, seg_real_low, fake_seg.detach(), cs.lambda_gp)
+        seg_d = c.lambda_seg * seg_d
+        d = self.spade_d_losses(seg_real_img, image)
+        out2 = t.D2(torch.cat([fake_img2.detach(), image], 0))
+        f2, r2 = L.split_real_fake(out2, n)
+        d2_real, d2_fake = L.hinge_d_parts(r2, f2)
+        d2_d = c.lambda_d2 * (d2_real + d2_fake)
+        d_loss = seg_d + sum(d.values()) + d2_d
+        for name in ("D_seg", "D_spd", "D2"):
+            t.optims[name].zero_grad(set_to_none=True)
+        d_loss.backward()
+        for name in ("D_seg", "D_spd", "D2"):
+            t.optims[name].step()
+        out = {"loss_G": g_loss.detach(), "loss_D": d_loss.detach(), "seg_G": seg_g.detach(),
+               "seg_D": seg_d.detach(), "wdist": parts["wdist"], "gp": parts["gp"], "D2_G": d2_g.detach(),
+               "D2_D": d2_d.detach()}
+        out.update({k: v.detach() for k, v in {**g, **d}.items()})
+        return out
+
+    def preview(self):
+        t = self.t
+        with torch.no_grad():
+            t.G_seg.eval()
+            t.G_spd.eval()
+            p = t.G_seg(t.preview_z)
+            seg = self.seg_to_image_size(ops.argmax_one_hot(p, impl=self.cfg.impl))
+            img = t.G_spd(seg)
+            t.G_seg.train()
+            t.G_spd.train()
+        return seg.argmax(1), img
+
+
+STAGE_CLASSES = {"seg": SegStage, "spade": SpadeStage, "e2e": E2EStage}

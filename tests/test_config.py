@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from sbgan_fast.train.config import PRESETS, ConfigError, build_config, from_dict, preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate(name):
+    cfg = build_config(name, **({} if name == "demo" else {"data.root": "/data"}))
+    assert cfg.preset == name
+    assert from_dict(json.loads(cfg.to_json())).to_dict() == cfg.to_dict()
+
+
+def test_authors_values():
+    c = preset("cityscapes")
+    assert (c.seg.lr, c.seg.betas, c.seg.lambda_gp) == (1e-3, (0.0, 0.99), 10.0)
+    assert (c.seg.batch_size, c.seg.batch_size_high, c.seg.aspect_ratio) == (16, 4, 2.0)
+    assert (c.spade.lr_G, c.spade.lr_D, c.spade.betas) == (1e-4, 4e-4, (0.0, 0.9))
+    assert (c.spade.lambda_feat, c.spade.lambda_vgg, c.spade.num_upsampling_layers) == (10.0, 10.0, "more")
+    assert (c.e2e.lr_seg, c.e2e.lr_D2, c.e2e.d2_betas, c.e2e.lambda_seg, c.e2e.lambda_d2) == (
+        1e-5, 2e-4, (0.0, 0.99), 10.0, 0.1)
+    assert c.e2e.detach_seg and not c.seg.fade_in and c.seg.pixel_norm == "code"
+    a = preset("ade_indoor")
+    assert (a.data.num_classes, a.e2e.lr_seg, a.seg.batch_size, a.seg.batch_size_high) == (95, 1e-4, 36, 12)
+
+
+def test_overrides_and_types(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("spade:\n  ngf: 16\nseg.lr: 0.002\n")
+    cfg = build_config("demo", str(f), ["seg.betas=0.5,0.9", "data.hflip=false", "stages=seg,spade"])
+    assert cfg.spade.ngf == 16 and cfg.seg.lr == 0.002 and cfg.seg.betas == (0.5, 0.9)
+    assert cfg.data.hflip is False and cfg.stages == ["seg", "spade"]
+
+
+@pytest.mark.parametrize("kwargs, overrides, match", [
+    ({"preset_name": "nope"}, [], "unknown preset 'nope'"),
+    ({}, ["spade.nfg=3"], "unknown config key 'spade.nfg'"),
+    ({}, ["spade.ngf=abc"], "spade.ngf: expected an integer"),
+    ({}, ["seg.max_dim=48"], "seg.max_dim must be a power of two"),
+    ({}, ["stages=seg,foo"], "stages"),
+    ({}, ["data.dataset=imagenet"], "data.dataset"),
+    ({}, ["spade.crop_size=128"], "must equal the SPADE generator's output"),
+    ({}, ["noequals"], "KEY=VALUE"),
+    ({"preset_name": "cityscapes"}, [], "data.root"),
+])
+def test_bad_config_values(kwargs, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(kwargs.get("preset_name", "demo"), None, overrides)
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        build_config("demo", str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        build_config("demo", str(bad))
