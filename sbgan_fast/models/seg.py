@@ -1,0 +1,512 @@
+"""Progressive semantic-bottleneck generator G_seg and segmentation discriminator D_seg.
+
+Both networks hold one block per resolution 4, 8, ..., ``max_dim`` (height; width = height x ``aspect_ratio``).
+Resolution index ``j = log2(res) - 2`` (0 for 4x4). Channels at index j: ``ch(j) = min(512, 2 ** (12 - j))``
+(512 for 4..32, 256 at 64, 128 at 128, 64 at 256), times ``width_mult``.
+
+G_seg (z -> class probabilities):
+    block 0: PixelNorm(z) -> EqualizedLinear(z_dim, ch(0) * 4 * 4AR, gain sqrt(2)/4) -> view (N, ch(0), 4, 4AR)
+             -> LReLU(0.2) -> PixelNorm -> eq. conv3x3 -> LReLU -> PixelNorm
+    block j: nearest x2 -> (eq. conv3x3 -> LReLU -> PixelNorm) x 2, ch(j-1) -> ch(j) -> ch(j)
+    head j ("to_mask"): eq. conv1x1 (gain 1) ch(j) -> K, softmax over classes (the network returns probabilities).
+
+D_seg (label map -> score), run from the input resolution down to 4:
+    from_mask j: eq. conv1x1 (gain 1) K -> ch(j) -> LReLU
+    block j > 0: eq. conv3x3 ch(j) -> ch(j) -> LReLU -> eq. conv3x3 ch(j) -> ch(j-1) -> LReLU -> avg-pool 2x2
+    block 0:     eq. conv3x3 stride (1, AR) ch(0) -> ch(0) -> LReLU (4 x 4AR -> 4 x 4) -> eq. conv4x4 valid
+                 ch(0) -> ch(0) -> LReLU -> flatten -> EqualizedLinear(ch(0), 1)
+    No normalization. Supports any gradient order (WGAN-GP builds a second-order graph through it).
+
+Own ``state_dict`` layout (index j = resolution index)::
+
+    G: blocks.0.fc.*, blocks.0.conv1.*, blocks.{j>0}.conv0.*, blocks.{j>0}.conv1.*, to_mask.{j}.*
+    D: from_mask.{j}.*, blocks.{j}.conv0.*, blocks.{j}.conv1.*, blocks.0.fc.*
+
+The authors' checkpoints (``G_state_dict`` / ``D_state_dict`` of their progressive label-map GAN) use one module
+per block, with the discriminator's blocks numbered from the highest resolution down (``n = log2(max_dim) - 1``
+blocks)::
+
+    G: blocks.0.fc1.*, blocks.{j}.conv1.* (j > 0), blocks.{j}.conv2.*, blocks.{j}.to_mask.*
+    D: blocks.{n-1-j}.from_mask.*, blocks.{n-1-j}.conv1.*, blocks.{n-1-j}.conv2.*, blocks.{n-1}.fc3.*
+
+:meth:`SegGenerator.from_reference_state_dict` / :meth:`SegDiscriminator.from_reference_state_dict` read that
+layout (a whole checkpoint dict, a bare state dict, or either with a ``module.`` prefix), and the
+``to_reference_state_dict`` methods write it. Both layouts hold the unscaled equalized weights.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.equalized import EqualizedConv2d, EqualizedLinear
+from ..nn.pixelnorm import PIXEL_NORM_MODES, PixelNorm
+
+__all__ = ["SegGenerator", "SegDiscriminator", "seg_channels"]
+
+LRELU_SLOPE = 0.2
+MAX_CHANNELS = 512
+FC_GAIN = math.sqrt(2.0) / 4.0
+HEAD_GAIN = 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration helpers
+
+
+def _base_channels(j: int) -> int:
+    """Channels at resolution index j (4 * 2**j) before width_mult; j = -1 is the discriminator's top (512)."""
+    return min(MAX_CHANNELS, 2 ** (12 - j))
+
+
+def seg_channels(max_dim: int, width_mult: float = 1.0) -> List[int]:
+    """Per-resolution channel counts ``[ch(0), ..., ch(n-1)]`` for resolutions 4..max_dim (both networks)."""
+    n = _num_blocks("seg_channels", max_dim)
+    return [_scaled(_base_channels(j), width_mult) for j in range(n)]
+
+
+def _scaled(c: int, width_mult: float) -> int:
+    return max(1, int(round(c * width_mult)))
+
+
+def _num_blocks(owner: str, max_dim) -> int:
+    if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 4 or max_dim & (max_dim - 1):
+        raise ValueError(f"{owner}: max_dim must be a power of two >= 4 (the highest output height), got {max_dim!r}")
+    return int(math.log2(max_dim)) - 1
+
+
+def _check_aspect_ratio(owner: str, aspect_ratio) -> int:
+    try:
+        ar = float(aspect_ratio)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: aspect_ratio must be a number, got {aspect_ratio!r}") from None
+    if not (ar >= 1 and ar == int(ar)):
+        raise ValueError(f"{owner}: aspect_ratio (width / height) must be a positive integer such as 1 (ADE20K) "
+                         f"or 2 (Cityscapes), got {aspect_ratio!r}")
+    return int(ar)
+
+
+def _check_positive_int(owner: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_width_mult(owner: str, width_mult) -> float:
+    try:
+        wm = float(width_mult)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: width_mult must be a number, got {width_mult!r}") from None
+    if not (wm > 0 and math.isfinite(wm)):
+        raise ValueError(f"{owner}: width_mult must be a finite positive number, got {width_mult!r}")
+    return wm
+
+
+def _check_alpha(owner: str, alpha) -> float:
+    alpha = float(alpha)
+    if not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"{owner}: alpha (fade-in weight of the new resolution) must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, LRELU_SLOPE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reference checkpoint helpers
+
+
+def _extract_state_dict(owner: str, state_dict: Mapping, checkpoint_key: str) -> Dict[str, torch.Tensor]:
+    """Accept a bare state dict or a whole checkpoint holding it under ``checkpoint_key``; drop a ``module.`` prefix."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{owner}.from_reference_state_dict: state_dict must be a mapping, got "
+                        f"{type(state_dict).__name__}")
+    if checkpoint_key in state_dict and isinstance(state_dict[checkpoint_key], Mapping):
+        state_dict = state_dict[checkpoint_key]
+    sd = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise ValueError(f"{owner}.from_reference_state_dict: no tensors found (expected the network's state dict "
+                         f"or a checkpoint with a {checkpoint_key!r} entry); keys: {sorted(state_dict)[:8]}")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if any(".to_rgb." in k or ".from_rgb." in k for k in sd):
+        raise ValueError(f"{owner}.from_reference_state_dict: this checkpoint holds an RGB progressive GAN "
+                         f"(to_rgb/from_rgb heads), not the label-map networks (to_mask/from_mask)")
+    return sd
+
+
+def _reference_block_count(owner: str, sd: Mapping[str, torch.Tensor]) -> int:
+    indices = set()
+    for k in sd:
+        m = re.match(r"blocks\.(\d+)\.", k)
+        if m is None:
+            raise ValueError(f"{owner}.from_reference_state_dict: unexpected key {k!r} (reference keys look like "
+                             f"'blocks.<i>.<layer>.weight')")
+        indices.add(int(m.group(1)))
+    n = max(indices) + 1
+    missing = sorted(set(range(n)) - indices)
+    if missing:
+        raise ValueError(f"{owner}.from_reference_state_dict: blocks {missing} are missing from the state dict")
+    return n
+
+
+def _load_mapped(model: nn.Module, owner: str, sd: Mapping[str, torch.Tensor], ref_to_own: Mapping[str, str]) -> None:
+    """Copy reference tensors into ``model`` through ``ref_to_own``; every key must match both ways."""
+    unexpected = sorted(set(sd) - set(ref_to_own))
+    missing = sorted(set(ref_to_own) - set(sd))
+    if unexpected or missing:
+        raise ValueError(f"{owner}.from_reference_state_dict: the state dict does not match the architecture "
+                         f"(check num_semantics, max_dim, aspect_ratio); missing keys: {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}; unexpected keys: {unexpected[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''}")
+    own = model.state_dict()
+    converted = {}
+    for ref_key, own_key in ref_to_own.items():
+        value = sd[ref_key]
+        if tuple(value.shape) != tuple(own[own_key].shape):
+            raise ValueError(f"{owner}.from_reference_state_dict: {ref_key!r} has shape {tuple(value.shape)}, the "
+                             f"architecture expects {tuple(own[own_key].shape)} (check num_semantics, aspect_ratio, "
+                             f"width_mult)")
+        converted[own_key] = value
+    model.load_state_dict(converted, strict=True)
+
+
+def _infer_width_mult(owner: str, channels0: int, width_mult: Optional[float]) -> float:
+    if width_mult is not None:
+        return _check_width_mult(owner, width_mult)
+    return channels0 / MAX_CHANNELS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generator
+
+
+class _GenBlock(nn.Module):
+    """One generator block at resolution index j; see the module docstring. (N, c_in, h, w) -> (N, c_out, 2h, 2w)."""
+
+    def __init__(self, c_in: int, c_out: int, *, initial: bool, z_dim: int, h0: int, w0: int, pixel_norm: str):
+        super().__init__()
+        self.initial = initial
+        self.h0, self.w0 = h0, w0
+        self.norm = PixelNorm(pixel_norm)
+        if initial:
+            self.fc = EqualizedLinear(z_dim, c_out * h0 * w0, gain=FC_GAIN)
+        else:
+            self.conv0 = EqualizedConv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = EqualizedConv2d(c_out, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.initial:
+            x = self.fc(self.norm(x))
+            x = x.view(x.shape[0], -1, self.h0, self.w0)
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = self.conv0(x)
+        x = self.norm(_lrelu(x))
+        return self.norm(_lrelu(self.conv1(x)))
+
+
+class SegGenerator(nn.Module):
+    """Progressive semantic-bottleneck generator: latent z -> per-pixel class probabilities.
+
+    Args:
+        num_semantics: K, the number of label channels (e.g. 35 for Cityscapes, 95 for ADE-Indoor).
+        max_dim: highest output height, a power of two >= 4 (256 in the paper).
+        aspect_ratio: width / height, a positive integer (1 for ADE20K, 2 for Cityscapes).
+        z_dim: latent size (512).
+        pixel_norm: ``"code"`` (the authors' x / (mean x^2 + eps), default) or ``"standard"`` (x * rsqrt(...)).
+        width_mult: scales every block's channel count (``max(1, round(c * width_mult))``) for small models.
+
+    Attributes:
+        resolutions: [4, 8, ..., max_dim] (heights).
+        channels: per-resolution feature channels.
+
+    Call: ``G(z, res=None, alpha=1.0)``, z float (N, z_dim) -> float (N, K, res, res * aspect_ratio) probabilities
+    (softmax over dim 1), in the dtype of the computation (z's dtype, or the autocast dtype's softmax result).
+    """
+
+    def __init__(self, num_semantics: int, *, max_dim: int = 256, aspect_ratio: float = 1.0, z_dim: int = 512,
+                 pixel_norm: str = "code", width_mult: float = 1.0) -> None:
+        super().__init__()
+        owner = "SegGenerator"
+        self.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
+        n = _num_blocks(owner, max_dim)
+        self.max_dim = max_dim
+        self.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
+        self.z_dim = _check_positive_int(owner, "z_dim", z_dim)
+        if pixel_norm not in PIXEL_NORM_MODES:
+            raise ValueError(f"{owner}: pixel_norm must be one of {PIXEL_NORM_MODES}, got {pixel_norm!r}")
+        self.pixel_norm = pixel_norm
+        self.width_mult = _check_width_mult(owner, width_mult)
+        self.resolutions: List[int] = [4 * 2 ** j for j in range(n)]
+        self.channels: List[int] = [_scaled(_base_channels(j), self.width_mult) for j in range(n)]
+
+        blocks = []
+        for j in range(n):
+            c_in = self.channels[j - 1] if j > 0 else self.z_dim
+            blocks.append(_GenBlock(c_in, self.channels[j], initial=j == 0, z_dim=self.z_dim, h0=4,
+                                    w0=4 * self.aspect_ratio, pixel_norm=pixel_norm))
+        self.blocks = nn.ModuleList(blocks)
+        self.to_mask = nn.ModuleList(
+            EqualizedConv2d(c, self.num_semantics, 1, gain=HEAD_GAIN) for c in self.channels)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def resolution_index(self, res: Optional[int]) -> int:
+        """Index j of height ``res`` in :attr:`resolutions` (``None`` -> max_dim)."""
+        if res is None:
+            return len(self.resolutions) - 1
+        if isinstance(res, bool) or not isinstance(res, int) or res not in self.resolutions:
+            raise ValueError(f"SegGenerator: res must be one of {self.resolutions} (heights), got {res!r}")
+        return self.resolutions.index(res)
+
+    def _check_z(self, z: torch.Tensor) -> None:
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"SegGenerator: z must be a floating-point tensor (N, {self.z_dim}), got "
+                            f"{z.dtype if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"SegGenerator: z must have shape (N, {self.z_dim}), got {tuple(z.shape)}")
+
+    def forward(self, z: torch.Tensor, res: Optional[int] = None, alpha: float = 1.0) -> torch.Tensor:
+        """Class probabilities at height ``res``.
+
+        Args:
+            z: float (N, z_dim) latent codes.
+            res: output height, one of :attr:`resolutions` (default max_dim). Only blocks up to ``res`` run.
+            alpha: fade-in weight in [0, 1]. With ``alpha < 1`` the result is
+                ``(1 - alpha) * up2(p_prev) + alpha * p_new`` where ``p_prev`` is the previous resolution's head
+                (probabilities, nearest x2). With ``alpha == 1`` (the default, and the reference's training) the
+                previous head does not run.
+        Returns:
+            float (N, num_semantics, res, res * aspect_ratio), sums to 1 over dim 1.
+        """
+        self._check_z(z)
+        j = self.resolution_index(res)
+        alpha = _check_alpha("SegGenerator", alpha)
+        fade = alpha < 1.0
+        if fade and j == 0:
+            raise ValueError(f"SegGenerator: alpha={alpha} < 1 needs a previous resolution to fade from; "
+                             f"res={self.resolutions[0]} is the first one (use alpha=1)")
+        x = z
+        for i in range(j):
+            x = self.blocks[i](x)
+        if not fade:
+            return self.to_mask[j](self.blocks[j](x)).softmax(dim=1)
+        # nearest upsampling commutes with the 1x1 head and the per-pixel softmax: upsample the K-channel result.
+        coarse = F.interpolate(self.to_mask[j - 1](x).softmax(dim=1), scale_factor=2.0, mode="nearest")
+        fine = self.to_mask[j](self.blocks[j](x)).softmax(dim=1)
+        return (1.0 - alpha) * coarse + alpha * fine
+
+    # -- reference checkpoints ---------------------------------------------------------------------------------------
+    def _reference_key_map(self) -> "OrderedDict[str, str]":
+        """Reference key -> own key, in the reference's order."""
+        mapping: "OrderedDict[str, str]" = OrderedDict()
+        for j in range(len(self.resolutions)):
+            layers = (("fc1", "blocks.0.fc"),) if j == 0 else (("conv1", f"blocks.{j}.conv0"),)
+            layers += (("conv2", f"blocks.{j}.conv1"), ("to_mask", f"to_mask.{j}"))
+            for ref_name, own_prefix in layers:
+                for p in ("weight", "bias"):
+                    mapping[f"blocks.{j}.{ref_name}.{p}"] = f"{own_prefix}.{p}"
+        return mapping
+
+    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
+        own = self.state_dict()
+        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
+
+    @classmethod
+    def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
+                                  aspect_ratio: float = 1.0, pixel_norm: str = "code",
+                                  width_mult: Optional[float] = None) -> "SegGenerator":
+        """Build a generator from the authors' ``G_state_dict`` (or a whole checkpoint holding it).
+
+        ``z_dim`` is read from the first linear layer; ``width_mult`` (None) from its channel count (reference
+        checkpoints are full width). ``pixel_norm`` defaults to the authors' form, the one they trained with.
+        Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
+        """
+        owner = "SegGenerator"
+        sd = _extract_state_dict(owner, state_dict, "G_state_dict")
+        n = _num_blocks(owner, max_dim)
+        n_ref = _reference_block_count(owner, sd)
+        if n_ref != n:
+            raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
+                             f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
+        fc = sd.get("blocks.0.fc1.weight")
+        if fc is None or fc.dim() != 2:
+            raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
+        ar = _check_aspect_ratio(owner, aspect_ratio)
+        if fc.shape[0] % (16 * ar):
+            raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' has {fc.shape[0]} outputs, "
+                             f"not a multiple of 4 x {4 * ar} (check aspect_ratio={aspect_ratio})")
+        wm = _infer_width_mult(owner, fc.shape[0] // (16 * ar), width_mult)
+        model = cls(num_semantics, max_dim=max_dim, aspect_ratio=ar, z_dim=int(fc.shape[1]), pixel_norm=pixel_norm,
+                    width_mult=wm)
+        _load_mapped(model, owner, sd, model._reference_key_map())
+        return model
+
+    def extra_repr(self) -> str:
+        return (f"num_semantics={self.num_semantics}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
+                f"z_dim={self.z_dim}, pixel_norm={self.pixel_norm!r}, width_mult={self.width_mult:g}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# discriminator
+
+
+class _DiscBlock(nn.Module):
+    """One discriminator block at resolution index j; see the module docstring.
+
+    j > 0: (N, c_in, h, w) -> (N, c_out, h/2, w/2); final (j = 0): (N, c_in, 4, 4AR) -> (N, 1).
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, final: bool, aspect_ratio: int):
+        super().__init__()
+        self.final = final
+        if final:
+            self.conv0 = EqualizedConv2d(c_in, c_in, 3, stride=(1, aspect_ratio), padding=1)
+            self.conv1 = EqualizedConv2d(c_in, c_out, 4)
+            self.fc = EqualizedLinear(c_out, 1)
+        else:
+            self.conv0 = EqualizedConv2d(c_in, c_in, 3, padding=1)
+            self.conv1 = EqualizedConv2d(c_in, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _lrelu(self.conv1(_lrelu(self.conv0(x))))
+        if self.final:
+            return self.fc(x.flatten(1))
+        return F.avg_pool2d(x, 2)
+
+
+class SegDiscriminator(nn.Module):
+    """Progressive WGAN critic on label maps (one-hot or soft), no normalization.
+
+    Args:
+        num_semantics: K input channels.
+        max_dim: highest input height, a power of two >= 4.
+        aspect_ratio: width / height, a positive integer (1 ADE20K, 2 Cityscapes).
+        width_mult: scales every block's channel count (``max(1, round(c * width_mult))``) for small models.
+
+    Call: ``D(x, alpha=1.0)``, x float (N, K, R, R * aspect_ratio) with R in :attr:`resolutions` -> float (N,)
+    scores. Any gradient order (plain PyTorch ops), as the gradient penalty requires.
+    """
+
+    def __init__(self, num_semantics: int, *, max_dim: int = 256, aspect_ratio: float = 1.0,
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        owner = "SegDiscriminator"
+        self.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
+        n = _num_blocks(owner, max_dim)
+        self.max_dim = max_dim
+        self.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
+        self.width_mult = _check_width_mult(owner, width_mult)
+        self.resolutions: List[int] = [4 * 2 ** j for j in range(n)]
+        self.channels: List[int] = [_scaled(_base_channels(j), self.width_mult) for j in range(n)]
+        top = _scaled(_base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
+
+        self.from_mask = nn.ModuleList(
+            EqualizedConv2d(self.num_semantics, c, 1, gain=HEAD_GAIN) for c in self.channels)
+        self.blocks = nn.ModuleList(
+            _DiscBlock(self.channels[j], self.channels[j - 1] if j > 0 else top, final=j == 0,
+                       aspect_ratio=self.aspect_ratio)
+            for j in range(n))
+
+    def resolution_index(self, res: int) -> int:
+        """Index j of height ``res`` in :attr:`resolutions`."""
+        if res not in self.resolutions:
+            raise ValueError(f"SegDiscriminator: input height must be one of {self.resolutions}, got {res}")
+        return self.resolutions.index(res)
+
+    def _check_x(self, x: torch.Tensor) -> int:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"SegDiscriminator: x must be a floating-point label map (N, {self.num_semantics}, R, "
+                            f"R*{self.aspect_ratio}), got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.num_semantics:
+            raise ValueError(f"SegDiscriminator: x must have shape (N, {self.num_semantics}, R, "
+                             f"R*{self.aspect_ratio}), got {tuple(x.shape)}")
+        j = self.resolution_index(int(x.shape[2]))
+        if x.shape[3] != x.shape[2] * self.aspect_ratio:
+            raise ValueError(f"SegDiscriminator: x width must be height x aspect_ratio = "
+                             f"{x.shape[2] * self.aspect_ratio}, got shape {tuple(x.shape)}")
+        return j
+
+    def forward(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """Critic scores.
+
+        Args:
+            x: float (N, K, R, R * aspect_ratio) label map (one-hot, straight-through or soft); R read from x.
+            alpha: fade-in weight in [0, 1]. With ``alpha < 1`` the features entering the block below R are
+                ``(1 - alpha) * lrelu(from_mask_below(avgpool2(x))) + alpha * block_R(lrelu(from_mask_R(x)))``.
+                ``alpha == 1`` (default, the reference's training) skips the lower-resolution input head.
+        Returns:
+            float (N,) scores.
+        """
+        j = self._check_x(x)
+        alpha = _check_alpha("SegDiscriminator", alpha)
+        fade = alpha < 1.0
+        if fade and j == 0:
+            raise ValueError(f"SegDiscriminator: alpha={alpha} < 1 needs a previous resolution to fade from; "
+                             f"R={self.resolutions[0]} is the first one (use alpha=1)")
+        h = _lrelu(self.from_mask[j](x))
+        if fade:
+            fine = self.blocks[j](h)
+            coarse = _lrelu(self.from_mask[j - 1](F.avg_pool2d(x, 2)))
+            h = (1.0 - alpha) * coarse + alpha * fine
+            j -= 1
+        for i in range(j, -1, -1):
+            h = self.blocks[i](h)
+        return h.squeeze(1)
+
+    # -- reference checkpoints ---------------------------------------------------------------------------------------
+    def _reference_key_map(self) -> "OrderedDict[str, str]":
+        """Reference key -> own key, in the reference's order (highest resolution first)."""
+        n = len(self.resolutions)
+        mapping: "OrderedDict[str, str]" = OrderedDict()
+        for i in range(n):
+            j = n - 1 - i
+            layers = [("from_mask", f"from_mask.{j}"), ("conv1", f"blocks.{j}.conv0"), ("conv2", f"blocks.{j}.conv1")]
+            if j == 0:
+                layers.append(("fc3", "blocks.0.fc"))
+            for ref_name, own_prefix in layers:
+                for p in ("weight", "bias"):
+                    mapping[f"blocks.{i}.{ref_name}.{p}"] = f"{own_prefix}.{p}"
+        return mapping
+
+    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
+        own = self.state_dict()
+        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
+
+    @classmethod
+    def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
+                                  aspect_ratio: float = 1.0, width_mult: Optional[float] = None) -> "SegDiscriminator":
+        """Build a discriminator from the authors' ``D_state_dict`` (or a whole checkpoint holding it).
+
+        ``width_mult`` (None) is read from the 4x4 block's input head (reference checkpoints are full width).
+        ``aspect_ratio`` cannot be read from the weights (it is the stride of the last block): pass the dataset's.
+        Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
+        """
+        owner = "SegDiscriminator"
+        sd = _extract_state_dict(owner, state_dict, "D_state_dict")
+        n = _num_blocks(owner, max_dim)
+        n_ref = _reference_block_count(owner, sd)
+        if n_ref != n:
+            raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
+                             f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
+        head = sd.get(f"blocks.{n - 1}.from_mask.weight")
+        if head is None or head.dim() != 4:
+            raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.from_mask.weight' (4-D) is missing")
+        wm = _infer_width_mult(owner, int(head.shape[0]), width_mult)
+        model = cls(num_semantics, max_dim=max_dim, aspect_ratio=aspect_ratio, width_mult=wm)
+        _load_mapped(model, owner, sd, model._reference_key_map())
+        return model
+
+    def extra_repr(self) -> str:
+        return (f"num_semantics={self.num_semantics}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
+                f"width_mult={self.width_mult:g}")
+
