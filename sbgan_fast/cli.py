@@ -101,14 +101,13 @@ def _add_info(sub) -> None:
 def cmd_info(args) -> int:
     import torch
 
-    from .train.config import build_config, set_key
+    from .train.config import build_config
     from .train.trainer import build_networks
     cfg = build_config(args.preset, args.config, args.overrides, **{"data.root": "<unset>"})
     k = cfg.data.num_classes
     if k == 0:
         from .data.synthetic import SyntheticScenes
-        k = SyntheticScenes.NUM_CLASSES
-    del set_key
+        k = len(SyntheticScenes.CLASS_NAMES)
     with torch.device("meta"):
         nets = build_networks(cfg, k)
     print(f"preset {cfg.preset}: {k} label channels, image {cfg.data.height}x{cfg.data.width}")

@@ -61,13 +61,14 @@ def _write_png(array: np.ndarray, path: str) -> None:
 @torch.no_grad()
 def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = None, seed: int = 0,
                 batch_size: int = 8, device: str = "auto") -> List[str]:
-    from .data.palettes import colorize, get_palette
+    from .data.factory import palette_for
+    from .data.palettes import colorize
     from .metrics.grids import save_pairs_grid
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     dev = resolve_device(device)
     cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None)
-    palette = get_palette(_palette_name(cfg), k)
+    palette = palette_for(cfg, k)
     os.makedirs(out, exist_ok=True)
     written: List[str] = []
     dc = cfg.data.dontcare
@@ -115,12 +116,6 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     save_pairs_grid(lab, img, palette, grid)
     written.append(grid)
     return written
-
-
-def _palette_name(cfg) -> str:
-    return {"synthetic": "synthetic", "cityscapes": "cityscapes35", "ade20k": "ade150",
-            "ade_indoor": "ade_indoor95"}.get(cfg.data.dataset, "auto") if not (
-        cfg.data.dataset == "cityscapes" and cfg.data.num_classes == 20) else "cityscapes20"
 
 
 def generate(nets, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -67,13 +67,15 @@ class Trainer:
         self.dataset, info = build_dataset(cfg)
         self.dataset_size = len(self.dataset)
         self.num_classes = info["num_classes"]
-        self.palette = info["palette"]
+        from ..data.factory import palette_for
+        self.palette = palette_for(cfg, self.num_classes)
         self.stream = SampleStream(self.dataset_size, cfg.seed)
         torch.manual_seed(cfg.seed)
         self.nets = build_networks(cfg, self.num_classes)
         for net in self.nets.values():
             net.to(self.device).train()
-        self.vgg = None
+        # Built up front so a missing weights file is reported before any training happens.
+        self.vgg = self._vgg() if any(s in cfg.stages for s in ("spade", "e2e")) else None
         self.optims: Dict[str, torch.optim.Optimizer] = {}
         self.trained: set = set()   # networks trained or loaded so far: the ones checkpoints hold
         self.current_step = 0
@@ -172,8 +174,6 @@ class Trainer:
 
     def run_stage(self, name: str) -> None:
         stage: Stage = STAGE_CLASSES[name](self)
-        if name in ("spade", "e2e") and self.vgg is None:
-            self.vgg = self._vgg()
         self.optims = stage.make_optimizers()
         start = self._init_stage(stage)
         self.trained.update(stage.trains)
