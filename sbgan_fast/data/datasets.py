@@ -7,8 +7,8 @@ Item contract (one sample, what ``__getitem__`` returns):
 Batch contract (:func:`to_batch`, what the training loop consumes):
     ``{"image": float32 (N, 3, H, W) in [-1, 1] or None, "label": int64 (N, H, W)}`` on the target device.
 
-Preprocessing of :class:`PairedFolderDataset`: resize to (height, width) (bicubic for images, nearest with
-Pillow's pixel-centre rule for labels), then a horizontal flip shared by image and label, decided by
+Preprocessing of :class:`PairedFolderDataset`: resize to (height, width) with Pillow (bicubic for images,
+nearest for labels), then a horizontal flip shared by image and label, decided by
 ``(seed, index, epoch)`` so that runs are reproducible and every epoch flips differently.
 
 Bad data raises :class:`DataError` naming the file: empty folders, images without labels (or labels without
@@ -217,14 +217,14 @@ def _read_label(path: str, num_classes: int, dontcare: Optional[int]) -> np.ndar
 
 
 def _resize_label(arr: np.ndarray, height: Optional[int], width: Optional[int]) -> np.ndarray:
-    """Nearest resize with Pillow's pixel-centre rule: source index = floor((dst + 0.5) * in / out)."""
+    """Nearest resize of an integer (H, W) map with Pillow (the preprocessing the reference code applies)."""
     h, w = arr.shape
     th, tw = height or h, width or w
     if (th, tw) == (h, w):
         return arr
-    ys = np.minimum(((np.arange(th) + 0.5) * (h / th)).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(tw) + 0.5) * (w / tw)).astype(np.int64), w - 1)
-    return arr[ys[:, None], xs[None, :]]
+    if arr.dtype not in (np.uint8, np.uint16, np.int32):
+        arr = arr.astype(np.int32)
+    return np.array(Image.fromarray(arr).resize((tw, th), Image.NEAREST))
 
 
 def _check_size(where: str, height, width) -> Tuple[Optional[int], Optional[int]]:
