@@ -382,3 +382,45 @@ def test_grid_variants(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(hwc)), only_labels)
     with pytest.raises(ValueError, match=r"\.png, \.jpg"):
         save_image(images[0], tmp_path / "x.bmp")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real sample files (skipped when ../shared/fixtures is absent)
+# ---------------------------------------------------------------------------------------------------------------
+def test_real_cityscapes_layout(shared_fixtures):
+    root = os.path.join(shared_fixtures, "mmsegmentation", "pseudo_cityscapes_dataset")
+    ds = PairedFolderDataset(os.path.join(root, "leftImg8bit", "val"), os.path.join(root, "gtFine", "val"), 35,
+                             height=64, width=128, hflip=False, image_suffix="_leftImg8bit",
+                             label_suffix="_gtFine_labelIds")
+    assert len(ds) == 1 and ds.label_paths[0].endswith("_gtFine_labelIds.png")
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 128) and item["label"].shape == (64, 128)
+    road = item["label"] == 7
+    assert float(road[-16:].float().mean()) > 0.3  # the bottom of a street scene is mostly road
+    with pytest.raises(DataError, match="labelTrainIds.png has values outside"):
+        PairedFolderDataset(os.path.join(root, "leftImg8bit", "val"), os.path.join(root, "gtFine", "val"), 19,
+                            height=None, width=None, image_suffix="_leftImg8bit",
+                            label_suffix="_gtFine_labelTrainIds")[0]
+    train = PairedFolderDataset(os.path.join(root, "leftImg8bit", "val"), os.path.join(root, "gtFine", "val"), 19,
+                                height=None, width=None, image_suffix="_leftImg8bit",
+                                label_suffix="_gtFine_labelTrainIds", dontcare=255)
+    grid = make_grid_array(train[0]["label"][None], train[0]["image"][None], get_palette("cityscapes20"),
+                           dontcare=255)
+    assert grid.dtype == np.uint8 and grid.ndim == 3
+
+
+def test_real_ade_and_palette_pngs(shared_fixtures):
+    root = os.path.join(shared_fixtures, "ade20k_sceneparsing", "ADEChallengeData2016")
+    ds = PairedFolderDataset(os.path.join(root, "images", "validation"),
+                             os.path.join(root, "annotations", "validation"), 151, height=32, width=32)
+    ds.validate()
+    assert len(ds) == 3 and ds[2]["image"].shape == (3, 32, 32)
+    colorize(ds[0]["label"], get_palette("ade150"))
+    with pytest.raises(DataError, match="ADE_val_00000001.png has values outside"):
+        PairedFolderDataset(os.path.join(root, "images", "validation"),
+                            os.path.join(root, "annotations", "validation"), 10, height=None, width=None)[0]
+    pseudo = os.path.join(shared_fixtures, "mmsegmentation", "pseudo_dataset")
+    ds = PairedFolderDataset(os.path.join(pseudo, "imgs"), os.path.join(pseudo, "gts"), 4, height=None,
+                             width=None, image_suffix="_img", label_suffix="_gt")
+    ds.validate()
+    assert len(ds) == 5 and int(ds[0]["label"].max()) < 4

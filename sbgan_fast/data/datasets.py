@@ -146,17 +146,19 @@ def _check_dir(where: str, name: str, path: PathLike) -> str:
     return path
 
 
-def _list_files(root: str, exts: Tuple[str, ...], recursive: bool) -> Dict[str, str]:
-    """{relative path without extension: full path} of the files under ``root`` whose extension is in ``exts``
-    (case-insensitive); hidden files and folders are skipped. Two files with the same key raise DataError."""
+def _list_files(root: str, exts: Tuple[str, ...], recursive: bool, suffix: str = "") -> Dict[str, str]:
+    """{relative path without extension and ``suffix``: full path} of the files under ``root`` whose extension
+    is in ``exts`` (case-insensitive) and whose name (without extension) ends with ``suffix``; hidden files and
+    folders are skipped. Two files with the same key raise DataError."""
     found: Dict[str, str] = {}
     walker: Iterable = os.walk(root) if recursive else [(root, [], sorted(os.listdir(root)))]
     for dirpath, dirnames, filenames in walker:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
             stem, ext = os.path.splitext(fn)
-            if fn.startswith(".") or ext.lower() not in exts:
+            if fn.startswith(".") or ext.lower() not in exts or not stem.endswith(suffix):
                 continue
+            stem = stem[: len(stem) - len(suffix)]
             full = os.path.join(dirpath, fn)
             if not os.path.isfile(full):
                 continue
@@ -266,9 +268,11 @@ class _FolderBase(Dataset):
 
 
 class PairedFolderDataset(_FolderBase):
-    """Image + label-map pairs from two folders, paired by relative path without extension.
+    """Image + label-map pairs from two folders, paired by relative path without extension and suffix.
 
-    ``image_dir/a/b.jpg`` pairs with ``label_dir/a/b.png``.
+    ``image_dir/a/b.jpg`` pairs with ``label_dir/a/b.png``; with ``image_suffix="_leftImg8bit"`` and
+    ``label_suffix="_gtFine_labelIds"``, ``city/x_leftImg8bit.png`` pairs with ``city/x_gtFine_labelIds.png`` and
+    the folder's other PNGs are ignored.
 
     Args:
         image_dir, label_dir: the two folders (searched recursively; hidden entries skipped).
@@ -278,6 +282,8 @@ class PairedFolderDataset(_FolderBase):
         seed: flip seed.
         image_exts: image file extensions (case-insensitive).
         dontcare: a label value allowed outside [0, K) (e.g. 255), passed through unchanged.
+        image_suffix, label_suffix: only files whose name (without extension) ends with the suffix are used, and
+            the suffix is dropped before pairing.
 
     Items: ``{"image": uint8 (3, H, W), "label": int64 (H, W), "index": int, "path": image path}``.
 
@@ -288,7 +294,8 @@ class PairedFolderDataset(_FolderBase):
 
     def __init__(self, image_dir: PathLike, label_dir: PathLike, num_classes: int, *,
                  height: Optional[int], width: Optional[int], hflip: bool = True, seed: int = 0,
-                 image_exts: Sequence[str] = (".jpg", ".jpeg", ".png"), dontcare: Optional[int] = None):
+                 image_exts: Sequence[str] = (".jpg", ".jpeg", ".png"), dontcare: Optional[int] = None,
+                 image_suffix: str = "", label_suffix: str = ""):
         super().__init__(hflip, seed)
         where = "PairedFolderDataset"
         _check_classes(where, num_classes, dontcare)
@@ -298,12 +305,14 @@ class PairedFolderDataset(_FolderBase):
         self.image_dir = _check_dir(where, "image_dir", image_dir)
         self.label_dir = _check_dir(where, "label_dir", label_dir)
         exts = _normalise_exts("image_exts", image_exts)
-        images = _list_files(self.image_dir, exts, recursive=True)
-        labels = _list_files(self.label_dir, (".png",), recursive=True)
+        images = _list_files(self.image_dir, exts, recursive=True, suffix=str(image_suffix))
+        labels = _list_files(self.label_dir, (".png",), recursive=True, suffix=str(label_suffix))
         if not images:
-            raise DataError(f"{where}: no images ({', '.join(exts)}) found in {self.image_dir}", self.image_dir)
+            raise DataError(f"{where}: no images (*{image_suffix}{{{','.join(exts)}}}) found in {self.image_dir}",
+                            self.image_dir)
         if not labels:
-            raise DataError(f"{where}: no label maps (.png) found in {self.label_dir}", self.label_dir)
+            raise DataError(f"{where}: no label maps (*{label_suffix}.png) found in {self.label_dir}",
+                            self.label_dir)
         no_label = sorted(k for k in images if k not in labels)
         no_image = sorted(k for k in labels if k not in images)
         if no_label or no_image:
@@ -375,13 +384,14 @@ class LabelFolderDataset(_FolderBase):
         num_classes, height, width, dontcare: as for :class:`PairedFolderDataset`.
         hflip: random flip decided by ``(seed, index, epoch)`` (off by default).
         exts: label file extensions.
+        suffix: only files whose name (without extension) ends with it are used (e.g. ``"_gtFine_labelIds"``).
 
     Items: ``{"label": int64 (H, W), "path": str, "index": int}``.
     """
 
     def __init__(self, label_dir: PathLike, num_classes: int, *, height: Optional[int], width: Optional[int],
                  hflip: bool = False, seed: int = 0, dontcare: Optional[int] = None,
-                 exts: Sequence[str] = (".png",)):
+                 exts: Sequence[str] = (".png",), suffix: str = ""):
         super().__init__(hflip, seed)
         where = "LabelFolderDataset"
         _check_classes(where, num_classes, dontcare)
@@ -390,9 +400,9 @@ class LabelFolderDataset(_FolderBase):
         self.height, self.width = _check_size(where, height, width)
         self.label_dir = _check_dir(where, "label_dir", label_dir)
         exts = _normalise_exts("exts", exts)
-        labels = _list_files(self.label_dir, exts, recursive=True)
+        labels = _list_files(self.label_dir, exts, recursive=True, suffix=str(suffix))
         if not labels:
-            raise DataError(f"{where}: no label maps ({', '.join(exts)}) found in {self.label_dir}",
+            raise DataError(f"{where}: no label maps (*{suffix}{{{','.join(exts)}}}) found in {self.label_dir}",
                             self.label_dir)
         self.label_paths: List[str] = [labels[k] for k in sorted(labels)]
 
