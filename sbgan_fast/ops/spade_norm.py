@@ -26,10 +26,16 @@ def _world(process_group) -> int:
     return dist.get_world_size(process_group)
 
 
+def _compute(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for half inputs (and fp32); float64 stays float64 (so the reference can be gradchecked)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def sync_batch_stats(x: torch.Tensor, process_group=None):
-    """Differentiable global (mean, biased var, count) over N,H,W of all processes, in fp32."""
+    """Differentiable global (mean, biased var, count) over N,H,W of all processes, in fp32 (fp64 for
+    fp64 input)."""
     import torch.distributed.nn.functional as dnn
-    xf = x.float()
+    xf = _compute(x)
     c = x.shape[1]
     local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)),
                        xf.new_full((1,), float(x.numel() // c))])
@@ -42,8 +48,8 @@ def sync_batch_stats(x: torch.Tensor, process_group=None):
 
 def param_free_norm_ref(x, norm="batch", eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
                         training=True, process_group=None):
-    """x_hat in fp32 (callers cast)."""
-    xf = x.float()
+    """x_hat in fp32 (fp64 for fp64 input; callers cast)."""
+    xf = _compute(x)
     if norm == "instance":
         return F.instance_norm(xf, eps=eps)
     if norm == "sync_batch" and training and _world(process_group) > 1:
@@ -56,6 +62,15 @@ def param_free_norm_ref(x, norm="batch", eps=1e-5, running_mean=None, running_va
         shape = (1, -1, 1, 1)
         return (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
     use_batch_stats = training or running_mean is None
+    if running_mean is not None and (running_mean.dtype != xf.dtype or running_var.dtype != xf.dtype):
+        # F.batch_norm wants one dtype (e.g. fp64 input, fp32 buffers): run on copies, write back.
+        rm, rv = running_mean.to(xf.dtype), running_var.to(xf.dtype)
+        out = F.batch_norm(xf, rm, rv, None, None, use_batch_stats, momentum, eps)
+        if use_batch_stats:
+            with torch.no_grad():
+                running_mean.copy_(rm)
+                running_var.copy_(rv)
+        return out
     return F.batch_norm(xf, running_mean, running_var, None, None, use_batch_stats, momentum, eps)
 
 
@@ -65,7 +80,7 @@ def spade_norm_ref(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, ru
     out_dtype = torch.promote_types(x.dtype, gamma.dtype)
     if torch.is_autocast_enabled(x.device.type):
         out_dtype = gamma.dtype
-    out = x_hat * (1 + gamma.float()) + beta.float()
+    out = x_hat * (1 + _compute(gamma)) + _compute(beta)
     return out.to(out_dtype)
 
 
