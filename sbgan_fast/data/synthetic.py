@@ -481,9 +481,9 @@ class _Scene:
         glass = _jitter(r, (0.16, 0.19, 0.24), 0.04)
         x0, x1 = xb - w / 2, xb + w / 2
         # shadow on the road (image only)
-        c.trapezoid(ROAD, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
+        c.trapezoid(None, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
                     (0.08, 0.08, 0.09), only_on=ROAD)
-        c.trapezoid(ROAD, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
+        c.trapezoid(None, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
                     (0.08, 0.08, 0.09), only_on=SIDEWALK)
         tyre = np.array([0.06, 0.06, 0.07], np.float32)
         ww = 0.2 * w
@@ -508,10 +508,11 @@ class _Scene:
         # per-pixel luminance noise and blocky texture (leaves, grass, asphalt), amplitudes per class
         tex = n.standard_normal((h, w), dtype=np.float32)
         tex *= _PIXEL_NOISE[lab]
-        block = max(1, round(h / 40))
-        coarse = n.standard_normal((-(-h // block), -(-w // block)), dtype=np.float32)
-        if block > 1:
-            coarse = np.repeat(np.repeat(coarse, block, 0), block, 1)[:h, :w]
+        block = max(1, round(h / 40))  # texture grain: about 1/40 of the image height
+        if block > 1:  # bilinear between nodes (std about 0.6 there: scaled back up)
+            coarse = _smooth_noise(n, h, w, -(-h // block) + 1, -(-w // block) + 1) * np.float32(1.5)
+        else:
+            coarse = n.standard_normal((h, w), dtype=np.float32)
         tex += coarse * _BLOCK_NOISE[lab]
         img += tex[..., None]
         # large-scale illumination (the node values come from the layout generator: resolution independent)
