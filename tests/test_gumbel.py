@@ -1,7 +1,9 @@
 """Parity of the Triton straight-through Gumbel-softmax and argmax one-hot with the reference.
 
-The Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`` from conftest.py), where
-each launched program costs ~30 ms: tensors are small and the kernels use one large block.
+By default the Triton kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` from
+conftest.py), where each launched program costs ~30 ms: tensors are small and the kernels use one
+large block. On a CUDA machine, ``TRITON_INTERPRET=0 pytest tests/test_gumbel.py`` runs the same
+tests on the GPU with the compiled kernels (tensors are then created on the GPU).
 Exactness: the hard sample is bitwise the reference's given the same noise; gradients follow the
 tolerance table.
 """
@@ -18,6 +20,16 @@ from tolerances import tol
 pytest.importorskip("triton")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEVICE = "cuda" if torch.cuda.is_available() and not ft.interpreter_requested() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    """Tensors of these tests are created on DEVICE (CPU under the interpreter)."""
+    previous = torch.get_default_device()
+    torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_device(previous)
 
 
 def _logits(shape, dtype, layout="nchw"):
@@ -137,7 +149,7 @@ def test_in_kernel_noise_exact_parity_with_helper():
     torch.manual_seed(123)
     y, gx = _run(lambda x: ops.gumbel_softmax_st(x, 0.7, impl="triton"), logits, grad)
     torch.manual_seed(123)
-    noise = ft.gumbel_noise(shape, ft.draw_seed("cpu"))
+    noise = ft.gumbel_noise(shape, ft.draw_seed(DEVICE))
     assert noise.dtype == torch.float32 and noise.shape == shape
     y_ref, gx_ref = _run(lambda x: ops.gumbel_softmax_st(x, 0.7, noise=noise, impl="ref"), logits, grad)
     assert torch.equal(y, y_ref)
@@ -169,7 +181,7 @@ def test_in_kernel_noise_is_gumbel():
     # Gumbel(0, 1): mean = Euler-Mascheroni, var = pi^2 / 6; 6-sigma bounds on the sample moments.
     assert abs(g.mean().item() - 0.5772156649) < 6 * math.sqrt(math.pi ** 2 / 6 / n)
     assert abs(g.var().item() - math.pi ** 2 / 6) < 6 * math.sqrt((12 / 5 + 2) * (math.pi ** 2 / 6) ** 2 / n)
-    assert stats.kstest(g.numpy(), "gumbel_r").pvalue > 1e-4
+    assert stats.kstest(g.cpu().numpy(), "gumbel_r").pvalue > 1e-4
     assert g.min() >= -math.log(-math.log(2.0 ** -24)) - 1e-3  # finite lower tail, no -inf
 
 
@@ -180,7 +192,7 @@ def test_in_kernel_noise_sample_frequencies():
     y = ops.gumbel_softmax_st(torch.zeros(1, k, 64, 64), 1.0, impl="triton")
     counts = y.sum(dim=(0, 2, 3)).double()
     assert counts.sum() == n_pix
-    assert stats.chisquare(counts.numpy()).pvalue > 1e-4
+    assert stats.chisquare(counts.cpu().numpy()).pvalue > 1e-4
 
     probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=torch.float64)
     logits = torch.log(probs).float().view(1, 5, 1, 1).expand(1, 5, 128, 128)
@@ -214,7 +226,7 @@ def test_auto_selection_and_double_backward_scope():
 
 
 def test_cpu_without_interpreter(monkeypatch):
-    x = _logits((1, 5, 2, 3), torch.float32)
+    x = _logits((1, 5, 2, 3), torch.float32).cpu()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "-> ref" in ops.explain("gumbel_softmax_st", x, 1.0, None)
     with pytest.raises(_dispatch.ImplUnavailableError) as info:

@@ -1,8 +1,10 @@
 """Parity of the Triton SPADE normalization with the reference, the reference's own gradients,
 synchronized batch norm over two gloo processes, and the dispatch contract.
 
-The Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`` from conftest.py), where
-each launched program costs ~30 ms: tensors are small and blocks are large.
+By default the Triton kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` from
+conftest.py), where each launched program costs ~30 ms: tensors are small and blocks are large. On a
+CUDA machine, ``TRITON_INTERPRET=0 pytest tests/test_spade_norm.py`` runs the parity tests on the GPU
+with the compiled kernels (the two-process sync test always uses CPU, gloo and the interpreter).
 """
 import os
 import warnings
@@ -20,6 +22,24 @@ from tolerances import tol
 pytest.importorskip("triton")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEVICE = "cuda" if torch.cuda.is_available() and not ft.interpreter_requested() else "cpu"
+needs_interpreter = pytest.mark.skipif(not ft.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
+
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    """Tensors of these tests are created on DEVICE (CPU under the interpreter)."""
+    previous = torch.get_default_device()
+    torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_device(previous)
+
+
+@pytest.fixture
+def on_cpu(_default_device):
+    """For tests about CPU semantics (or CPU-only gloo): tensors on CPU whatever DEVICE is."""
+    torch.set_default_device("cpu")
+    yield
 
 
 def _inputs(shape, dtype, layout="nchw", offset=0.5, scale=2.0):
@@ -220,7 +240,7 @@ def _sync_worker(rank, world, init_file, out_dir, data):
 
 
 @pytest.mark.distributed
-def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(tmp_path):
+def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(tmp_path, on_cpu):
     shape = (5, 6, 3, 4)  # rank 0 holds 2 images, rank 1 holds 3: unequal local batches
     x, gamma, beta = (t.detach() for t in _inputs(shape, torch.float32, "channels_last", offset=3.0))
     grad = torch.randn(shape)
@@ -251,7 +271,8 @@ def _small():
     return _inputs((2, 3, 2, 2), torch.float32)
 
 
-def test_auto_picks_triton_under_interpreter_and_ref_without(monkeypatch):
+@needs_interpreter
+def test_auto_picks_triton_under_interpreter_and_ref_without(monkeypatch, on_cpu):
     x, gamma, beta = _small()
     assert "-> triton" in ops.explain("spade_norm", x, gamma, beta)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # read by the check at call time
@@ -263,7 +284,7 @@ def test_auto_picks_triton_under_interpreter_and_ref_without(monkeypatch):
     torch.testing.assert_close(out, spade_norm_ref(x, gamma, beta))
 
 
-def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
+def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch, on_cpu):
     x, gamma, beta = _small()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(_dispatch.ImplUnavailableError) as info:
@@ -306,7 +327,8 @@ def test_missing_triton_warns_once_and_strict_raises(monkeypatch):
         ops.spade_norm(x, gamma, beta)
 
 
-def test_interpreter_flag_set_after_kernel_import_is_reported(monkeypatch):
+@needs_interpreter
+def test_interpreter_flag_set_after_kernel_import_is_reported(monkeypatch, on_cpu):
     x, gamma, beta = _small()
     monkeypatch.setattr(ft._kg(), "is_interpreted", lambda: False)
     with pytest.raises(_dispatch.ImplUnavailableError, match="imported before it was set"):
