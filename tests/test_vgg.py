@@ -4,6 +4,7 @@ A fake weights file in torchvision's layout (random tensors, right keys and shap
 time; the expected loss is computed with a plain functional VGG written here from the layer list.
 """
 import hashlib
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -43,7 +44,8 @@ def fake_torchvision_state(gen):
 def fake_weights(tmp_path_factory):
     sd = fake_torchvision_state(torch.Generator().manual_seed(0))
     path = tmp_path_factory.mktemp("vgg") / "vgg19-fake.pth"
-    torch.save(sd, path)
+    # torchvision's file is a pickled OrderedDict in torch's legacy (non-zip) format
+    torch.save(OrderedDict(sd), path, _use_new_zipfile_serialization=False)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return path, sd, digest
 
