@@ -156,7 +156,7 @@ def reference_G_forward(sd, seg, nf, mode, sh, sw):
     up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
     x = F.conv2d(F.interpolate(seg, size=(sh, sw)), sd["fc.weight"], sd["fc.bias"], padding=1)
     for name, fin, fout in _g_blocks(nf, mode):
-        if name in ("G_middle_0", "up_0", "up_1", "up_2", "up_3", "up_4") or (name == "G_middle_1" and mode != "normal"):
+        if name.startswith("up_") or name == "G_middle_0" or (name == "G_middle_1" and mode != "normal"):
             x = up(x)
         x = _ref_block(sd, name, x, seg, fin != fout)
     return torch.tanh(F.conv2d(F.leaky_relu(x, 0.2), sd["conv_img.weight"], sd["conv_img.bias"], padding=1))
@@ -326,7 +326,7 @@ def test_discriminator_parameter_counts_full_width():
     assert (round(nd / 1e6, 2), round(nd2 / 1e6, 2)) == (1.40, 1.33)
 
 
-@pytest.mark.parametrize("mode,ar", [("normal", 1.0), ("more", 2.0)])
+@pytest.mark.parametrize("mode,ar", [("normal", 1.0), ("more", 2.0), ("most", 1.0)])
 def test_generator_loads_reference_layout_and_reproduces_it(mode, ar):
     label_c, nf, crop = 5, 4, 128
     layout = reference_G_layout(label_c, nf, mode)
@@ -338,7 +338,7 @@ def test_generator_loads_reference_layout_and_reproduces_it(mode, ar):
     for k in sd:
         assert torch.equal(out_sd[k], sd[k]), k
     seg = random_onehot(2, label_c, *g.output_size)
-    sw = crop // 2 ** (5 if mode == "normal" else 6)
+    sw = crop // 2 ** {"normal": 5, "more": 6, "most": 7}[mode]
     expected = reference_G_forward(sd, seg, nf, mode, round(sw / ar), sw)
     torch.testing.assert_close(g(seg), expected, **tol(torch.float32))
     # a DataParallel-style prefix is accepted; a wrong label count is a clear error

@@ -21,7 +21,7 @@ receives ``seg.detach()``, so a gradient w.r.t. a soft/straight-through label ma
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import torch
 import torch.nn as nn
