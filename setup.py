@@ -6,8 +6,12 @@ are present; set SBGAN_FAST_NO_EXT=1 to skip it. `kernels/` is installed as `sbg
 (a PyPI package named `kernels` exists: no top-level `kernels` is ever installed).
 """
 import os
+import sys
 
 from setuptools import setup
+
+# setup.py may run with a cwd that is not on sys.path (PEP 517 backends): make csrc_build importable.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 PACKAGES = [
     "sbgan_fast",
