@@ -17,7 +17,7 @@ Numerics of the forward statistics: no ``sum(x^2) - n * mean^2`` (it cancels cat
 |mean| >> std). Each tile computes its own mean and centred sum of squares from registers (an exact
 two-pass over data already loaded), tiles are merged with Chan et al.'s pairwise update
 (``M2 = M2_a + M2_b + delta^2 * n_a * n_b / n``) along a chunk of H*W, and a finalize kernel merges
-the per-(n, chunk) partials of each group the same way. The backward's two per-group sums
+the per-(n, chunk) partials of each group with the centred formula, block by block. The backward's two per-group sums
 (``sum(gy)``, ``sum(gy * x_hat)`` with ``gy = grad * (1 + gamma)``) are plain fp32 sums of partials
 (no cancellation-prone difference is formed from them).
 
@@ -92,10 +92,12 @@ def _stats_partial_kernel(x_ptr, part_ptr, C, HW, W, sxn, sxc, sxh, sxw,
 @triton.jit
 def _stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, rstd_ptr, rm_ptr, rv_ptr,
                            G, C, J, group_outer_stride, part_stride, eps, momentum,
-                           HAS_RUNNING: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Merge the J partials of each group g: partial j of g sits at
-    (g // C) * group_outer_stride + j * C + g % C. Writes mean, biased var, rstd = 1/sqrt(var + eps);
-    with HAS_RUNNING updates running_mean/var (unbiased var) in place with ``momentum``.
+                           HAS_RUNNING: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Merge the J partials (count, mean, M2) of each group g; partial j of g sits at
+    (g // C) * group_outer_stride + j * C + g % C. A (BLOCK_J, BLOCK_G) block of partials is merged
+    at once with the centred formula (mean = sum n_j m_j / n, M2 = sum M2_j + n_j (m_j - mean)^2),
+    blocks are merged with Chan's update. Writes mean, biased var, rstd = 1/sqrt(var + eps); with
+    HAS_RUNNING updates running_mean/var (unbiased var) in place with ``momentum``.
 
     Grid: (cdiv(G, BLOCK_G),)."""
     g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
@@ -104,16 +106,25 @@ def _stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, rstd_ptr, rm_ptr, rv_ptr
     mean = tl.zeros([BLOCK_G], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_G], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_G], dtype=tl.float32)
-    for j in range(0, J):
-        idx = base + j * C
-        nb = tl.load(part_ptr + idx, mask=gmask, other=1.0)
-        mb = tl.load(part_ptr + part_stride + idx, mask=gmask, other=0.0)
-        m2b = tl.load(part_ptr + 2 * part_stride + idx, mask=gmask, other=0.0)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        mask = (j < J)[:, None] & gmask[None, :]
+        idx = base[None, :] + (j * C)[:, None]
+        nj = tl.load(part_ptr + idx, mask=mask, other=0.0)
+        mj = tl.load(part_ptr + part_stride + idx, mask=mask, other=0.0)
+        m2j = tl.load(part_ptr + 2 * part_stride + idx, mask=mask, other=0.0)
+        nb = tl.sum(nj, axis=0)
+        nb_safe = tl.where(nb > 0.0, nb, 1.0)  # 0 only on lanes past the end
+        mb = tl.sum(nj * mj, axis=0) / nb_safe
+        d = tl.where(mask, mj - mb[None, :], 0.0)
+        m2b = tl.sum(m2j + nj * d * d, axis=0)
         ntot = cnt + nb
+        ntot_safe = tl.where(ntot > 0.0, ntot, 1.0)
         delta = mb - mean
-        mean = mean + delta * (nb / ntot)
-        m2 = m2 + m2b + delta * delta * (cnt * nb / ntot)
+        mean = mean + delta * (nb / ntot_safe)
+        m2 = m2 + m2b + delta * delta * (cnt * nb / ntot_safe)
         cnt = ntot
+    cnt = tl.where(cnt > 0.0, cnt, 1.0)
     var = m2 / cnt
     rstd = 1.0 / tl.sqrt_rn(var + eps)
     tl.store(mean_ptr + g, mean, mask=gmask)
@@ -306,7 +317,7 @@ def _check_stats(name: str, t: torch.Tensor, numel: int) -> None:
 def compute_stats(x: torch.Tensor, *, instance: bool, eps: float,
                   running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                   momentum: float = 0.1, block_hw: Optional[int] = None, block_c: Optional[int] = None,
-                  tiles_per_chunk: Optional[int] = None):
+                  tiles_per_chunk: Optional[int] = None, block_j: Optional[int] = None):
     """Per-group statistics of x in fp32.
 
     Args:
@@ -315,8 +326,9 @@ def compute_stats(x: torch.Tensor, *, instance: bool, eps: float,
         eps: added to the variance for rstd.
         running_mean, running_var: optional contiguous (C,) float buffers (batch norm only), updated
             in place: ``r = momentum * stat + (1 - momentum) * r`` with the unbiased variance.
-        block_hw, block_c, tiles_per_chunk: override the launch shape (tests use them to exercise
-            the multi-tile and multi-chunk merges).
+        block_hw, block_c, tiles_per_chunk, block_j: override the launch shape (tests use them to
+            exercise the multi-tile, multi-chunk and multi-block merges); block_j: partials merged
+            per step of the finalize kernel (rounded up to a power of 2).
     Returns:
         (mean, var, rstd): contiguous fp32 tensors of C (batch) or N*C (instance) elements; var biased.
     """
@@ -344,12 +356,18 @@ def compute_stats(x: torch.Tensor, *, instance: bool, eps: float,
     mean, var, rstd = stats[0], stats[1], stats[2]
     # partial j of group g: (g // C) * outer + j * C + g % C (batch: g < C, j runs over (n, chunk)).
     partials_per_group = n_chunks if instance else n * n_chunks
-    block_g = min(triton.next_power_of_2(groups), 1024 if not is_interpreted() else 1 << 16)
+    if is_interpreted():  # one program, one block of partials
+        dflt_j = triton.next_power_of_2(partials_per_group)
+        block_g = max(1, min(triton.next_power_of_2(groups), _INTERPRETER_TILE // dflt_j))
+    else:  # spread groups over programs; merge up to 32 partials per load
+        dflt_j = min(triton.next_power_of_2(partials_per_group), 32)
+        block_g = min(triton.next_power_of_2(groups), 128)
+    block_j = dflt_j if block_j is None else triton.next_power_of_2(int(block_j))
     has_running = running_mean is not None
     _stats_finalize_kernel[(triton.cdiv(groups, block_g),)](
         part, mean, var, rstd, running_mean if has_running else mean, running_var if has_running else var,
         groups, c, partials_per_group, n_chunks * c, part_stride, float(eps), float(momentum),
-        HAS_RUNNING=has_running, BLOCK_G=block_g, num_warps=4)
+        HAS_RUNNING=has_running, BLOCK_J=block_j, BLOCK_G=block_g, num_warps=4)
     return mean, var, rstd
 
 

@@ -173,13 +173,14 @@ def test_stats_merge_across_tiles_and_chunks_is_numerically_safe():
     assert ((naive.double() - var64).abs() / var64).max() > 0.1  # the test data does break naive sums
     rm, rv = torch.zeros(6), torch.ones(6)
     mean, var, rstd = ks.compute_stats(x, instance=False, eps=1e-5, running_mean=rm, running_var=rv,
-                                       momentum=0.25, block_hw=8, block_c=4, tiles_per_chunk=2)
+                                       momentum=0.25, block_hw=8, block_c=4, tiles_per_chunk=2, block_j=4)
     torch.testing.assert_close(mean.double(), x64.mean(dim=(0, 2, 3)), rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), var64, rtol=2e-3, atol=0)
     torch.testing.assert_close(rstd.double(), torch.rsqrt(var64 + 1e-5), rtol=2e-3, atol=0)
     n = x.numel() // 6
     torch.testing.assert_close(rv.double(), 0.75 + 0.25 * var64 * n / (n - 1), rtol=2e-3, atol=0)
-    mean_i, var_i, _ = ks.compute_stats(x, instance=True, eps=1e-5, block_hw=16, block_c=8, tiles_per_chunk=2)
+    mean_i, var_i, _ = ks.compute_stats(x, instance=True, eps=1e-5, block_hw=8, block_c=8, tiles_per_chunk=1,
+                                        block_j=2)
     torch.testing.assert_close(mean_i.double(), x64.mean(dim=(2, 3)).flatten(), rtol=1e-6, atol=0)
     torch.testing.assert_close(var_i.double(), x64.var(dim=(2, 3), unbiased=False).flatten(), rtol=2e-3, atol=0)
 
