@@ -8,6 +8,7 @@ Exactness: the hard sample is bitwise the reference's given the same noise; grad
 tolerance table.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ pytest.importorskip("triton")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEVICE = "cuda" if torch.cuda.is_available() and not ft.interpreter_requested() else "cpu"
+needs_interpreter = pytest.mark.skipif(not ft.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +216,28 @@ def test_first_order_only():
     assert g.abs().max() > 0
 
 
-def test_auto_selection_and_double_backward_scope():
+@pytest.fixture
+def auto_eligible(monkeypatch):
+    """Make the Triton impl eligible under ``auto`` as it is for CUDA tensors: on CPU, ``auto`` never
+    picks the interpreter (a testing tool, only used when asked for by name)."""
+    if DEVICE == "cpu":
+        monkeypatch.setattr(_dispatch, "explicit_request", lambda: True, raising=False)
+
+
+@needs_interpreter
+def test_auto_on_cpu_uses_ref_and_use_impl_selects_the_interpreter():
+    x = _logits((1, 5, 2, 3), torch.float32).cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CPU tensors are "not applicable": no fallback warning
+        assert "-> ref" in ops.explain("gumbel_softmax_st", x, 1.0, None)
+        ops.gumbel_softmax_st(x, 1.0)
+    with ops.use_impl("gumbel_softmax_st", "triton"):
+        assert "'triton'" in ops.explain("gumbel_softmax_st", x, 1.0, None)
+        y = ops.gumbel_softmax_st(x.requires_grad_(), 1.0)
+    assert type(y.grad_fn).__name__ == "GumbelSoftmaxSTBackward"
+
+
+def test_auto_selection_and_double_backward_scope(auto_eligible):
     x = _logits((1, 5, 2, 3), torch.float32)
     assert "-> triton" in ops.explain("gumbel_softmax_st", x, 1.0, None)
     with ops.double_backward():

@@ -272,17 +272,29 @@ def _small():
     return _inputs((2, 3, 2, 2), torch.float32)
 
 
+@pytest.fixture
+def auto_eligible(monkeypatch):
+    """Make the Triton impl eligible under ``auto`` as it is for CUDA tensors: on CPU, ``auto`` never
+    picks the interpreter (a testing tool, only used when asked for by name)."""
+    if DEVICE == "cpu":
+        monkeypatch.setattr(_dispatch, "explicit_request", lambda: True, raising=False)
+
+
 @needs_interpreter
-def test_auto_picks_triton_under_interpreter_and_ref_without(monkeypatch, on_cpu):
+def test_auto_on_cpu_picks_ref_silently_with_or_without_interpreter(monkeypatch, on_cpu):
     x, gamma, beta = _small()
-    assert "-> triton" in ops.explain("spade_norm", x, gamma, beta)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read by the check at call time
-    assert "-> ref" in ops.explain("spade_norm", x, gamma, beta)
     _dispatch.reset_warnings()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback warning would fail here: CPU is "not applicable"
+        assert "-> ref" in ops.explain("spade_norm", x, gamma, beta)
+        torch.testing.assert_close(ops.spade_norm(x, gamma, beta), spade_norm_ref(x, gamma, beta))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")  # read by the check at call time
+        assert "-> ref" in ops.explain("spade_norm", x, gamma, beta)
+        torch.testing.assert_close(ops.spade_norm(x, gamma, beta), spade_norm_ref(x, gamma, beta))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with ops.use_impl("spade_norm", "triton"):  # asked for by name: the interpreter runs
         out = ops.spade_norm(x, gamma, beta)
-    torch.testing.assert_close(out, spade_norm_ref(x, gamma, beta))
+    assert type(out.grad_fn).__name__ == "SpadeNormBackward"
 
 
 def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch, on_cpu):
@@ -296,7 +308,7 @@ def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch, on_cpu):
     assert "Fix:" in msg and "impl='ref'" in msg  # fix
 
 
-def test_double_backward_scope_never_picks_triton():
+def test_double_backward_scope_never_picks_triton(auto_eligible):
     x, gamma, beta = _small()
     with ops.double_backward():
         assert "-> ref" in ops.explain("spade_norm", x, gamma, beta)
@@ -310,7 +322,7 @@ def test_double_backward_scope_never_picks_triton():
         torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
 
 
-def test_missing_triton_warns_once_and_strict_raises(monkeypatch):
+def test_missing_triton_warns_once_and_strict_raises(monkeypatch, auto_eligible):
     x, gamma, beta = _small()
     monkeypatch.setattr(ft, "_kernels_loaded", False)
     monkeypatch.setattr(ft, "_import_error", "ModuleNotFoundError: No module named 'triton'")
