@@ -64,6 +64,7 @@ class _State(threading.local):
     def __init__(self) -> None:
         self.overrides: Dict[Optional[str], List[str]] = {}
         self.double_backward_depth = 0
+        self.explicit = False
 
 
 _state = _State()
@@ -95,8 +96,8 @@ def strict() -> bool:
 
 
 def default_impl(op: str) -> str:
-    """The impl used when a call passes ``impl='auto'``... or rather when none is passed: the scoped
-    override for ``op`` (or for all ops), else ``SBGAN_FAST_IMPL``, else ``auto``."""
+    """What ``impl='auto'`` means for ``op`` right now: the innermost :func:`use_impl` override for
+    ``op`` (or for all ops), else ``SBGAN_FAST_IMPL``, else ``auto``."""
     for key in (op, None):
         stack = _state.overrides.get(key)
         if stack:
@@ -138,6 +139,21 @@ def building_double_backward() -> bool:
     return _state.double_backward_depth > 0
 
 
+def explicit_request() -> bool:
+    """True while a check runs for an impl that was asked for by name (argument, ``use_impl`` or
+    ``SBGAN_FAST_IMPL``), False while ``auto`` is choosing. Lets a check allow test-only routes (the
+    Triton interpreter on CPU tensors) when asked for explicitly, and never under ``auto``."""
+    return _state.explicit
+
+
+def _check(be: "Backend", explicit: bool, args: tuple, kwargs: dict) -> Optional[Verdict]:
+    prev, _state.explicit = _state.explicit, explicit
+    try:
+        return be.check(*args, **kwargs)
+    finally:
+        _state.explicit = prev
+
+
 def _resolve(op: str, impl: str, args: tuple, kwargs: dict) -> Tuple[Backend, str, Optional[Verdict]]:
     """Return (backend, explanation, fallback verdict or None)."""
     if op not in _registry:
@@ -153,7 +169,7 @@ def _resolve(op: str, impl: str, args: tuple, kwargs: dict) -> Tuple[Backend, st
             raise ImplUnavailableError(
                 f"sbgan_fast.ops.{op}: impl={impl!r} does not exist for this op. "
                 f"Fix: use one of {['auto', 'ref'] + _priority[op]}.")
-        verdict = be.check(*args, **kwargs)
+        verdict = _check(be, True, args, kwargs)
         if verdict is None and building_double_backward() and not be.supports_double_backward:
             verdict = Verdict("it supports first-order gradients only and a second-order graph is being "
                               "built", "use impl='ref' (or 'auto') here", applicable=False)
@@ -167,7 +183,7 @@ def _resolve(op: str, impl: str, args: tuple, kwargs: dict) -> Tuple[Backend, st
     fallback: Optional[Verdict] = None
     for name in _priority[op]:
         be = backends[name]
-        verdict = be.check(*args, **kwargs)
+        verdict = _check(be, False, args, kwargs)
         if verdict is None and building_double_backward() and not be.supports_double_backward:
             verdict = Verdict("first-order only and a second-order graph is being built", applicable=False)
         if verdict is None:

@@ -10,7 +10,8 @@ Eligibility (the check functions, read at call time):
   *unavailable* (``auto`` warns once and uses ``ref``; strict mode and explicit ``impl='triton'`` raise
   with the fix ``pip install triton``).
 * CPU tensors: eligible only when ``TRITON_INTERPRET=1`` is set (Triton's interpreter, used by the
-  tests); otherwise *not applicable* (``auto`` silently uses ``ref``). Triton reads that variable when
+  tests) *and* ``impl='triton'`` was asked for by name; otherwise *not applicable* (``auto`` silently
+  uses ``ref``). Triton reads that variable when
   a kernel is defined, so setting it after ``sbgan_fast.kernels`` was imported cannot work: that case
   is reported as unavailable with the fix.
 * float64, more than 16384 classes, more than 65535 images, 2**31 or more elements: not applicable.
@@ -81,6 +82,10 @@ def _device_verdict(tensors: Sequence[torch.Tensor]) -> Optional[Verdict]:
                        "put all tensors on one device", applicable=False)
     device = devices.pop()
     interp = interpreter_requested()
+    if device.type == "cpu" and interp and not _dispatch.explicit_request():
+        return Verdict("the tensors are on cpu; Triton's interpreter (TRITON_INTERPRET=1) runs CPU tensors only "
+                       "when impl='triton' is asked for by name (it is a testing tool, never auto's choice)",
+                       "pass impl='triton' or use ops.use_impl(..., 'triton')", applicable=False)
     if device.type != "cuda" and not (device.type == "cpu" and interp):
         return Verdict(f"the tensors are on {device.type}; the Triton kernels need CUDA tensors "
                        f"(CPU tensors run only in Triton's interpreter, TRITON_INTERPRET=1)",

@@ -347,6 +347,9 @@ def validate(cfg: TrainConfig) -> None:
     need(sw >= 1 and cfg.spade.crop_size % (2 ** n_up) == 0,
          f"spade.crop_size {cfg.spade.crop_size} must be a multiple of 2^{n_up} for "
          f"num_upsampling_layers={cfg.spade.num_upsampling_layers!r}")
+    need(round(sw / cfg.spade.aspect_ratio) >= 1,
+         f"spade.crop_size {cfg.spade.crop_size} is too small for aspect_ratio {cfg.spade.aspect_ratio} with "
+         f"num_upsampling_layers={cfg.spade.num_upsampling_layers!r} (the first map would have no rows)")
     img_h = round(cfg.spade.crop_size / cfg.spade.aspect_ratio)
     need((img_h, cfg.spade.crop_size) == (cfg.data.height, cfg.data.width),
          f"the image size {cfg.data.height}x{cfg.data.width} (data.height x data.width) must equal the SPADE "
