@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "../common.h"
+#include "cpu_utils.h"
 
 namespace sbgan_fast {
 namespace {
@@ -51,6 +52,7 @@ void one_hot_rows(const LabelGeometry& g, int64_t num_classes, bool has_dc, int6
         for (int64_t k = 0; k < C; ++k) {
           out_t* o = base + k * plane;
           const int32_t kk = static_cast<int32_t>(k);
+#pragma omp simd
           for (int64_t x = 0; x < Wr; ++x) o[x] = cl[x] == kk ? one : zero;
         }
       } else {
@@ -77,6 +79,7 @@ at::Tensor one_hot_cpu(const at::Tensor& labels, int64_t num_classes, std::optio
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({g.N, C, g.Hr, g.Wr}, labels.options().dtype(dtype), fmt);
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   BadLabels bad;
   const bool has_dc = dontcare.has_value();
   const int64_t dc = dontcare.value_or(0);

@@ -4,11 +4,13 @@
 // class under the tap. With the weight pre-transposed to wt[i][j][c][:] (C_out contiguous, in the
 // accumulation type acc_t = fp32, or fp64 for fp64 weights):
 //   out[n, :, y, x] = bias + sum over in-bounds taps of wt[i][j][cls(n, y+i-ph, x+j-pw)][:]
-// Work is parallel over output rows (n, y). A row accumulates a W_out x C_out block (each tap adds
-// contiguous C_out vectors, which the compiler vectorizes), then writes it once: directly for a
-// channels-last output, transposed for NCHW. The label rows under the taps are resolved (resize,
-// dontcare, range check) into a small buffer; every label of the resized map is read by some tap,
-// so every one is checked. Bad labels contribute nothing and raise a ValueError after the pass.
+// Work is parallel over output rows (n, y). For each output pixel the (at most kh*kw) weight rows
+// under its taps are summed in blocks of 16 channels held in registers, into a tile of 16 pixels x
+// C_out that is written once: directly for a channels-last output, transposed (16 contiguous values
+// per channel) for NCHW. The label rows under the taps are resolved (resize, dontcare, range check)
+// into a small buffer; every label of the resized map is read by some tap, so every one is checked.
+// Bad labels contribute nothing and raise a ValueError after the pass. Large outputs are advised to
+// use 2 MiB pages (see cpu_utils.h).
 //
 // Backward (first order): grad_weight[:, c, i, j] = sum of grad_out[n, :, y, x] over the output
 // pixels whose tap (i, j) sees class c; grad_bias = sum of grad_out. Deterministic: the rows are
@@ -21,6 +23,7 @@
 #include <mutex>
 
 #include "../common.h"
+#include "cpu_utils.h"
 
 namespace sbgan_fast {
 namespace {
@@ -39,10 +42,10 @@ inline void resolve_row(const lab_t* lab, const LabelGeometry& g, const std::vec
   }
 }
 
-// Add the taps of output row y (sample n) into acc[Wo][Co] from the weight table wt[kh][kw][C][Co]
-// (forward) -- or, with Backward=true, add vec[Wo][Co] into the table rows instead.
-template <bool Backward, typename lab_t, typename acc_t>
-inline void row_taps(const lab_t* lab, const LabelGeometry& g, const ConvGeometry& c,
+// Backward of output row y (sample n): add vec[x][0..Co) (the upstream gradient of pixel x) into the
+// table row gw[i][j][class under tap (i, j)][0..Co) for every in-bounds tap.
+template <typename lab_t, typename acc_t>
+inline void row_taps_backward(const lab_t* lab, const LabelGeometry& g, const ConvGeometry& c,
                      const std::vector<int64_t>& hs, const std::vector<int64_t>& ws_off, int64_t n,
                      int64_t y, bool has_dc, int64_t dc, int32_t* cls, acc_t* table, acc_t* vec,
                      BadLabels& bad) {
@@ -59,15 +62,34 @@ inline void row_taps(const lab_t* lab, const LabelGeometry& g, const ConvGeometr
       for (int64_t x = x0; x < x1; ++x) {
         const int32_t cl = cls[x + j - c.pw];
         if (cl < 0) continue;
-        acc_t* w = tap + static_cast<int64_t>(cl) * Co;
-        acc_t* a = vec + x * Co;
-        if constexpr (Backward) {
-          for (int64_t o = 0; o < Co; ++o) w[o] += a[o];
-        } else {
-          for (int64_t o = 0; o < Co; ++o) a[o] += w[o];
-        }
+        acc_t* __restrict__ w = tap + static_cast<int64_t>(cl) * Co;
+        acc_t* __restrict__ a = vec + x * Co;
+#pragma omp simd
+        for (int64_t o = 0; o < Co; ++o) w[o] += a[o];
       }
     }
+  }
+}
+
+// Forward of one output pixel: a[0..Co) = bias + sum of the m weight rows w[0..m) (each Co long).
+// Blocks of 16 channels are summed in registers; every tap adds in the same (i, j) order.
+template <typename acc_t>
+inline void sum_rows(const acc_t* const* w, int64_t m, const acc_t* bias, int64_t Co, acc_t* __restrict__ a) {
+  constexpr int64_t kLanes = 16;
+  int64_t o = 0;
+  for (; o + kLanes <= Co; o += kLanes) {
+    acc_t v[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) v[l] = bias != nullptr ? bias[o + l] : acc_t(0);
+    for (int64_t t = 0; t < m; ++t) {
+      const acc_t* __restrict__ src = w[t] + o;
+      for (int64_t l = 0; l < kLanes; ++l) v[l] += src[l];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) a[o + l] = v[l];
+  }
+  for (; o < Co; ++o) {
+    acc_t v = bias != nullptr ? bias[o] : acc_t(0);
+    for (int64_t t = 0; t < m; ++t) v += w[t][o];
+    a[o] = v;
   }
 }
 
@@ -75,8 +97,9 @@ template <typename lab_t, typename scalar_t>
 void forward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<int64_t> dontcare,
                   const at::Tensor& wt, const at::Tensor& bias_acc, at::Tensor& out, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kTile = 16;  // output pixels per tile (the NCHW store writes kTile contiguous values)
   const lab_t* lab = g.labels.data_ptr<lab_t>();
-  acc_t* table = wt.data_ptr<acc_t>();
+  const acc_t* table = wt.data_ptr<acc_t>();
   const acc_t* bias = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
   scalar_t* o = out.data_ptr<scalar_t>();
   const std::vector<int64_t> hs = source_indices(g.H, g.Hr, g.scale_h);
@@ -84,34 +107,53 @@ void forward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<i
   for (auto& x : ws_off) x *= g.sW;
   const bool has_dc = dontcare.has_value();
   const int64_t dc = dontcare.value_or(0);
-  const int64_t Co = c.Co, Ho = c.Ho, Wo = c.Wo;
+  const int64_t Co = c.Co, Ho = c.Ho, Wo = c.Wo, Wr = g.Wr, kh = c.kh, kw = c.kw;
   const int64_t rows = g.N * Ho;
-  const int64_t work_per_row = std::max<int64_t>(1, Wo * Co * c.kh * c.kw);
+  const int64_t work_per_row = std::max<int64_t>(1, Wo * Co * kh * kw);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_row);
   BadLabels bad;
   std::mutex mu;
 
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(static_cast<size_t>(Wo * Co));
-    std::vector<int32_t> cls(static_cast<size_t>(g.Wr));
+    std::vector<acc_t> tile(static_cast<size_t>(kTile * Co));
+    std::vector<int32_t> cls(static_cast<size_t>(kh * Wr));
+    std::vector<char> row_ok(static_cast<size_t>(kh));
+    std::vector<const acc_t*> taps(static_cast<size_t>(kh * kw));
     BadLabels local;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ho, y = r % Ho;
-      acc_t* a = acc.data();
-      if (bias != nullptr) {
-        for (int64_t x = 0; x < Wo; ++x) std::copy(bias, bias + Co, a + x * Co);
-      } else {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t i = 0; i < kh; ++i) {  // the label rows under the taps
+        const int64_t yy = y + i - c.ph;
+        row_ok[static_cast<size_t>(i)] = yy >= 0 && yy < g.Hr;
+        if (row_ok[static_cast<size_t>(i)])
+          resolve_row(lab, g, hs, ws_off, n, yy, c.K, has_dc, dc, cls.data() + i * Wr, local);
       }
-      row_taps<false>(lab, g, c, hs, ws_off, n, y, has_dc, dc, cls.data(), table, a, local);
-      if (channels_last) {
-        scalar_t* dst = o + r * Wo * Co;
-        for (int64_t e = 0; e < Wo * Co; ++e) dst[e] = static_cast<scalar_t>(a[e]);
-      } else {
-        scalar_t* dst = o + (n * Co * Ho + y) * Wo;
-        for (int64_t oc = 0; oc < Co; ++oc) {
-          scalar_t* d = dst + oc * Ho * Wo;
-          for (int64_t x = 0; x < Wo; ++x) d[x] = static_cast<scalar_t>(a[x * Co + oc]);
+      for (int64_t x0 = 0; x0 < Wo; x0 += kTile) {
+        const int64_t nx = std::min(kTile, Wo - x0);
+        for (int64_t xi = 0; xi < nx; ++xi) {
+          const int64_t x = x0 + xi;
+          int64_t m = 0;
+          for (int64_t i = 0; i < kh; ++i) {
+            if (!row_ok[static_cast<size_t>(i)]) continue;
+            const int32_t* cl = cls.data() + i * Wr;
+            for (int64_t j = 0; j < kw; ++j) {
+              const int64_t xx = x + j - c.pw;
+              if (xx < 0 || xx >= Wr || cl[xx] < 0) continue;
+              taps[static_cast<size_t>(m++)] = table + ((i * kw + j) * c.C + cl[xx]) * Co;
+            }
+          }
+          sum_rows(taps.data(), m, bias, Co, tile.data() + xi * Co);
+        }
+        const acc_t* t = tile.data();
+        if (channels_last) {
+          scalar_t* dst = o + (r * Wo + x0) * Co;
+          for (int64_t e = 0; e < nx * Co; ++e) dst[e] = static_cast<scalar_t>(t[e]);
+        } else {
+          scalar_t* dst = o + (n * Co * Ho + y) * Wo + x0;
+          for (int64_t oc = 0; oc < Co; ++oc) {
+            scalar_t* d = dst + oc * Ho * Wo;
+            for (int64_t xi = 0; xi < nx; ++xi) d[xi] = static_cast<scalar_t>(t[xi * Co + oc]);
+          }
         }
       }
     }
@@ -146,6 +188,7 @@ at::Tensor onehot_conv2d_cpu(const at::Tensor& labels, const at::Tensor& weight,
   at::Tensor out = at::empty({g.N, c.Co, c.Ho, c.Wo}, weight.options(),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   AT_DISPATCH_INTEGRAL_TYPES(g.labels.scalar_type(), "sbgan_fast::onehot_conv2d labels", [&] {
     using lab_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
@@ -203,7 +246,7 @@ void backward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<
         }
         for (int64_t x = 0; x < Wo; ++x)
           for (int64_t o = 0; o < Co; ++o) gb[o] += v[x * Co + o];
-        row_taps<true>(lab, g, c, hs, ws_off, n, y, has_dc, dc, cls.data(), table, v, local);
+        row_taps_backward(lab, g, c, hs, ws_off, n, y, has_dc, dc, cls.data(), table, v, local);
       }
     }
     if (local.any) {
