@@ -14,7 +14,7 @@
 //
 // Backward (first order): grad_weight[:, c, i, j] = sum of grad_out[n, :, y, x] over the output
 // pixels whose tap (i, j) sees class c; grad_bias = sum of grad_out. Deterministic: the rows are
-// split into a fixed number of blocks (independent of the thread count), each block accumulates
+// split into a number of blocks that depends on the shapes only (never on the thread count), each block accumulates
 // into its own buffer in a fixed order, and the buffers are summed in block order.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -215,11 +215,14 @@ void backward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<
   const int64_t Co = c.Co, Ho = c.Ho, Wo = c.Wo;
   const int64_t rows = g.N * Ho;
   const int64_t table_size = c.kh * c.kw * c.C * Co;
-  // A fixed number of blocks (never the thread count): the result is the same bits on any machine.
-  // At most 32 blocks and at most 256 MiB of partial tables.
+  // The number of blocks depends on the shapes only (never on the thread count), so the result is
+  // the same bits on any machine: at most 32, at most 256 MiB of partial tables, and few enough that
+  // zeroing and summing the tables costs at most about 1/8 of the accumulation itself.
+  const int64_t work = rows * Wo * c.kh * c.kw * Co;
   const int64_t max_blocks_mem = std::max<int64_t>(
       1, (int64_t{256} << 20) / static_cast<int64_t>((table_size + Co) * sizeof(acc_t)));
-  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>({rows, 32, max_blocks_mem}));
+  const int64_t max_blocks_work = std::max<int64_t>(1, work / (8 * (table_size + Co)));
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>({rows, 32, max_blocks_mem, max_blocks_work}));
   at::Tensor partial = at::zeros({nblocks, table_size + Co}, gw_acc.options());
   acc_t* part = partial.data_ptr<acc_t>();
   BadLabels bad;
