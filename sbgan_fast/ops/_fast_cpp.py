@@ -187,10 +187,10 @@ def one_hot_cpp(labels: torch.Tensor, num_classes: int, dontcare: Optional[int] 
     value outside [0, K) that is not ``dontcare``. Labels that the nearest downsampling skips are not
     read, so not checked (the reference checks the whole map; the data loaders validate it).
     """
-    if load_extension() is None:
-        raise _dispatch.ImplUnavailableError(f"sbgan_fast.ops.one_hot: {_ext_error}. Fix: {BUILD_FIX}.")
     labels = check_labels("one_hot", labels)
     size = check_size("one_hot", size)
+    if load_extension() is None:
+        raise _dispatch.ImplUnavailableError(f"sbgan_fast.ops.one_hot: {_ext_error}. Fix: {BUILD_FIX}.")
     return torch.ops.sbgan_fast.one_hot(labels, int(num_classes), None if dontcare is None else int(dontcare),
                                         None if size is None else list(size), dtype,
                                         memory_format == torch.channels_last)
@@ -230,10 +230,10 @@ def onehot_conv2d_cpp(labels: torch.Tensor, weight: torch.Tensor, bias: Optional
     weights); channels-last when weight is channels-last (as F.conv2d), else NCHW-contiguous.
     Gradients: weight and bias, first order only (deterministic on CPU; fp32 atomics on CUDA).
     """
-    if load_extension() is None:
-        raise _dispatch.ImplUnavailableError(f"sbgan_fast.ops.onehot_conv2d: {_ext_error}. Fix: {BUILD_FIX}.")
     labels = check_labels("onehot_conv2d", labels)
     size = check_size("onehot_conv2d", size)
+    if load_extension() is None:
+        raise _dispatch.ImplUnavailableError(f"sbgan_fast.ops.onehot_conv2d: {_ext_error}. Fix: {BUILD_FIX}.")
     pad = _padding_pair(padding)
     if pad is None:
         raise ValueError(f"onehot_conv2d: padding must be a non-negative int or a pair of them, got {padding!r}")
