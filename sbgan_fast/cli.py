@@ -4,7 +4,6 @@ Subcommands: ``train``, ``sample``, ``info``. Run ``sbgan-fast <cmd> --help`` fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional

@@ -3,12 +3,11 @@ label maps with the SPADE generator alone."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from . import ops
 from .train import checkpoint as ckpt_io
 from .train.config import from_dict
 from .train.run import resolve_device
@@ -79,12 +78,11 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
         z_all = torch.randn(n, cfg.seg.z_dim, generator=g)
         for i in range(0, n, batch_size):
             z = z_all[i:i + batch_size].to(dev)
-            p = nets["G_seg"](z)
-            seg = ops.argmax_one_hot(p)
+            lab = nets["G_seg"](z).argmax(1)
             if cfg.e2e.seg_half_res:
-                seg = torch.nn.functional.interpolate(seg, scale_factor=2, mode="nearest")
-            all_images.append(nets["G_spd"](seg).cpu())
-            all_labels.append(seg.argmax(1).cpu())
+                lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+            all_images.append(nets["G_spd"](lab).cpu())
+            all_labels.append(lab.cpu())
         names = [f"{i:05d}" for i in range(n)]
     else:
         from .data.datasets import LabelFolderDataset
@@ -95,9 +93,10 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
             items = [ds[j] for j in range(i, min(count, i + batch_size))]
             lab = torch.stack([it["label"] for it in items]).long().to(dev)
             names += [os.path.splitext(os.path.basename(it["path"]))[0] for it in items]
-            seg = ops.one_hot(lab, k_real, dontcare=dc)
-            all_images.append(nets["G_spd"](seg).cpu())
-            all_labels.append(seg.argmax(1).cpu())
+            if dc is not None:
+                lab = torch.where(lab == dc, torch.full_like(lab, k - 1), lab)
+            all_images.append(nets["G_spd"](lab).cpu())
+            all_labels.append(lab.cpu())
     lab = torch.cat(all_labels)
     img = torch.cat(all_images)
     img_u8 = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -118,7 +117,3 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     return written
 
 
-def generate(nets, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(labels int (N,H,W), images (N,3,H,W) in [-1,1]) from G_seg and G_spd for latent codes z."""
-    seg = ops.argmax_one_hot(nets["G_seg"](z))
-    return seg.argmax(1), nets["G_spd"](seg)

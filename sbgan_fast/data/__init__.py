@@ -1,1 +1,8 @@
-"""sbgan_fast.data"""
+"""Datasets (built-in synthetic scenes, folders), the batch contract, label palettes."""
+from .datasets import (DataError, LabelFolderDataset, PairedFolderDataset, float_to_uint8, image_to_float,
+                       to_batch)
+from .palettes import colorize, get_class_names, get_palette
+from .synthetic import SyntheticScenes
+
+__all__ = ["DataError", "LabelFolderDataset", "PairedFolderDataset", "SyntheticScenes", "colorize",
+           "float_to_uint8", "get_class_names", "get_palette", "image_to_float", "to_batch"]

@@ -27,9 +27,13 @@ class SBGAN(nn.Module):
         self.seg_upsample = int(seg_upsample)
 
     def upsample(self, seg: torch.Tensor) -> torch.Tensor:
-        if self.seg_upsample == 1:
+        """Nearest upsampling of a float (N,K,h,w) map or int (N,h,w) labels by ``seg_upsample``."""
+        f = self.seg_upsample
+        if f == 1:
             return seg
-        return F.interpolate(seg, scale_factor=self.seg_upsample, mode="nearest")
+        if seg.is_floating_point():
+            return F.interpolate(seg, scale_factor=f, mode="nearest")
+        return seg.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
 
     @torch.no_grad()
     def sample_labels(self, z: torch.Tensor, res: Optional[int] = None) -> torch.Tensor:
@@ -37,14 +41,14 @@ class SBGAN(nn.Module):
         return self.G_seg(z, res=res).argmax(dim=1)
 
     def forward(self, z: torch.Tensor, *, hard: bool = True, tau: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns (label one-hot map fed to G_spd (N,K,H,W), image (N,3,H,W) in [-1,1]).
+        """Returns (label map at G_spd's resolution, image (N,3,H,W) in [-1,1]).
 
-        ``hard=True``: argmax one-hot (sampling). ``hard=False``: Gumbel straight-through sample of
-        ``log(p + 1e-5)`` (training; differentiable into G_seg)."""
+        ``hard=True`` (sampling): int64 (N,H,W) argmax labels, no noise; G_spd embeds them with the
+        exact integer (gather) path. ``hard=False`` (training): the float (N,K,H,W) straight-through
+        Gumbel sample of ``log(p + 1e-5)``, differentiable into G_seg."""
         p = self.G_seg(z)
         if hard:
-            seg = ops.argmax_one_hot(p)
-        else:
-            seg = ops.gumbel_softmax_st(torch.log(p + 1e-5), tau)
-        seg = self.upsample(seg)
-        return seg, self.G_spd(seg)
+            labels = self.upsample(p.argmax(dim=1))
+            return labels, self.G_spd(labels)
+        seg = self.upsample(ops.gumbel_softmax_st(torch.log(p + 1e-5), tau))
+        return seg, self.G_spd(seg, labels=seg.argmax(1))

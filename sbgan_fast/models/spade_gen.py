@@ -21,7 +21,7 @@ receives ``seg.detach()``, so a gradient w.r.t. a soft/straight-through label ma
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Optional, Dict, Mapping
 
 import torch
 import torch.nn as nn
@@ -209,10 +209,25 @@ class SPADEGenerator(nn.Module):
         return ops.onehot_conv2d(seg, weight, bias, dontcare=self.dontcare, size=(self.sh, self.sw), padding=1,
                                  impl=self.embed_impl)
 
-    def forward(self, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, seg: torch.Tensor, *, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """seg: float (N, semantic_nc, H, W) map (one-hot or soft) or int (N, H, W) labels.
+
+        labels: optional int (N, H, W) labels equal to ``seg.argmax(1)`` for an exact one-hot float
+        ``seg`` (e.g. a straight-through Gumbel sample). With ``detach_seg`` the SPADE blocks then
+        embed the integer labels (the exact gather path of :func:`sbgan_fast.ops.onehot_conv2d`) while
+        ``fc`` still sees the float map, so the gradient to ``seg`` is unchanged. Ignored when
+        ``detach_seg`` is False (every block needs the differentiable float map then).
+        """
         seg = self._check_seg(seg)
         x = self._embed_fc(seg)
-        s = seg.detach() if self.detach_seg else seg
+        if labels is not None and self.detach_seg and seg.is_floating_point():
+            labels = self._check_seg(labels)
+            if labels.is_floating_point() or labels.shape != (seg.shape[0],) + tuple(seg.shape[2:]):
+                raise ValueError(f"SPADEGenerator: labels must be int (N, H, W) matching seg {tuple(seg.shape)}, "
+                                 f"got {labels.dtype} {tuple(labels.shape)}")
+            s = labels
+        else:
+            s = seg.detach() if self.detach_seg else seg
         x = self.head_0(x, s)
         x = self._up(x)
         x = self.G_middle_0(x, s)

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List
 
 import torch
 

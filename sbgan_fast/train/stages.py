@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -227,10 +227,11 @@ class SpadeStage(Stage):
                 g["lr"] = lr
         return {f"lr_{k}": v for k, v in lrs.items()}
 
-    # shared with e2e
-    def spade_g_losses(self, seg, real_img) -> Dict[str, torch.Tensor]:
+    # shared with e2e. seg: float one-hot (N,K,H,W) for D; ids: the same map as int channel indices,
+    # which G_spd embeds with the exact gather path (no gradient flows into a real label map).
+    def spade_g_losses(self, seg, ids, real_img) -> Dict[str, torch.Tensor]:
         c, t = self.cfg.spade, self.t
-        fake = t.G_spd(seg)
+        fake = t.G_spd(ids)
         n = fake.shape[0]
         out = t.D_spd(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real_img], 1)], 0))
         fake_out, real_out = L.split_real_fake(out, n)
@@ -240,10 +241,10 @@ class SpadeStage(Stage):
             res["G_vgg"] = t.vgg(fake, real_img) * c.lambda_vgg
         return res
 
-    def spade_d_losses(self, seg, real_img) -> Dict[str, torch.Tensor]:
+    def spade_d_losses(self, seg, ids, real_img) -> Dict[str, torch.Tensor]:
         t = self.t
         with torch.no_grad():
-            fake = t.G_spd(seg)
+            fake = t.G_spd(ids)
         n = fake.shape[0]
         out = t.D_spd(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real_img], 1)], 0))
         fake_out, real_out = L.split_real_fake(out, n)
@@ -253,15 +254,15 @@ class SpadeStage(Stage):
     def step(self, step, batch):
         t = self.t
         labels, image = self.real_batch(step, batch, need_image=True)
-        seg = t.onehot(labels)
+        seg, ids = t.onehot(labels), t.label_ids(labels)
         set_requires_grad([t.D_spd], False)
-        g = self.spade_g_losses(seg, image)
+        g = self.spade_g_losses(seg, ids, image)
         g_loss = sum(g.values())
         t.optims["G_spd"].zero_grad(set_to_none=True)
         g_loss.backward()
         t.optims["G_spd"].step()
         set_requires_grad([t.D_spd], True)
-        d = self.spade_d_losses(seg, image)
+        d = self.spade_d_losses(seg, ids, image)
         d_loss = sum(d.values())
         t.optims["D_spd"].zero_grad(set_to_none=True)
         d_loss.backward()
@@ -275,7 +276,7 @@ class SpadeStage(Stage):
         labels = t.preview_labels
         with torch.no_grad():
             t.G_spd.eval()
-            img = t.G_spd(t.onehot(labels))
+            img = t.G_spd(t.label_ids(labels))
             t.G_spd.train()
         return labels, img
 
@@ -304,7 +305,9 @@ class E2EStage(SpadeStage):
         return step * bs, bs
 
     def set_lr(self, step):
-        c, cs = self.cfg.e2e, self.cfg.spade
+        """G_spd / D_spd decay like the spade stage over the joint steps; G_seg, D_seg and D2 keep
+        their learning rates."""
+        c = self.cfg.e2e
         joint = max(0, step - self.pretrain_steps())
         epoch = joint * self.batch_size() / self.t.dataset_size
         f = decay_factor(epoch, c.epochs, c.epochs_decay)
@@ -312,7 +315,6 @@ class E2EStage(SpadeStage):
         for name, lr in lrs.items():
             for g in self.t.optims[name].param_groups:
                 g["lr"] = lr
-        del cs
         return {f"lr_{k}": v for k, v in lrs.items()}
 
     def make_optimizers(self):
@@ -323,7 +325,12 @@ class E2EStage(SpadeStage):
                 "D2": self.adam(t.D2, c.lr_D2, c.d2_betas)}
 
     def seg_to_image_size(self, seg):
-        return F.interpolate(seg, scale_factor=2, mode="nearest") if self.cfg.e2e.seg_half_res else seg
+        """Nearest x2 when G_seg runs at half the image resolution (float maps or int labels)."""
+        if not self.cfg.e2e.seg_half_res:
+            return seg
+        if seg.is_floating_point():
+            return F.interpolate(seg, scale_factor=2, mode="nearest")
+        return seg.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
 
     def step(self, step, batch):
         if step < self.pretrain_steps():
@@ -337,7 +344,7 @@ class E2EStage(SpadeStage):
         n = image.shape[0]
         with torch.no_grad():
             p = t.G_seg(torch.randn(n, cs.z_dim, device=self.dev))
-            fake = t.G_spd(self.seg_to_image_size(ops.argmax_one_hot(p, impl=self.cfg.impl)))
+            fake = t.G_spd(self.seg_to_image_size(p.argmax(1)))
         out = t.D2(torch.cat([fake, image], 0))
         fake_out, real_out = L.split_real_fake(out, n)
         d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
@@ -351,19 +358,21 @@ class E2EStage(SpadeStage):
         t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
         labels, image = self.real_batch(step, batch, need_image=True)
         n = labels.shape[0]
-        seg_real_img = t.onehot(labels)
+        seg_real_img, ids = t.onehot(labels), t.label_ids(labels)
         seg_size = (cs.max_dim, int(cs.max_dim * cs.aspect_ratio))
         seg_real_low = t.onehot(labels, size=seg_size)
-        g_nets, d_nets = [t.G_seg, t.G_spd], [t.D_seg, t.D_spd, t.D2]
+        d_nets = [t.D_seg, t.D_spd, t.D2]
         # ---- generators
         set_requires_grad(d_nets, False)
         z = torch.randn(n, cs.z_dim, device=self.dev)
         p = t.G_seg(z)
         fake_seg = ops.gumbel_softmax_st(torch.log(p + 1e-5), cs.tau, impl=self.cfg.impl)
         seg_g = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
-        fake_img2 = t.G_spd(self.seg_to_image_size(fake_seg))
+        fake_seg_img = self.seg_to_image_size(fake_seg)
+        # the ST sample is an exact one-hot: its argmax lets G_spd's blocks use the gather path
+        fake_img2 = t.G_spd(fake_seg_img, labels=fake_seg_img.argmax(1))
         d2_g = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
-        g = self.spade_g_losses(seg_real_img, image)
+        g = self.spade_g_losses(seg_real_img, ids, image)
         g_loss = seg_g + d2_g + sum(g.values())
         for name in ("G_seg", "G_spd"):
             t.optims[name].zero_grad(set_to_none=True)
@@ -374,7 +383,7 @@ class E2EStage(SpadeStage):
         # ---- discriminators
         seg_d, parts = L.wgan_gp_d_loss(t.D_seg, seg_real_low, fake_seg.detach(), cs.lambda_gp)
         seg_d = c.lambda_seg * seg_d
-        d = self.spade_d_losses(seg_real_img, image)
+        d = self.spade_d_losses(seg_real_img, ids, image)
         out2 = t.D2(torch.cat([fake_img2.detach(), image], 0))
         f2, r2 = L.split_real_fake(out2, n)
         d2_real, d2_fake = L.hinge_d_parts(r2, f2)
@@ -396,12 +405,11 @@ class E2EStage(SpadeStage):
         with torch.no_grad():
             t.G_seg.eval()
             t.G_spd.eval()
-            p = t.G_seg(t.preview_z)
-            seg = self.seg_to_image_size(ops.argmax_one_hot(p, impl=self.cfg.impl))
-            img = t.G_spd(seg)
+            labels = self.seg_to_image_size(t.G_seg(t.preview_z).argmax(1))
+            img = t.G_spd(labels)
             t.G_seg.train()
             t.G_spd.train()
-        return seg.argmax(1), img
+        return labels, img
 
 
 STAGE_CLASSES = {"seg": SegStage, "spade": SpadeStage, "e2e": E2EStage}

@@ -102,6 +102,14 @@ class Trainer:
         k = self.num_classes - (1 if dc is not None else 0)
         return ops.one_hot(labels, k, dontcare=dc, size=size, impl=self.cfg.impl)
 
+    def label_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Int (N,H,W) labels as channel indices in [0, num_classes): the don't-care value, if
+        configured, becomes the last channel. The networks' integer-label (gather) paths take these."""
+        dc = self.cfg.data.dontcare
+        if dc is None:
+            return labels
+        return torch.where(labels == dc, torch.full_like(labels, self.num_classes - 1), labels)
+
     def _vgg(self):
         c = self.cfg.spade
         if not c.vgg_loss:
