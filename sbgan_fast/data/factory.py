@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
+import sys
+
 import numpy as np
+import torch
 
 
 def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
@@ -29,9 +32,74 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
         ds = PairedFolderDataset(d.image_dir, d.label_dir, k_real, height=d.height, width=d.width, hflip=False,
                                  seed=cfg.seed, dontcare=d.dontcare)
         return ds, {"num_classes": d.num_classes}
-    raise ValueError(f"data.dataset={d.dataset!r}: loading the official {d.dataset} layout is not available in "
-                     "this version; convert it to paired folders (data.dataset=folder, data.image_dir, "
-                     "data.label_dir, data.num_classes)")
+    if d.dataset in ("cityscapes", "ade20k", "ade_indoor"):
+        ds = build_real_dataset(cfg)
+        if d.num_classes and d.num_classes != ds.num_classes:
+            raise ValueError(f"data.num_classes={d.num_classes} but {ds.name} has {ds.num_classes} label channels"
+                             + (" (Cityscapes: 35 for labelIds, 20 for labelTrainIds; see data.label_kind)"
+                                if d.dataset == "cityscapes" else ""))
+        if ds.dontcare != d.dontcare:
+            raise ValueError(f"data.dontcare={d.dontcare} but {ds.name} uses dontcare={ds.dontcare}")
+        k = ds.num_classes
+        ds = _finish(ds, cfg)
+        return ds, {"num_classes": k}
+    raise ValueError(f"data.dataset={d.dataset!r} is not one of synthetic, folder, cityscapes, ade20k, ade_indoor")
+
+
+def build_real_dataset(cfg, *, check: bool = True, log=None):
+    """The official-layout dataset of ``cfg`` (a :class:`~sbgan_fast.data.real.RealPairsDataset`, no cache).
+
+    With ``check`` the cheap up-front scan runs (file headers: missing or unreadable files, size mismatches,
+    label image modes): problems raise one DataError listing them, or with ``data.skip_bad_files`` the bad pairs
+    are dropped (logged, counted in ``dataset.skipped``)."""
+    from .datasets import DataError
+    from .real import dataset_from_name
+    d = cfg.data
+    if not d.root:
+        raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
+    log = log or (lambda msg: print(f"[sbgan_fast] {msg}", file=sys.stderr))
+    kw = dict(split=d.split, height=d.height, width=d.width, seed=cfg.seed, image_interp=d.image_interp,
+              skip_bad_files=d.skip_bad_files)
+    if d.crop != "auto":
+        kw["crop"] = d.crop
+    if d.dataset == "cityscapes":
+        kind = d.label_kind
+        if kind == "auto":
+            kind = "labelTrainIds" if d.num_classes == 20 else "labelIds"
+        kw.update(label_kind=kind, extra_image_dir=d.extra_image_dir, extra_label_dir=d.extra_label_dir,
+                  extra_list=d.extra_list)
+    elif d.dataset == "ade_indoor":
+        kw.update(list_dir=d.list_dir, class_map=d.class_map)
+    ds = dataset_from_name(d.dataset, d.root, **kw)
+    if check:
+        problems = ds.scan(decode=False)
+        if problems and not d.skip_bad_files:
+            raise DataError(f"{ds.name}: {len(problems)} bad file(s) (run `sbgan-fast check-data` for a full "
+                            "report, or set data.skip_bad_files=true to skip them):\n"
+                            + "\n".join(f"  {e}" for e in problems[:20])
+                            + ("\n  ..." if len(problems) > 20 else ""), problems[0].path)
+        if problems:
+            for e in problems:
+                log(f"skipping bad pair: {e}")
+            ds.drop([e.index for e in problems], reason="see the messages above")
+    return ds
+
+
+def _finish(ds, cfg):
+    """Cache (data.cache) and the loader options the trainer's loader reads."""
+    d = cfg.data
+    if d.cache:
+        from .cache import build_cache, fits_on_device
+        ds = build_cache(ds, d.cache)
+        if d.cache_gpu and cfg.device != "cpu" and torch.cuda.is_available():
+            dev = torch.device("cuda" if cfg.device == "auto" else cfg.device)
+            if fits_on_device(ds.nbytes, dev):
+                ds.to_device(dev)
+            else:
+                print(f"[sbgan_fast] the cache ({ds.nbytes / 2**30:.2f} GiB) does not fit in half of the free GPU "
+                      "memory: it stays memory-mapped on the host", file=sys.stderr)
+    ds.loader_options = {"loader": d.loader}
+    return ds
 
 
 def palette_for(cfg, num_classes: int) -> np.ndarray:

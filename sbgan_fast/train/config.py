@@ -37,6 +37,19 @@ class DataConfig:
     image_dir: Optional[str] = None      # 'folder' dataset: images
     label_dir: Optional[str] = None      # 'folder' dataset: label PNGs with the same stems
     split: str = "train"
+    # official layouts (see sbgan_fast/data/real.py), loaders, cache, bad data
+    label_kind: str = "auto"             # cityscapes: labelIds (35) | labelTrainIds (20) | auto (from num_classes)
+    crop: str = "auto"                   # none | long_edge (square crop along the long edge) | auto (ADE: long_edge)
+    image_interp: str = "bilinear"       # bilinear | bicubic (images; labels always nearest)
+    extra_image_dir: Optional[str] = None  # cityscapes25k: extra images
+    extra_label_dir: Optional[str] = None  # ... their train-id label maps
+    extra_list: Optional[str] = None     # ... list file of the extra images used
+    list_dir: Optional[str] = None       # ade_indoor: folder of ade_indoor_{im,lbl}_info_{train,val}.txt
+    class_map: Optional[str] = None      # ade_indoor from the ADE20K layout: ADE20K-150 -> indoor class file
+    loader: str = "auto"                 # auto | torch | dali
+    cache: Optional[str] = None          # folder of a preprocessed uint8 memory-mapped cache (None: no cache)
+    cache_gpu: bool = True               # keep the cache on the GPU when it fits
+    skip_bad_files: bool = False         # log and skip bad files instead of failing (counted in the stats)
 
 
 @dataclass
@@ -325,6 +338,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.data.dataset in DATASETS, f"data.dataset: {cfg.data.dataset!r} is not one of {DATASETS}")
     bad = [s for s in cfg.stages if s not in STAGES]
     need(not bad and len(cfg.stages) > 0, f"stages: {bad or cfg.stages} invalid; choose from {STAGES}")
+    need(cfg.data.loader in ("auto", "torch", "dali"), f"data.loader must be auto|torch|dali, got {cfg.data.loader!r}")
     need(cfg.data.num_classes >= 0, f"data.num_classes must be >= 0 (0 = from the dataset), got {cfg.data.num_classes}")
     need(cfg.data.dataset == "synthetic" or cfg.data.root or cfg.data.image_dir or cfg.data.label_dir,
          f"data.root (--data-root) is required for dataset {cfg.data.dataset!r}")

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -74,7 +74,24 @@ class ScheduledBatches:
         return max(0, self.end - self.start)
 
 
-def make_loader(dataset, stream: SampleStream, schedule, start: int, end: int, num_workers: int, seed: int):
+def make_loader(dataset, stream: SampleStream, schedule, start: int, end: int, num_workers: int, seed: int, *,
+                loader: Optional[str] = None, device=None, need_image: Optional[bool] = None):
+    """Loader of steps [start, end). Official-layout datasets (built by ``data.factory``, which records
+    ``data.loader`` on them) go through :func:`sbgan_fast.data.loaders.build_loader` (torch, DALI or a
+    device-resident cache, same batch contract; label-only for the ``seg`` stage); others use a DataLoader.
+    ``need_image`` None: False when ``schedule`` belongs to the seg stage."""
+    opts = getattr(dataset, "loader_options", None)
+    if opts is not None or loader is not None:
+        from ..data.loaders import EpochTaggedBatches, build_loader
+        stage = getattr(schedule, "__self__", None)     # the Stage whose bound schedule this is
+        if need_image is None:
+            need_image = getattr(stage, "name", None) != "seg"
+        if device is None:
+            device = getattr(stage, "dev", None) or "cpu"
+        batches = (EpochTaggedBatches if getattr(dataset, "wants_epoch", False) else ScheduledBatches)(
+            stream, schedule, start, end)
+        return build_loader(dataset, batches, loader=loader or (opts or {}).get("loader", "auto"), device=device,
+                            num_workers=num_workers, seed=seed + start, need_image=need_image)
     # The loader's own generator keeps it from drawing its worker base seed from torch's global RNG,
     # whose state is checkpointed: creating a loader on resume must not shift the training noise.
     return torch.utils.data.DataLoader(
