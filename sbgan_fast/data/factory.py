@@ -46,12 +46,13 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
     raise ValueError(f"data.dataset={d.dataset!r} is not one of synthetic, folder, cityscapes, ade20k, ade_indoor")
 
 
-def build_real_dataset(cfg, *, check: bool = True, log=None):
+def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bool = False):
     """The official-layout dataset of ``cfg`` (a :class:`~sbgan_fast.data.real.RealPairsDataset`, no cache).
 
     With ``check`` the cheap up-front scan runs (file headers: missing or unreadable files, size mismatches,
     label image modes): problems raise one DataError listing them, or with ``data.skip_bad_files`` the bad pairs
-    are dropped (logged, counted in ``dataset.skipped``)."""
+    are dropped (logged, counted in ``dataset.skipped``). ``report_unpaired``: files without a partner are left
+    out and listed in ``dataset.unpaired`` instead of raising (what ``check-data`` reports)."""
     from .datasets import DataError
     from .real import dataset_from_name
     d = cfg.data
@@ -59,7 +60,7 @@ def build_real_dataset(cfg, *, check: bool = True, log=None):
         raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
     log = log or (lambda msg: print(f"[sbgan_fast] {msg}", file=sys.stderr))
     kw = dict(split=d.split, height=d.height, width=d.width, seed=cfg.seed, image_interp=d.image_interp,
-              skip_bad_files=d.skip_bad_files)
+              skip_bad_files=d.skip_bad_files, report_unpaired=report_unpaired)
     if d.crop != "auto":
         kw["crop"] = d.crop
     if d.dataset == "cityscapes":
@@ -71,6 +72,9 @@ def build_real_dataset(cfg, *, check: bool = True, log=None):
     elif d.dataset == "ade_indoor":
         kw.update(list_dir=d.list_dir, class_map=d.class_map)
     ds = dataset_from_name(d.dataset, d.root, **kw)
+    if d.skip_bad_files:
+        for e in ds.unpaired:
+            log(f"skipping: {e}")
     if check:
         problems = ds.scan(decode=False)
         if problems and not d.skip_bad_files:

@@ -182,6 +182,7 @@ class RealPairsDataset(_FolderBase):
         self.image_paths: List[Optional[str]] = [p[0] for p in pairs]
         self.label_paths: List[str] = [p[1] for p in pairs]
         self.skipped: List[str] = []     # files dropped up front (see drop) or passed over while loading
+        self.unpaired: List[DataError] = []  # files without a partner, left out (builders' lenient mode)
         allowed = sorted(int(v) for v in np.flatnonzero(self.lut >= 0))
         self._allowed = (f"the values this dataset allows ({_short(allowed)})")
 
@@ -362,7 +363,9 @@ def _need_dir(path: str, what: str, hint: str) -> str:
 
 
 def _pair_maps(images: Dict[str, str], labels: Dict[str, str], where: str, image_dir: str,
-               label_dir: str) -> List[Pair]:
+               label_dir: str, unpaired: Optional[List[DataError]] = None) -> List[Pair]:
+    """Pairs with the same key. Unpaired files raise one DataError listing them, or, when an ``unpaired`` list
+    is given, are appended to it (one DataError per file) and left out."""
     if not images:
         raise DataError(f"{where}: no images found in {image_dir}", image_dir)
     if not labels:
@@ -378,8 +381,16 @@ def _pair_maps(images: Dict[str, str], labels: Dict[str, str], where: str, image
             parts.append(f"{len(no_image)} label map(s) without an image: "
                          + ", ".join(labels[k] for k in no_image[:5]) + (" ..." if len(no_image) > 5 else ""))
         first = images[no_label[0]] if no_label else labels[no_image[0]]
-        raise DataError(f"{where}: missing pairs: " + "; ".join(parts), first)
-    return [(images[k], labels[k]) for k in sorted(images)]
+        if unpaired is None:
+            raise DataError(f"{where}: missing pairs: " + "; ".join(parts), first)
+        unpaired.extend(DataError(f"{where}: image {images[k]} has no label map in {label_dir}", images[k])
+                         for k in no_label)
+        unpaired.extend(DataError(f"{where}: label map {labels[k]} has no image in {image_dir}", labels[k])
+                         for k in no_image)
+        if not any(k in labels for k in images):
+            raise DataError(f"{where}: no image has a label map: " + "; ".join(parts), first)
+    return [(images[k], labels[k]) for k in sorted(images) if k in labels]
+
 
 
 def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds", height: Optional[int],
@@ -398,7 +409,8 @@ def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds",
     lab_dir = _need_dir(os.path.join(root, "gtFine", split), "label folder", hint)
     images = _list_files(img_dir, (".png",), recursive=True, suffix="_leftImg8bit")
     labels = _list_files(lab_dir, (".png",), recursive=True, suffix=f"_gtFine_{label_kind}")
-    pairs = _pair_maps(images, labels, f"cityscapes {split}", img_dir, lab_dir)
+    unpaired = _unpaired_list(kw)
+    pairs = _pair_maps(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired)
     extra = [extra_image_dir, extra_label_dir, extra_list]
     if any(extra):
         if not all(extra):
@@ -409,10 +421,26 @@ def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds",
                              "'labelTrainIds' (20 channels, dontcare 255)")
         pairs += _cityscapes_extra(extra_image_dir, extra_label_dir, extra_list)
     if label_kind == "labelIds":
-        return RealPairsDataset(pairs, 35, lut=CITYSCAPES_IDS_LUT, height=height, width=width,
-                                name=f"cityscapes {split}", **kw)
-    return RealPairsDataset(pairs, 20, lut=CITYSCAPES_TRAIN_LUT, dontcare=255, height=height, width=width,
-                            name=f"cityscapes {split}", **kw)
+        ds = RealPairsDataset(pairs, 35, lut=CITYSCAPES_IDS_LUT, height=height, width=width,
+                              name=f"cityscapes {split}", **kw)
+    else:
+        ds = RealPairsDataset(pairs, 20, lut=CITYSCAPES_TRAIN_LUT, dontcare=255, height=height, width=width,
+                              name=f"cityscapes {split}", **kw)
+    return _with_unpaired(ds, unpaired)
+
+
+def _unpaired_list(kw: dict) -> Optional[List[DataError]]:
+    """A list collecting unpaired files (builders' ``report_unpaired=True`` or ``skip_bad_files=True``), else
+    None (unpaired files raise)."""
+    report = kw.pop("report_unpaired", False)
+    return [] if (report or kw.get("skip_bad_files")) else None
+
+
+def _with_unpaired(ds: RealPairsDataset, unpaired: Optional[List[DataError]]) -> RealPairsDataset:
+    ds.unpaired = list(unpaired or [])
+    if ds.skip_bad_files:
+        ds.skipped.extend(e.path for e in ds.unpaired)
+    return ds
 
 
 _EXTRA_LABEL_SUFFIXES = ("_gtFine_labelTrainIds", "_labelTrainIds", "_gtFine_labelIds", "")
@@ -464,7 +492,7 @@ def _ade_challenge_root(root: str) -> Optional[str]:
 _ADE_SPLIT = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
-def _ade_challenge_pairs(root: str, split: str) -> Tuple[List[Pair], str]:
+def _ade_challenge_pairs(root: str, split: str, unpaired=None) -> Tuple[List[Pair], str]:
     base = _ade_challenge_root(root)
     hint = "expected <root>/images/{training,validation}/*.jpg and <root>/annotations/{training,validation}/*.png"
     if base is None:
@@ -476,15 +504,16 @@ def _ade_challenge_pairs(root: str, split: str) -> Tuple[List[Pair], str]:
     lab_dir = _need_dir(os.path.join(base, "annotations", s), "label folder", hint)
     images = _list_files(img_dir, IMAGE_EXTS, recursive=False)
     labels = _list_files(lab_dir, (".png",), recursive=False)
-    return _pair_maps(images, labels, f"ade20k {s}", img_dir, lab_dir), base
+    return _pair_maps(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired), base
 
 
 def ade20k(root: str, *, split: str = "train", height: Optional[int], width: Optional[int],
            crop: str = "long_edge", **kw) -> RealPairsDataset:
     """ADE20K scene parsing (150 classes + 0 "other": 151 channels), square crops along the long edge."""
-    pairs, _ = _ade_challenge_pairs(os.fspath(root), split)
-    return RealPairsDataset(pairs, 151, lut=_lut(range(151)), height=height, width=width, crop=crop,
-                            name=f"ade20k {split}", **kw)
+    unpaired = _unpaired_list(kw)
+    pairs, _ = _ade_challenge_pairs(os.fspath(root), split, unpaired)
+    return _with_unpaired(RealPairsDataset(pairs, 151, lut=_lut(range(151)), height=height, width=width,
+                                           crop=crop, name=f"ade20k {split}", **kw), unpaired)
 
 
 def read_class_map(path: str, num_src: int = 151, num_dst: int = 95) -> np.ndarray:
@@ -566,6 +595,7 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
     """ADE-Indoor (95 channels, values 0..94): the authors' archive layout, or the ADE20K challenge layout with
     a class-mapping file and the split lists (see the module docstring)."""
     root = os.fspath(root)
+    unpaired = _unpaired_list(kw)
     split = {"training": "train", "validation": "val"}.get(split, split)
     if split not in ("train", "val"):
         raise ValueError(f"ade_indoor: split must be 'train' or 'val', got {split!r}")
@@ -585,7 +615,7 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
         if listed is None:
             raise DataError("ade_indoor: selecting the indoor images of the ADE20K challenge layout needs the "
                             "split lists (data.list_dir with ade_indoor_{im,lbl}_info_{train,val}.txt)", root)
-        pairs, _ = _ade_challenge_pairs(root, split)
+        pairs, _ = _ade_challenge_pairs(root, split, unpaired)
         by_stem = {os.path.splitext(os.path.basename(lp))[0]: (ip, lp) for ip, lp in pairs}
         missing = sorted(s for s in listed if s not in by_stem)
         if missing:
@@ -593,8 +623,8 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), challenge)
         pairs = [by_stem[s] for s in sorted(listed)]
         lut = read_class_map(class_map)
-        return RealPairsDataset(pairs, 95, lut=lut, height=height, width=width, crop=crop,
-                                name=f"ade_indoor {split}", **kw)
+        return _with_unpaired(RealPairsDataset(pairs, 95, lut=lut, height=height, width=width, crop=crop,
+                                               name=f"ade_indoor {split}", **kw), unpaired)
     if class_map is not None:
         raise DataError(f"ade_indoor: data.class_map is given but {root} has no ADE20K challenge layout "
                         "(images/ and annotations/); the authors' archive is already in indoor classes", root)
@@ -619,9 +649,9 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
         if missing:
             raise DataError(f"ade_indoor {split}: {len(missing)} listed image(s) missing under {img_dir}: "
                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), img_dir)
-    pairs = _pair_maps(images, labels, f"ade_indoor {split}", img_dir, lab_dir)
-    return RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width, crop=crop,
-                            name=f"ade_indoor {split}", **kw)
+    pairs = _pair_maps(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired)
+    return _with_unpaired(RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width,
+                                           crop=crop, name=f"ade_indoor {split}", **kw), unpaired)
 
 
 def dataset_from_name(name: str, root: str, **kw) -> RealPairsDataset:
