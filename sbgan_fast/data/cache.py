@@ -202,7 +202,7 @@ class CachedDataset(torch.utils.data.Dataset):
     def to_device(self, device) -> "CachedDataset":
         """Hold the arrays as tensors on ``device``; items are then returned there."""
         device = torch.device(device)
-        self._timg = torch.from_numpy(np.asarray(self.images)).to(device)
+        self._timg = torch.from_numpy(np.array(self.images)).to(device)
         self._tlab = torch.from_numpy(np.asarray(self.labels).astype(np.int16 if self.labels.dtype == np.uint16
                                                                        else np.uint8)).to(device)
         self.device = device
