@@ -24,12 +24,13 @@ def sample_gumbel(shape, *, dtype=torch.float32, device=None, generator=None) ->
 
 def gumbel_softmax_st_ref(logits: torch.Tensor, tau: float = 1.0, noise: Optional[torch.Tensor] = None):
     """Reference: any gradient order, torch.compile friendly. Math in fp32 for half inputs."""
+    math_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
     if noise is None:
-        noise = sample_gumbel(logits.shape, dtype=torch.float32, device=logits.device)
+        noise = sample_gumbel(logits.shape, dtype=math_dtype, device=logits.device)
     # Multiplying by the fp32-rounded reciprocal (rather than dividing by tau) gives the same bits on
     # every device (CUDA's tensor/scalar division is a reciprocal multiply anyway) and in the Triton
     # kernel, so hard samples match bitwise for any tau; for tau = 1 it is exactly the division.
-    scores = (logits.float() + noise.float()) * (1.0 / tau)
+    scores = (logits.to(math_dtype) + noise.to(math_dtype)) * (1.0 / tau)
     y_soft = scores.softmax(dim=1)
     index = scores.argmax(dim=1, keepdim=True)
     y_hard = torch.zeros_like(y_soft).scatter_(1, index, 1.0)
