@@ -130,3 +130,20 @@ def test_info_prints_exact_parameter_counts(capsys):
     assert round(counts["G_seg"] / 1e6, 2) == 27.33 and round(counts["D_seg"] / 1e6, 2) == 23.13
     assert round(counts["G_spd"] / 1e6, 1) == 93.0
     assert round(counts["D_spd"] / 1e6, 2) == 1.40 and round(counts["D2"] / 1e6, 2) == 1.33
+
+
+def test_class_count_mismatch_names_the_file(tmp_path):
+    from PIL import Image
+
+    from sbgan_fast.data.datasets import DataError
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 8 if i == 2 else 5, (32, 32), dtype=np.uint8)).save(tmp_path / "lab" / f"{i}.png")
+    cfg = tiny_cfg(tmp_path / "run", "data.dataset=folder", f"data.image_dir={tmp_path / 'img'}",
+                   f"data.label_dir={tmp_path / 'lab'}", "data.num_classes=5", "stages=spade", max_steps=2)
+    with pytest.raises(DataError, match=r"2\.png has values outside \[0, 5\)"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
