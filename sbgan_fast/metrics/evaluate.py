@@ -1,0 +1,296 @@
+"""FID of trained SB-GAN generators: ``sbgan-fast eval`` and a callback for periodic FID during training.
+
+Two numbers, as in the paper:
+
+* **unconditional** (SB-GAN): z -> G_seg -> argmax label map -> G_spd -> image. The paper's protocol is the
+  mean and spread over 5 sets of 500 (Cityscapes) or 433 (ADE-Indoor) generated images, each set compared with
+  the statistics of the real validation images; set ``i`` uses the latent codes of seed ``seed + i``.
+* **conditional** (labels-to-image, the SPADE generator alone): G_spd on the real validation label maps,
+  compared with the same real statistics. The generator is deterministic, so this is a single number.
+
+Real-set statistics are cached (see :func:`.fid.real_statistics`), keyed by the dataset, its root/folders,
+split, resolution, image count, FID variant and the Inception weights' sha256.
+
+The validation images: the ``val`` split of the run's dataset at the run's resolution. For the built-in
+synthetic scenes that is a set of scenes rendered with another seed than the training scenes; for folder
+datasets the ``--image-dir``/``--label-dir`` given (else the training folders, with a warning).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from .fid import FeatureStats, FIDExtractor, fid_from_stats, real_statistics
+
+__all__ = ["evaluate_checkpoint", "fid_callback", "build_eval_dataset", "PAPER_SET_SIZE", "SYNTHETIC_VAL_SEED"]
+
+# images per generated set in the paper's protocol (the sizes of the validation sets)
+PAPER_SET_SIZE = {"cityscapes": 500, "ade_indoor": 433}
+PAPER_SETS = 5
+# the synthetic validation scenes use seed (run seed + this): disjoint from the training scenes
+SYNTHETIC_VAL_SEED = 1_000_003
+SYNTHETIC_VAL_SIZE = 500
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------
+def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: Optional[str] = None,
+                       image_dir: Optional[str] = None, label_dir: Optional[str] = None,
+                       size: Optional[int] = None, log: Callable[[str], None] = _log_stderr):
+    """The real evaluation set of a run config: items ``{"image": uint8 (3,H,W), "label": int64 (H,W)}``
+    at ``cfg.data.height x cfg.data.width``, no flips. Returns (dataset, describe) where ``describe``
+    identifies the set for the statistics cache."""
+    d = cfg.data
+    desc: Dict[str, Any] = {"dataset": d.dataset, "split": split, "height": d.height, "width": d.width}
+    if d.dataset == "synthetic":
+        from ..data.synthetic import SyntheticScenes
+        n = size or SYNTHETIC_VAL_SIZE
+        seed = cfg.seed + (SYNTHETIC_VAL_SEED if split != "train" else 0)
+        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes, hflip=False)
+        desc.update(seed=seed, size=n, num_classes=num_classes)
+        return ds, desc
+    if d.dataset == "folder":
+        from ..data.datasets import PairedFolderDataset
+        img_dir, lab_dir = image_dir or d.image_dir, label_dir or d.label_dir
+        if not (img_dir and lab_dir):
+            raise FileNotFoundError("evaluating a folder dataset needs the validation images and labels: "
+                                    "--image-dir DIR --label-dir DIR")
+        if not (image_dir and label_dir):
+            log(f"[fid] warning: no --image-dir/--label-dir given: the real statistics use the training folders "
+                f"{img_dir} and {lab_dir}")
+        k_real = num_classes - (1 if d.dontcare is not None else 0)
+        ds = PairedFolderDataset(img_dir, lab_dir, k_real, height=d.height, width=d.width, hflip=False,
+                                 seed=cfg.seed, dontcare=d.dontcare)
+        desc.update(image_dir=os.path.abspath(img_dir), label_dir=os.path.abspath(lab_dir))
+        return ds, desc
+    # official layouts (Cityscapes, ADE-Indoor): the dataset factory's val split
+    from ..data.factory import build_dataset
+    c = copy.deepcopy(cfg)
+    c.data.split = split
+    c.data.hflip = False
+    c.data.cache = None          # read the files; a training cache holds the training split
+    if data_root:
+        c.data.root = data_root
+    if not c.data.root:
+        raise FileNotFoundError(f"evaluating {d.dataset} needs the dataset root: --data-root DIR")
+    try:
+        ds, _ = build_dataset(c)
+    except ValueError as e:
+        raise FileNotFoundError(f"cannot load the {split} split of {d.dataset} at {c.data.root}: {e}") from None
+    desc.update(root=os.path.abspath(c.data.root), crop=c.data.crop, image_interp=c.data.image_interp,
+                label_kind=c.data.label_kind, list_dir=c.data.list_dir, class_map=c.data.class_map,
+                num_classes=num_classes, size=len(ds))
+    return ds, desc
+
+
+def _real_batches(ds, count: int, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, count, batch_size):
+        yield torch.stack([ds[j]["image"] for j in range(i, min(count, i + batch_size))])
+
+
+def _label_ids(labels: torch.Tensor, cfg, num_classes: int) -> torch.Tensor:
+    dc = cfg.data.dontcare
+    if dc is None:
+        return labels
+    return torch.where(labels == dc, torch.full_like(labels, num_classes - 1), labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
+                           device: torch.device) -> Iterator[torch.Tensor]:
+    """float (B, 3, H, W) images in [-1, 1]: z ~ N(0, I) from a generator seeded with ``seed`` (the global
+    RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels)."""
+    g = torch.Generator().manual_seed(int(seed))
+    z_all = torch.randn(n, cfg.seg.z_dim, generator=g)
+    for i in range(0, n, batch_size):
+        z = z_all[i:i + batch_size].to(device)
+        labels = nets["G_seg"](z).argmax(1)
+        if cfg.e2e.seg_half_res:
+            labels = labels.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        yield nets["G_spd"](labels).float()
+
+
+@torch.no_grad()
+def _conditional_batches(nets, cfg, num_classes: int, ds, n: int, batch_size: int,
+                         device: torch.device) -> Iterator[torch.Tensor]:
+    for i in range(0, n, batch_size):
+        lab = torch.stack([ds[j]["label"] for j in range(i, min(n, i + batch_size))]).long().to(device)
+        yield nets["G_spd"](_label_ids(lab, cfg, num_classes)).float()
+
+
+def _stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor]) -> FeatureStats:
+    stats = FeatureStats()
+    for b in batches:
+        extractor.update(stats, b)
+    return stats
+
+
+def _summary(values: List[float]) -> Dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "std_ddof": 1,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sbgan-fast eval
+# ---------------------------------------------------------------------------------------------------------
+def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int = PAPER_SETS,
+                        unconditional: bool = True, conditional: bool = False, n_real: Optional[int] = None,
+                        split: str = "val", data_root: Optional[str] = None, image_dir: Optional[str] = None,
+                        label_dir: Optional[str] = None, variant: str = "pytorch-fid",
+                        inception_weights: Optional[str] = None, cache_dir: Optional[str] = None,
+                        batch_size: int = 16, device: str = "auto", seed: int = 0, out: Optional[str] = None,
+                        extractor: Optional[FIDExtractor] = None,
+                        log: Callable[[str], None] = _log_stderr) -> Dict[str, Any]:
+    """FID of a checkpoint (file or run folder); returns the result dict (also written to ``out`` as JSON).
+
+    Args:
+        n: generated images per set (default: the paper's 500 / 433, else the number of real images).
+        sets: number of unconditional sets (each with its own latent codes).
+        unconditional / conditional: which FIDs to compute (at least one).
+        n_real: real images for the statistics (default: the whole evaluation split).
+        variant: 'pytorch-fid' (standard) or 'sbgan-code' (the authors' definition; needs inception_weights).
+        extractor: a ready :class:`FIDExtractor` (else one is built from variant / inception_weights).
+    """
+    from ..sample import load_generators
+    from ..train.run import resolve_device
+    if not (unconditional or conditional):
+        raise ValueError("nothing to evaluate: enable the unconditional and/or the conditional FID")
+    for name, value in (("n", n), ("n_real", n_real)):
+        if value is not None and value < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (a covariance needs 2 images), "
+                             f"got {value}")
+    if sets < 1:
+        raise ValueError(f"--sets must be >= 1, got {sets}")
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    if extractor is None:   # first: a missing weights file is reported before anything else is loaded
+        extractor = FIDExtractor(variant, inception_weights, device=dev, batch_size=max(1, batch_size))
+    cfg, k, nets = load_generators(checkpoint, dev, need_seg=unconditional)
+    log(f"[fid] variant {extractor.variant}; Inception weights {extractor.info.get('source')} "
+        f"sha256 {extractor.info.get('sha256') or '-'}")
+    ds, desc = build_eval_dataset(cfg, k, split=split, data_root=data_root, image_dir=image_dir,
+                                  label_dir=label_dir, size=n_real, log=log)
+    count = len(ds) if n_real is None else min(n_real, len(ds))
+    if count < 2:
+        raise ValueError(f"the evaluation set holds {len(ds)} image(s); FID needs at least 2")
+    if n_real is not None and n_real > len(ds):
+        log(f"[fid] warning: --n-real {n_real} but the evaluation set holds {len(ds)} images; using {count}")
+    desc["count"] = count
+    real, real_meta = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
+                                      cache_dir=cache_dir, log=log)
+    n_gen = n or PAPER_SET_SIZE.get(cfg.data.dataset, count)
+    result: Dict[str, Any] = {
+        "checkpoint": os.path.abspath(checkpoint), "preset": cfg.preset, "dataset": cfg.data.dataset,
+        "resolution": [cfg.data.height, cfg.data.width], "num_classes": k, "fid_variant": extractor.variant,
+        "inception": {k2: v for k2, v in extractor.info.items() if k2 != "fid_variant"},
+        "real": {"count": real.n, "split": split, "cache": real_meta.get("path") or None,
+                 "cached": bool(real_meta.get("cached"))},
+        "device": str(dev),
+    }
+    if unconditional:
+        values, seeds = [], []
+        for s in range(sets):
+            t = time.perf_counter()
+            st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev))
+            values.append(fid_from_stats(st, real))
+            seeds.append(seed + s)
+            log(f"[fid] unconditional set {s + 1}/{sets} ({n_gen} images, seed {seed + s}): FID {values[-1]:.4f} "
+                f"({time.perf_counter() - t:.1f} s)")
+        result["unconditional"] = dict(_summary(values), sets=values, seeds=seeds, n_per_set=n_gen)
+    if conditional:
+        n_cond = min(n_gen, count)
+        t = time.perf_counter()
+        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, n_cond, batch_size, dev))
+        result["conditional"] = {"fid": fid_from_stats(st, real), "n": n_cond,
+                                 "labels": f"first {n_cond} label maps of the {split} split"}
+        log(f"[fid] conditional ({n_cond} real label maps): FID {result['conditional']['fid']:.4f} "
+            f"({time.perf_counter() - t:.1f} s)")
+    result["time_s"] = round(time.perf_counter() - t0, 3)
+    if out:
+        d = os.path.dirname(os.path.abspath(out))
+        os.makedirs(d, exist_ok=True)
+        tmp = f"{out}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, out)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# periodic FID during training
+# ---------------------------------------------------------------------------------------------------------
+_CALLBACK_STATE: Dict[Any, Any] = {}
+
+
+@torch.no_grad()
+def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", inception_weights: Optional[str] = None,
+                 cache_dir: Optional[str] = None, batch_size: int = 16, seed: int = 0, n_real: Optional[int] = None,
+                 extractor: Optional[FIDExtractor] = None,
+                 log: Callable[[str], None] = _log_stderr) -> Dict[str, float]:
+    """FID of a training run's current generators, for logging every K images.
+
+    Computes ``fid`` (unconditional, when G_seg and G_spd have been trained or loaded) and ``fid_cond``
+    (G_spd on the real validation label maps, when G_spd has been) from ``n_images`` generated images against
+    the real statistics of the validation split (computed once, cached on disk and in memory). The latent
+    codes come from a private generator seeded with ``seed`` (the same codes at every call), so the training
+    RNG streams are untouched and resumed runs stay exact. The networks' train/eval modes are restored.
+
+    Returns e.g. ``{"fid": 81.2, "fid_cond": 64.0, "fid_n": 500}`` (empty when no generator is trained yet);
+    the caller logs it (e.g. ``trainer.logger.log(stage, step, images, scalars)``)."""
+    if n_images < 2:
+        raise ValueError(f"fid_callback: n_images must be at least 2, got {n_images}")
+    trained = getattr(trainer, "trained", None)
+    nets = trainer.nets
+    has = (lambda name: name in nets and (trained is None or name in trained))
+    do_uncond, do_cond = has("G_seg") and has("G_spd"), has("G_spd")
+    if not do_cond:
+        return {}
+    cfg, dev, k = trainer.cfg, trainer.device, trainer.num_classes
+    ekey = ("extractor", variant, inception_weights, str(dev))
+    if extractor is None:
+        extractor = _CALLBACK_STATE.get(ekey)
+        if extractor is None:
+            extractor = FIDExtractor(variant, inception_weights, device=dev, batch_size=batch_size)
+            _CALLBACK_STATE[ekey] = extractor
+    ds, desc = build_eval_dataset(cfg, k, size=n_real, log=log)
+    count = len(ds) if n_real is None else min(n_real, len(ds))
+    desc["count"] = count
+    rkey = ("real", extractor.variant, extractor.weights_id, json.dumps(desc, sort_keys=True, default=str))
+    real = _CALLBACK_STATE.get(rkey)
+    if real is None:
+        real, _ = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
+                                  cache_dir=cache_dir, log=log)
+        _CALLBACK_STATE[rkey] = real
+    modes = {name: net.training for name, net in nets.items()}
+    out: Dict[str, float] = {"fid_n": float(n_images)}
+    try:
+        for name in ("G_seg", "G_spd"):
+            if name in nets:
+                nets[name].eval()
+        if do_uncond:
+            st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
+            out["fid"] = fid_from_stats(st, real)
+        n_cond = min(n_images, count)
+        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, n_cond, batch_size, dev))
+        out["fid_cond"] = fid_from_stats(st, real)
+    finally:
+        for name, training in modes.items():
+            nets[name].train(training)
+    return out

