@@ -347,13 +347,17 @@ def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path):
     assert u["n_per_set"] == 4 and u["seeds"] == [0, 1] and len(u["sets"]) == 2
     assert u["sets"][0] != u["sets"][1] and all(v > 0 and np.isfinite(v) for v in u["sets"])
     assert u["mean"] == pytest.approx(np.mean(u["sets"])) and u["std"] == pytest.approx(np.std(u["sets"], ddof=1))
-    assert r1["conditional"]["n"] == 4 and r1["conditional"]["fid"] > 0
+    c = r1["conditional"]   # 4 of the 6 real label maps per set: two different draws
+    assert c["n_per_set"] == 4 and len(c["sets"]) == 2 and c["sets"][0] != c["sets"][1]
+    assert c["fid"] == pytest.approx(np.mean(c["sets"])) and all(v > 0 for v in c["sets"])
     assert r1["real"]["count"] == 6 and not r1["real"]["cached"] and os.path.isfile(r1["real"]["cache"])
     assert r1["resolution"] == [32, 32] and r1["fid_variant"] == "pytorch-fid"
     # second run: same numbers, real statistics from the cache
     r2 = evaluate_checkpoint(str(tiny_run), **dict(kw, sets=1, conditional=False))
     assert r2["real"]["cached"] and r2["unconditional"]["sets"] == u["sets"][:1]
     assert "conditional" not in r2
+    r3 = evaluate_checkpoint(str(tiny_run), **dict(kw, n=6, unconditional=False))   # n covers the split
+    assert "unconditional" not in r3 and len(r3["conditional"]["sets"]) == 1 and r3["conditional"]["std"] == 0
     # the real validation scenes are not the training scenes
     from sbgan_fast.metrics.evaluate import build_eval_dataset
     from sbgan_fast.train.config import build_config

@@ -5,8 +5,9 @@ Two numbers, as in the paper:
 * **unconditional** (SB-GAN): z -> G_seg -> argmax label map -> G_spd -> image. The paper's protocol is the
   mean and spread over 5 sets of 500 (Cityscapes) or 433 (ADE-Indoor) generated images, each set compared with
   the statistics of the real validation images; set ``i`` uses the latent codes of seed ``seed + i``.
-* **conditional** (labels-to-image, the SPADE generator alone): G_spd on the real validation label maps,
-  compared with the same real statistics. The generator is deterministic, so this is a single number.
+* **conditional** (labels-to-image, the SPADE generator alone): G_spd on real validation label maps, compared
+  with the same real statistics. Set ``i`` takes ``n`` label maps drawn without replacement with seed
+  ``seed + i``; the generator is deterministic, so when ``n`` covers the whole split there is one set.
 
 Real-set statistics are cached (see :func:`.fid.real_statistics`), keyed by the dataset, its root/folders,
 split, resolution, image count, FID variant and the Inception weights' sha256.
@@ -126,11 +127,19 @@ def _unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
 
 
 @torch.no_grad()
-def _conditional_batches(nets, cfg, num_classes: int, ds, n: int, batch_size: int,
+def _conditional_batches(nets, cfg, num_classes: int, ds, indices: List[int], batch_size: int,
                          device: torch.device) -> Iterator[torch.Tensor]:
-    for i in range(0, n, batch_size):
-        lab = torch.stack([ds[j]["label"] for j in range(i, min(n, i + batch_size))]).long().to(device)
+    """float (B, 3, H, W) images in [-1, 1]: G_spd on the label maps ``ds[i]["label"]`` for ``i`` in indices."""
+    for i in range(0, len(indices), batch_size):
+        lab = torch.stack([ds[j]["label"] for j in indices[i:i + batch_size]]).long().to(device)
         yield nets["G_spd"](_label_ids(lab, cfg, num_classes)).float()
+
+
+def _label_subset(count: int, n: int, seed: int) -> List[int]:
+    """All of range(count) when n >= count, else n sorted indices drawn without replacement (seeded)."""
+    if n >= count:
+        return list(range(count))
+    return sorted(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())
 
 
 def _stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor]) -> FeatureStats:
@@ -161,7 +170,8 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
 
     Args:
         n: generated images per set (default: the paper's 500 / 433, else the number of real images).
-        sets: number of unconditional sets (each with its own latent codes).
+        sets: number of sets (unconditional: each with its own latent codes; conditional: each with its own
+            draw of label maps, one set when ``n`` covers the split).
         unconditional / conditional: which FIDs to compute (at least one).
         n_real: real images for the statistics (default: the whole evaluation split).
         variant: 'pytorch-fid' (standard) or 'sbgan-code' (the authors' definition; needs inception_weights).
@@ -215,12 +225,20 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
         result["unconditional"] = dict(_summary(values), sets=values, seeds=seeds, n_per_set=n_gen)
     if conditional:
         n_cond = min(n_gen, count)
-        t = time.perf_counter()
-        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, n_cond, batch_size, dev))
-        result["conditional"] = {"fid": fid_from_stats(st, real), "n": n_cond,
-                                 "labels": f"first {n_cond} label maps of the {split} split"}
-        log(f"[fid] conditional ({n_cond} real label maps): FID {result['conditional']['fid']:.4f} "
-            f"({time.perf_counter() - t:.1f} s)")
+        c_sets = sets if n_cond < count else 1
+        values, seeds = [], []
+        for s in range(c_sets):
+            t = time.perf_counter()
+            idx = _label_subset(count, n_cond, seed + s)
+            st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
+            values.append(fid_from_stats(st, real))
+            seeds.append(seed + s)
+            log(f"[fid] conditional set {s + 1}/{c_sets} ({n_cond} of {count} real label maps): FID "
+                f"{values[-1]:.4f} ({time.perf_counter() - t:.1f} s)")
+        result["conditional"] = dict(
+            _summary(values), fid=float(np.mean(values)), sets=values, seeds=seeds, n_per_set=n_cond,
+            labels=(f"all {count} label maps of the {split} split" if n_cond == count else
+                    f"{n_cond} of the {count} label maps of the {split} split per set, drawn with the set's seed"))
     result["time_s"] = round(time.perf_counter() - t0, 3)
     if out:
         d = os.path.dirname(os.path.abspath(out))
@@ -287,8 +305,8 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
         if do_uncond:
             st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
             out["fid"] = fid_from_stats(st, real)
-        n_cond = min(n_images, count)
-        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, n_cond, batch_size, dev))
+        idx = list(range(min(n_images, count)))   # the same label maps at every call
+        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
         out["fid_cond"] = fid_from_stats(st, real)
     finally:
         for name, training in modes.items():
