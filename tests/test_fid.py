@@ -209,6 +209,11 @@ def test_extractor_feeds_preprocessed_images_in_batches():
     assert out.shape == (5, 64) and out.dtype == torch.float32
     assert [t.shape[0] for t in rec.inputs] == [2, 2, 1]
     assert torch.equal(torch.cat(rec.inputs), preprocess_pytorch_fid(images_to_uint8(img)))
+    # a caller's autocast region does not reach the feature network
+    rec.inputs.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ex.features(img), out)
+    assert all(t.dtype == torch.float32 for t in rec.inputs)
     rec.inputs.clear()
     FIDExtractor("sbgan-code", model=rec).features(img)
     assert torch.equal(rec.inputs[0], preprocess_sbgan_code(img))

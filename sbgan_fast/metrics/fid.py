@@ -274,13 +274,15 @@ def preprocess_sbgan_code(images: torch.Tensor, size: int = INPUT_SIZE) -> torch
 
 
 @contextmanager
-def _exact_fp32() -> Iterator[None]:
-    """Full fp32 convolutions and matmuls (no TF32) while features are computed on a GPU."""
+def _exact_fp32(device: torch.device) -> Iterator[None]:
+    """Full fp32 while features are computed: autocast off (a caller's AMP region does not reach the
+    Inception network) and no TF32 convolutions or matmuls on a GPU."""
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
@@ -336,7 +338,7 @@ class FIDExtractor:
         if self.variant == "pytorch-fid":
             images = images_to_uint8(images)
         out = []
-        with _exact_fp32():
+        with _exact_fp32(self.device):
             for i in range(0, images.shape[0], self.batch_size):
                 b = images[i:i + self.batch_size].to(self.device)
                 x = preprocess_pytorch_fid(b) if self.variant == "pytorch-fid" else preprocess_sbgan_code(b)
