@@ -241,39 +241,47 @@ def _tiny_input():
 
 
 def test_state_dict_files_load_with_hash_checks(tmp_path):
-    """pytorch-fid's and torchvision's state-dict files: classifier/aux heads dropped, hash prefix checked."""
+    """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
+    the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
+    file serves both variants."""
+    with torch.device("meta"):
+        src = InceptionV3Features("fid")
+    src = src.to_empty(device="cpu")
+    with torch.no_grad():   # cheap random weights (no default initialisation of 24M parameters)
+        for name, t in src.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif t.is_floating_point():
+                t.normal_(0, 0.05)
+            else:
+                t.zero_()
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
+    raw = tmp_path / "raw.pth"
+    torch.save(sd, raw)
+    digest = fid_mod.hashlib.sha256(raw.read_bytes()).hexdigest()
+    good = tmp_path / f"inception-{digest[:8]}.pth"
+    os.symlink(raw, good)
+    x = _tiny_input()
     for variant in ("fid", "torchvision"):
-        with torch.device("meta"):
-            src = InceptionV3Features(variant)
-        src = src.to_empty(device="cpu")
-        with torch.no_grad():   # cheap random weights (no default initialisation of 24M parameters)
-            for name, t in src.state_dict().items():
-                if name.endswith("running_var"):
-                    t.uniform_(0.5, 1.5)
-                elif t.is_floating_point():
-                    t.normal_(0, 0.05)
-                else:
-                    t.zero_()
-        sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
-        sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
-        if variant == "torchvision":
-            sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
-        raw = tmp_path / f"{variant}.pth"
-        torch.save(sd, raw)
-        digest = fid_mod.hashlib.sha256(raw.read_bytes()).hexdigest()
-        good = tmp_path / f"weights-{digest[:8]}.pth"
-        os.symlink(raw, good)
         model, info = load_inception(str(good), variant=variant)
-        assert info["sha256"] == digest and info["variant"] == variant
-        x = _tiny_input()
+        assert info["sha256"] == digest and info["variant"] == variant and model.variant == variant
+        ref = src
+        if variant == "torchvision":
+            with torch.device("meta"):
+                ref = InceptionV3Features("torchvision")
+            ref.load_state_dict(src.state_dict(), assign=True)
         with torch.no_grad():
-            torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
-        bad = tmp_path / f"{variant}-{'0' * 8}.pth"
-        os.symlink(raw, bad)
-        with pytest.raises(WeightsError, match="hash prefix"):
-            load_inception(str(bad), variant=variant)
+            torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+    with torch.no_grad():   # the two graphs differ (pool branches)
+        assert not torch.allclose(model(x), src(x))
+    bad = tmp_path / f"inception-{'0' * 8}.pth"
+    os.symlink(raw, bad)
+    with pytest.raises(WeightsError, match="hash prefix"):
+        load_inception(str(bad))
     named = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    os.symlink(tmp_path / "fid.pth", named)
+    os.symlink(raw, named)
     with pytest.raises(WeightsError, match="6726825d"):
         load_inception(str(named))
     with pytest.raises(WeightsError, match="not found"):
@@ -372,6 +380,14 @@ def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path):
     assert not torch.equal(val[0]["image"], train_ds[0]["image"])
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_checkpoint(str(tiny_run), **dict(kw, n=1))
+    ck = torch.load(tiny_run / "checkpoints" / "spade-latest.pt", map_location="cpu", weights_only=False)
+    ck["nets"] = {"G_spd": ck["nets"]["G_spd"]}   # a checkpoint of the image generator alone
+    spade_only = str(tmp_path / "g_spd_only.pt")
+    torch.save(ck, spade_only)
+    with pytest.raises(FileNotFoundError, match="--no-unconditional --conditional"):
+        evaluate_checkpoint(spade_only, **kw)
+    r4 = evaluate_checkpoint(spade_only, **dict(kw, unconditional=False, sets=1))
+    assert r4["conditional"]["fid"] > 0
 
 
 def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):

@@ -191,7 +191,14 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
     dev = resolve_device(device)
     if extractor is None:   # first: a missing weights file is reported before anything else is loaded
         extractor = FIDExtractor(variant, inception_weights, device=dev, batch_size=max(1, batch_size))
-    cfg, k, nets = load_generators(checkpoint, dev, need_seg=unconditional)
+    try:
+        cfg, k, nets = load_generators(checkpoint, dev, need_seg=unconditional)
+    except FileNotFoundError as e:
+        if unconditional and "G_seg" in str(e):
+            raise FileNotFoundError(f"{checkpoint} holds no trained G_seg, so there is no unconditional FID: "
+                                    "pass the run folder or an e2e checkpoint, or evaluate G_spd alone with "
+                                    "--no-unconditional --conditional") from None
+        raise
     log(f"[fid] variant {extractor.variant}; Inception weights {extractor.info.get('source')} "
         f"sha256 {extractor.info.get('sha256') or '-'}")
     ds, desc = build_eval_dataset(cfg, k, split=split, data_root=data_root, image_dir=image_dir,
