@@ -129,6 +129,15 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     impl: str = "auto"                   # default impl of the custom ops
+    # precision, memory layout and scale (train/amp.py, train/dist.py, train/monitor.py)
+    precision: str = "fp32"              # fp32 | bf16 (autocast) | fp16 (autocast + a GradScaler per loss group)
+    channels_last: Optional[bool] = None  # channels-last networks and inputs (None: on for CUDA, off on CPU)
+    cudnn_benchmark: bool = True         # torch.backends.cudnn.benchmark on CUDA (fixed shapes per phase)
+    accum: int = 1                       # micro-batches per update on each process (same global batch, less memory)
+    nonfinite_limit: int = 20            # stop after this many steps in a row with a NaN/Inf loss or gradient (0: never)
+    dist_noise: str = "rank"             # rank: noise seeded per process | global: slices of the global batch's noise
+    dist_backend: str = "auto"           # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    monitor_every: int = 100             # steps between GPU monitor samples (NVML + allocator peak); 0: off
     data: DataConfig = field(default_factory=DataConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
@@ -353,6 +362,12 @@ def validate(cfg: TrainConfig) -> None:
         sec, key = name.split(".")
         need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32|bf16|fp16, got {cfg.precision!r}")
+    need(cfg.accum >= 1, f"accum must be >= 1, got {cfg.accum}")
+    need(cfg.nonfinite_limit >= 0, f"nonfinite_limit must be >= 0 (0: never stop), got {cfg.nonfinite_limit}")
+    need(cfg.dist_noise in ("rank", "global"), f"dist_noise must be rank|global, got {cfg.dist_noise!r}")
+    need(cfg.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto|nccl|gloo, got {cfg.dist_backend!r}")
+    need(cfg.monitor_every >= 0, f"monitor_every must be >= 0 (0: off), got {cfg.monitor_every}")
     need(cfg.seg.tau > 0, f"seg.tau must be > 0, got {cfg.seg.tau}")
     from ..ops._dispatch import IMPLS
     need(cfg.impl in IMPLS, f"impl must be one of {IMPLS}, got {cfg.impl!r}")

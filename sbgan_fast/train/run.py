@@ -109,10 +109,17 @@ def step_generator(seed: int, stage: str, step: int, device: torch.device) -> to
     return g
 
 
-def random_hflip(gen: torch.Generator, *tensors: torch.Tensor):
-    """Flip each sample of every tensor (same decision across tensors) with probability 1/2."""
+def random_hflip(gen: torch.Generator, *tensors: torch.Tensor, total: Optional[int] = None, start: int = 0):
+    """Flip each sample of every tensor (same decision across tensors) with probability 1/2.
+
+    ``total``/``start``: the decisions are drawn for ``total`` samples (the global batch of a
+    distributed step) and samples ``[start, start + n)`` of them are used, so a process's flips are its
+    slice of the single-process flips. Default: ``total = n``, ``start = 0``."""
     n = tensors[0].shape[0]
-    flip = (torch.rand(n, generator=gen) < 0.5).to(tensors[0].device)
+    total = n if total is None else int(total)
+    if not 0 <= start <= total - n:
+        raise ValueError(f"random_hflip: samples [{start}, {start + n}) are outside the batch of {total}")
+    flip = (torch.rand(total, generator=gen)[start:start + n] < 0.5).to(tensors[0].device)
     out = []
     for t in tensors:
         shape = (n,) + (1,) * (t.dim() - 1)

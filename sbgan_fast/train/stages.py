@@ -4,6 +4,12 @@ pretraining on real pairs) and ``e2e`` (joint fine-tuning of all five networks w
 Each stage is a step function over a deterministic schedule: the batch, flips and learning rate of
 step ``s`` depend only on the config and ``s``, and every other random draw comes from torch's RNG,
 whose state is checkpointed, so a resumed run continues exactly as an uninterrupted one.
+
+A step works on this process's share of the global batch (see :mod:`sbgan_fast.train.dist`), split into
+``accum`` micro-batches; each optimizer update goes through the trainer's
+:class:`~sbgan_fast.train.amp.Updater` (autocast, loss scaling, gradient averaging over the
+processes, the non-finite guard) and every noise draw through its
+:class:`~sbgan_fast.train.amp.StepNoise`.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from . import losses as L
+from .dist import micro_slices
 from .run import random_hflip, step_generator
 
 
@@ -23,6 +30,27 @@ def set_requires_grad(nets, flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
             p.requires_grad_(flag)
+
+
+def _part(t, sl):
+    """``t[sl]`` or None."""
+    return None if t is None else t[sl]
+
+
+class _Means:
+    """Means over the micro-batches of a step of detached scalar tensors."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.sums: Dict[str, torch.Tensor] = {}
+
+    def add(self, vals: Dict[str, torch.Tensor]) -> None:
+        for name, v in vals.items():
+            v = v.detach().float()
+            self.sums[name] = self.sums[name] + v if name in self.sums else v
+
+    def result(self) -> Dict[str, torch.Tensor]:
+        return {name: v / self.k for name, v in self.sums.items()}
 
 
 def decay_factor(epoch: float, epochs: float, epochs_decay: float) -> float:
@@ -48,6 +76,10 @@ class Stage:
     # -- schedule ---------------------------------------------------------------------------
     def total_steps(self) -> int:
         raise NotImplementedError
+
+    def batch_sizes(self) -> List[int]:
+        """Every global batch size the stage uses."""
+        return [self.schedule(0)[1]]
 
     def schedule(self, step: int) -> Tuple[int, int]:
         """(offset into the sample stream, batch size) of ``step``."""
@@ -78,18 +110,27 @@ class Stage:
 
     # -- helpers ----------------------------------------------------------------------------
     def real_batch(self, step: int, batch, *, need_image: bool):
-        """Move to device, flip (shared image/label decision from the per-step generator)."""
+        """Move to device, flip (shared image/label decision from the per-step generator, drawn for
+        the global batch: this process uses its slice), channels-last images when configured."""
         labels = batch["label"].to(self.dev, non_blocking=True).long()
         image = batch["image"].to(self.dev, non_blocking=True) if need_image else None
         if self.cfg.data.hflip:
             gen = step_generator(self.cfg.seed, self.name, step, self.dev)
+            info, n = self.t.dist, labels.shape[0]
+            kw = {"total": n * info.world, "start": n * info.rank}
             if image is not None:
-                image, labels = random_hflip(gen, image, labels)
+                image, labels = random_hflip(gen, image, labels, **kw)
             else:
-                (labels,) = random_hflip(gen, labels)
+                (labels,) = random_hflip(gen, labels, **kw)
         if image is not None and image.dtype == torch.uint8:
             image = image.float().div_(127.5).sub_(1.0)
+        if image is not None:
+            image = self.t.fmt(image)
         return labels, image
+
+    def micro(self, n: int) -> List[slice]:
+        """The ``accum`` micro-batches of this process's ``n`` samples."""
+        return micro_slices(n, self.cfg.accum)
 
     def preview(self):
         """(labels (N,H,W) int, images (N,3,H,W) in [-1,1] or None) for the sample grid."""
@@ -129,6 +170,9 @@ class SegStage(Stage):
     def total_steps(self) -> int:
         return self._total
 
+    def batch_sizes(self) -> List[int]:
+        return sorted({ph.batch for ph in self.phases})
+
     def phase(self, step: int) -> Phase:
         for ph in self.phases:
             if step < ph.start + ph.steps:
@@ -151,34 +195,48 @@ class SegStage(Stage):
 
     def step(self, step, batch):
         t, c = self.t, self.cfg.seg
+        u, noise = t.updater, t.noise
         ph, alpha = self.phase(step), self.alpha(step)
         labels, _ = self.real_batch(step, batch, need_image=False)
         n = labels.shape[0]
         size = (ph.res, int(ph.res * c.aspect_ratio))
-        real = t.onehot(labels, size=size)
+        real = t.fmt(t.onehot(labels, size=size))
         G, D = t.G_seg, t.D_seg
-        opt_g, opt_d = t.optims["G_seg"], t.optims["D_seg"]
+        parts = self.micro(n)
+        k = len(parts)
+        means = _Means(k)
         # G step
         set_requires_grad([D], False)
-        z = torch.randn(n, c.z_dim, device=self.dev)
-        p = G(z, res=ph.res, alpha=alpha)
-        fake = ops.gumbel_softmax_st(torch.log(p + 1e-5), c.tau, impl=self.cfg.impl)
-        g_loss = L.wgan_g_loss(D(fake, alpha=alpha))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        z = noise.randn(n, c.z_dim)
+        g_noise = noise.gumbel(n, t.num_classes, *size)
+        with u.update({"G_seg": ("G_seg",)}) as upd:
+            for sl in parts:
+                with u.autocast():
+                    p = G(z[sl], res=ph.res, alpha=alpha)
+                    fake = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), c.tau, noise=_part(g_noise, sl),
+                                                 impl=self.cfg.impl)
+                    g_loss = L.wgan_g_loss(D(fake, alpha=alpha))
+                upd.backward({"G_seg": g_loss / k})
+                means.add({"loss_G": g_loss})
         set_requires_grad([D], True)
         # D step (fresh z)
-        with torch.no_grad():
-            z = torch.randn(n, c.z_dim, device=self.dev)
-            p = G(z, res=ph.res, alpha=alpha)
-            fake = ops.gumbel_softmax_st(torch.log(p + 1e-5), c.tau, impl=self.cfg.impl)
-        d_loss, parts = L.wgan_gp_d_loss(D, real, fake, c.lambda_gp, alpha=alpha)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        return {"loss_G": g_loss.detach(), "loss_D": d_loss.detach(), "wdist": parts["wdist"],
-                "gp": parts["gp"], "res": torch.tensor(float(ph.res))}
+        z = noise.randn(n, c.z_dim)
+        g_noise = noise.gumbel(n, t.num_classes, *size)
+        eps = noise.rand(n, 1, 1, 1)
+        with u.update({"D_seg": ("D_seg",)}) as upd:
+            for sl in parts:
+                with torch.no_grad(), u.autocast():
+                    p = G(z[sl], res=ph.res, alpha=alpha)
+                    fake = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), c.tau, noise=_part(g_noise, sl),
+                                                 impl=self.cfg.impl)
+                with u.autocast():
+                    d_loss, parts_d = L.wgan_gp_d_loss(D, real[sl], fake, c.lambda_gp, eps=_part(eps, sl),
+                                                       scale=u.scale_tensor("D_seg"), alpha=alpha)
+                upd.backward({"D_seg": d_loss / k})
+                means.add({"loss_D": d_loss, "wdist": parts_d["wdist"], "gp": parts_d["gp"]})
+        out = means.result()
+        out["res"] = torch.tensor(float(ph.res))
+        return out
 
     def preview(self):
         ph = self.phase(max(0, self.t.current_step - 1))
@@ -253,23 +311,29 @@ class SpadeStage(Stage):
 
     def step(self, step, batch):
         t = self.t
+        u = t.updater
         labels, image = self.real_batch(step, batch, need_image=True)
-        seg, ids = t.onehot(labels), t.label_ids(labels)
+        seg, ids = t.fmt(t.onehot(labels)), t.label_ids(labels)
+        parts = self.micro(labels.shape[0])
+        k = len(parts)
+        means = _Means(k)
         set_requires_grad([t.D_spd], False)
-        g = self.spade_g_losses(seg, ids, image)
-        g_loss = sum(g.values())
-        t.optims["G_spd"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        t.optims["G_spd"].step()
+        with u.update({"G_spd": ("G_spd",)}) as upd:
+            for sl in parts:
+                with u.autocast():
+                    g = self.spade_g_losses(seg[sl], ids[sl], image[sl])
+                    g_loss = sum(g.values())
+                upd.backward({"G_spd": g_loss / k})
+                means.add({"loss_G": g_loss, **g})
         set_requires_grad([t.D_spd], True)
-        d = self.spade_d_losses(seg, ids, image)
-        d_loss = sum(d.values())
-        t.optims["D_spd"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        t.optims["D_spd"].step()
-        out = {"loss_G": g_loss.detach(), "loss_D": d_loss.detach()}
-        out.update({k: v.detach() for k, v in {**g, **d}.items()})
-        return out
+        with u.update({"D_spd": ("D_spd",)}) as upd:
+            for sl in parts:
+                with u.autocast():
+                    d = self.spade_d_losses(seg[sl], ids[sl], image[sl])
+                    d_loss = sum(d.values())
+                upd.backward({"D_spd": d_loss / k})
+                means.add({"loss_D": d_loss, **d})
+        return means.result()
 
     def preview(self):
         t = self.t
@@ -340,65 +404,80 @@ class E2EStage(SpadeStage):
     def d2_pretrain_step(self, step, batch):
         """D2 alone: real images vs G_spd(argmax G_seg(z)), hinge."""
         t, cs = self.t, self.cfg.seg
+        u = t.updater
         _, image = self.real_batch(step, batch, need_image=True)
         n = image.shape[0]
-        with torch.no_grad():
-            p = t.G_seg(torch.randn(n, cs.z_dim, device=self.dev))
-            fake = t.G_spd(self.seg_to_image_size(p.argmax(1)))
-        out = t.D2(torch.cat([fake, image], 0))
-        fake_out, real_out = L.split_real_fake(out, n)
-        d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
-        loss = d_real + d_fake
-        t.optims["D2"].zero_grad(set_to_none=True)
-        loss.backward()
-        t.optims["D2"].step()
-        return {"loss_D2": loss.detach(), "D2_real": d_real.detach(), "D2_fake": d_fake.detach()}
+        parts = self.micro(n)
+        k = len(parts)
+        means = _Means(k)
+        z = t.noise.randn(n, cs.z_dim)
+        with u.update({"D2": ("D2",)}) as upd:
+            for sl in parts:
+                with torch.no_grad(), u.autocast():
+                    p = t.G_seg(z[sl])
+                    fake = t.G_spd(self.seg_to_image_size(p.argmax(1)))
+                with u.autocast():
+                    out = t.D2(torch.cat([fake, image[sl]], 0))
+                    fake_out, real_out = L.split_real_fake(out, sl.stop - sl.start)
+                    d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
+                    loss = d_real + d_fake
+                upd.backward({"D2": loss / k})
+                means.add({"loss_D2": loss, "D2_real": d_real, "D2_fake": d_fake})
+        return means.result()
 
     def joint_step(self, step, batch):
         t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
+        u, noise = t.updater, t.noise
         labels, image = self.real_batch(step, batch, need_image=True)
         n = labels.shape[0]
-        seg_real_img, ids = t.onehot(labels), t.label_ids(labels)
+        seg_real_img, ids = t.fmt(t.onehot(labels)), t.label_ids(labels)
         seg_size = (cs.max_dim, int(cs.max_dim * cs.aspect_ratio))
-        seg_real_low = t.onehot(labels, size=seg_size)
+        seg_real_low = t.fmt(t.onehot(labels, size=seg_size))
         d_nets = [t.D_seg, t.D_spd, t.D2]
+        parts = self.micro(n)
+        k = len(parts)
+        means = _Means(k)
         # ---- generators
         set_requires_grad(d_nets, False)
-        z = torch.randn(n, cs.z_dim, device=self.dev)
-        p = t.G_seg(z)
-        fake_seg = ops.gumbel_softmax_st(torch.log(p + 1e-5), cs.tau, impl=self.cfg.impl)
-        seg_g = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
-        fake_seg_img = self.seg_to_image_size(fake_seg)
-        # the ST sample is an exact one-hot: its argmax lets G_spd's blocks use the gather path
-        fake_img2 = t.G_spd(fake_seg_img, labels=fake_seg_img.argmax(1))
-        d2_g = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
-        g = self.spade_g_losses(seg_real_img, ids, image)
-        g_loss = seg_g + d2_g + sum(g.values())
-        for name in ("G_seg", "G_spd"):
-            t.optims[name].zero_grad(set_to_none=True)
-        g_loss.backward()
-        for name in ("G_seg", "G_spd"):
-            t.optims[name].step()
+        z = noise.randn(n, cs.z_dim)
+        g_noise = noise.gumbel(n, t.num_classes, *seg_size)
+        fakes = []
+        with u.update({"G": ("G_seg", "G_spd")}) as upd:
+            for sl in parts:
+                with u.autocast():
+                    p = t.G_seg(z[sl])
+                    fake_seg = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), cs.tau, noise=_part(g_noise, sl),
+                                                     impl=self.cfg.impl)
+                    seg_g = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
+                    fake_seg_img = self.seg_to_image_size(fake_seg)
+                    # the ST sample is an exact one-hot: its argmax lets G_spd's blocks use the gather path
+                    fake_img2 = t.G_spd(fake_seg_img, labels=fake_seg_img.argmax(1))
+                    d2_g = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
+                    g = self.spade_g_losses(seg_real_img[sl], ids[sl], image[sl])
+                    g_loss = seg_g + d2_g + sum(g.values())
+                upd.backward({"G": g_loss / k})
+                fakes.append((fake_seg.detach(), fake_img2.detach()))
+                means.add({"loss_G": g_loss, "seg_G": seg_g, "D2_G": d2_g, **g})
         set_requires_grad(d_nets, True)
-        # ---- discriminators
-        seg_d, parts = L.wgan_gp_d_loss(t.D_seg, seg_real_low, fake_seg.detach(), cs.lambda_gp)
-        seg_d = c.lambda_seg * seg_d
-        d = self.spade_d_losses(seg_real_img, ids, image)
-        out2 = t.D2(torch.cat([fake_img2.detach(), image], 0))
-        f2, r2 = L.split_real_fake(out2, n)
-        d2_real, d2_fake = L.hinge_d_parts(r2, f2)
-        d2_d = c.lambda_d2 * (d2_real + d2_fake)
-        d_loss = seg_d + sum(d.values()) + d2_d
-        for name in ("D_seg", "D_spd", "D2"):
-            t.optims[name].zero_grad(set_to_none=True)
-        d_loss.backward()
-        for name in ("D_seg", "D_spd", "D2"):
-            t.optims[name].step()
-        out = {"loss_G": g_loss.detach(), "loss_D": d_loss.detach(), "seg_G": seg_g.detach(),
-               "seg_D": seg_d.detach(), "wdist": parts["wdist"], "gp": parts["gp"], "D2_G": d2_g.detach(),
-               "D2_D": d2_d.detach()}
-        out.update({k: v.detach() for k, v in {**g, **d}.items()})
-        return out
+        # ---- discriminators (one loss group each: separate loss scales under fp16)
+        eps = noise.rand(n, 1, 1, 1)
+        with u.update({"D_seg": ("D_seg",), "D_spd": ("D_spd",), "D2": ("D2",)}) as upd:
+            for (fake_seg, fake_img2), sl in zip(fakes, parts):
+                m = sl.stop - sl.start
+                with u.autocast():
+                    seg_d, parts_d = L.wgan_gp_d_loss(t.D_seg, seg_real_low[sl], fake_seg, cs.lambda_gp,
+                                                      eps=_part(eps, sl), scale=u.scale_tensor("D_seg"))
+                    seg_d = c.lambda_seg * seg_d
+                    d = self.spade_d_losses(seg_real_img[sl], ids[sl], image[sl])
+                    out2 = t.D2(torch.cat([fake_img2, image[sl]], 0))
+                    f2, r2 = L.split_real_fake(out2, m)
+                    d2_real, d2_fake = L.hinge_d_parts(r2, f2)
+                    d2_d = c.lambda_d2 * (d2_real + d2_fake)
+                    spd_d = sum(d.values())
+                upd.backward({"D_seg": seg_d / k, "D_spd": spd_d / k, "D2": d2_d / k})
+                means.add({"loss_D": seg_d + spd_d + d2_d, "seg_D": seg_d, "wdist": parts_d["wdist"],
+                           "gp": parts_d["gp"], "D2_D": d2_d, **d})
+        return means.result()
 
     def preview(self):
         t = self.t

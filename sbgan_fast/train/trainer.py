@@ -1,5 +1,11 @@
 """The training driver: builds the networks and data of a run, runs its stages, writes the run
-folder and checkpoints, and resumes exactly."""
+folder and checkpoints, and resumes exactly.
+
+Distributed runs (``torchrun``, one process per GPU) use the same driver: every process trains on its
+slice of each global batch (see :mod:`sbgan_fast.train.dist` for how gradients are averaged), only
+rank 0 writes logs, sample grids and checkpoints, and checkpoints carry every process's RNG state so
+a resumed run with the same number of processes continues exactly.
+"""
 from __future__ import annotations
 
 import json
@@ -10,8 +16,11 @@ import torch
 
 from .. import ops
 from . import checkpoint as ckpt_io
+from . import dist as D
+from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from .config import TrainConfig, validate
-from .run import RunLogger, SampleStream, make_loader, resolve_device
+from .monitor import GPUMonitor, records, to_vector
+from .run import RunLogger, SampleStream, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
@@ -57,7 +66,11 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         self.resume = resume
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend)
+        self.is_main = self.dist.is_main
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
         self.out = cfg.out
         ck_dir = os.path.join(self.out, "checkpoints")
         if not resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
@@ -72,10 +85,13 @@ class Trainer:
         self.stream = SampleStream(self.dataset_size, cfg.seed)
         torch.manual_seed(cfg.seed)
         self.nets = build_networks(cfg, self.num_classes)
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
-            net.to(self.device).train()
+            net.to(self.device, memory_format=fmt).train()
         # Built up front so a missing weights file is reported before any training happens.
         self.vgg = self._vgg() if any(s in cfg.stages for s in ("spade", "e2e")) else None
+        if self.vgg is not None and self.channels_last:
+            self.vgg.to(memory_format=torch.channels_last)
         self.optims: Dict[str, torch.optim.Optimizer] = {}
         self.trained: set = set()   # networks trained or loaded so far: the ones checkpoints hold
         self.current_step = 0
@@ -84,10 +100,44 @@ class Trainer:
         self.preview_z = torch.randn(n, cfg.seg.z_dim, generator=g).to(self.device)
         self.preview_labels = torch.stack(
             [self.dataset[i]["label"] for i in range(min(n, self.dataset_size))]).long().to(self.device)
-        self.logger = RunLogger(cfg, self.out)
-        os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "config.json"), "w", encoding="utf-8") as f:
-            f.write(cfg.to_json())
+        self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
+        self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
+        self._last_ckpt: Optional[str] = None
+        self.logger = RunLogger(cfg, self.out, enabled=self.is_main)
+        if self.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w", encoding="utf-8") as f:
+                f.write(cfg.to_json())
+        self.monitor = GPUMonitor(self.device, quiet=not self.is_main) if cfg.monitor_every > 0 else None
+        if self.dist.enabled:
+            self._describe_distributed()
+            if cfg.dist_noise == "rank" and self.dist.rank > 0:
+                # Each process draws its own noise (z, Gumbel, GP weights); rank 0 keeps the stream of a
+                # single-process run. The networks were initialised above from the common seed.
+                torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
+            D.barrier(self.dist)
+
+    def _describe_distributed(self) -> None:
+        from ..models.discriminator import parse_norm_D
+        from ..nn.spade import parse_norm_G
+        cfg, info = self.cfg, self.dist
+        import torch.distributed as dist
+        D.warn_main(info, f"distributed: {info.world} processes ({dist.get_backend()}), this one rank {info.rank} "
+                          f"on {self.device}; precision {cfg.precision}, channels-last {self.channels_last}, "
+                          f"accum {cfg.accum}, noise '{cfg.dist_noise}'")
+        if parse_norm_G(cfg.spade.norm_G)[1] == "batch":
+            D.warn_main(info, f"spade.norm_G={cfg.spade.norm_G!r}: G_spd normalizes with each process's own batch "
+                              "statistics; use a 'syncbatch' norm (e.g. spectralspadesyncbatch3x3) for statistics "
+                              "over the global batch")
+        if parse_norm_D(cfg.spade.norm_D)[1] == "batch":
+            D.warn_main(info, f"spade.norm_D={cfg.spade.norm_D!r}: per-process batch statistics in D_spd/D2; "
+                              "'sync_batch' synchronizes them")
+
+    def fmt(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-d float input in the networks' memory format (channels-last when configured)."""
+        if self.channels_last and x.dim() == 4 and x.is_floating_point():
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     # -- attribute access to the networks --------------------------------------------------
     def __getattr__(self, name):
@@ -119,16 +169,51 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, stage: str, step: int, *, done: bool, which: str) -> str:
-        state = {
-            "format": ckpt_io.FORMAT, "stage": stage, "step": step, "done": done,
-            "config": self.cfg.to_dict(), "num_classes": self.num_classes,
-            "nets": {k: v.state_dict() for k, v in self.nets.items() if k in self.trained},
-            "optims": {k: v.state_dict() for k, v in self.optims.items()},
-            "rng": ckpt_io.rng_state(),
-        }
+        """Write a checkpoint (rank 0; every process takes part: finiteness check, RNG states).
+
+        Raises:
+            NonFiniteError: a saved network holds a NaN/Inf parameter or buffer (nothing is written).
+        """
+        nets = [v for k, v in self.nets.items() if k in self.trained]
+        bad = torch.tensor([0.0 if all_finite(nets) else 1.0], device=self.device)
+        if float(D.all_reduce_(bad, self.dist, "max").item()) > 0:
+            raise NonFiniteError(f"stage {stage!r} step {step}: a network holds NaN/Inf parameters or buffers; "
+                                 f"refusing to write the {which} checkpoint (the last good one: "
+                                 f"{self._last_ckpt or 'none'})")
+        rngs = D.all_gather_object(ckpt_io.rng_state(), self.dist)
         path = ckpt_io.stage_checkpoint_path(self.out, stage, which)
-        ckpt_io.atomic_torch_save(state, path)
+        if self.is_main:
+            state = {
+                "format": ckpt_io.FORMAT, "stage": stage, "step": step, "done": done,
+                "config": self.cfg.to_dict(), "num_classes": self.num_classes,
+                "nets": {k: v.state_dict() for k, v in self.nets.items() if k in self.trained},
+                "optims": {k: v.state_dict() for k, v in self.optims.items()},
+                "scalers": self.updater.scaler_states(),
+                "rng": rngs[0], "world_size": self.dist.world,
+            }
+            if self.dist.enabled:
+                state["rng_ranks"] = rngs
+            ckpt_io.atomic_torch_save(state, path)
+        D.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
+        self._last_ckpt = path
         return path
+
+    def _restore_rng(self, ck: dict, path: str) -> None:
+        """This process's RNG state from a checkpoint (its own when the process count matches)."""
+        info = self.dist
+        ranks = ck.get("rng_ranks")
+        if not info.enabled:
+            ckpt_io.set_rng_state(ck["rng"])
+            return
+        if ranks is not None and len(ranks) == info.world:
+            ckpt_io.set_rng_state(ranks[info.rank])
+            return
+        saved = len(ranks) if ranks is not None else 1
+        D.warn_main(info, f"{path} was written by {saved} process(es), resuming with {info.world}: the noise of the "
+                          "resumed steps is reseeded per process (the run continues, but not bit for bit)")
+        ckpt_io.set_rng_state(ck["rng"])
+        if self.cfg.dist_noise == "rank" and info.rank > 0:
+            torch.manual_seed(D.rank_seed(self.cfg.seed + int(ck["step"]), info.rank))
 
     def load_nets(self, ck: dict, names=None) -> None:
         for name, sd in ck["nets"].items():
@@ -144,27 +229,53 @@ class Trainer:
             for stage_name in self.cfg.stages:
                 self.run_stage(stage_name)
         finally:
-            self.logger.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the logs and the monitor; leave the process group if this trainer created it."""
+        self.logger.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        D.teardown(self.dist)
+
+    def _exists_everywhere(self, path: str) -> bool:
+        """Whether ``path`` exists, checked by every process: a checkpoint that some processes cannot
+        see (run folder not on a shared filesystem) is an error rather than a silent divergence."""
+        seen = D.all_gather_object(os.path.isfile(path), self.dist)
+        if any(seen) and not all(seen):
+            missing = [r for r, s in enumerate(seen) if not s]
+            raise RuntimeError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node runs "
+                               "the run folder (--out) must be on a filesystem shared by every node")
+        return seen[0]
+
+    def _own_nets(self, stage: Stage, ck: dict):
+        """The networks to take from a stage's own checkpoint: those it trains, and those not yet
+        trained or loaded in this process. A network an earlier stage of this process has trained
+        further (a resumed seg stage) is not replaced by the older copy the checkpoint carries."""
+        return set(stage.trains) | {n for n in ck["nets"] if n not in self.trained}
 
     def _init_stage(self, stage: Stage) -> int:
         """Load what the stage starts from; return its first step."""
         name = stage.name
         final = ckpt_io.stage_checkpoint_path(self.out, name, "final")
         latest = ckpt_io.stage_checkpoint_path(self.out, name, "latest")
-        if self.resume and os.path.isfile(final):
+        if self.resume and self._exists_everywhere(final):
             ck = ckpt_io.load_checkpoint(final, map_location=self.device)
-            self.load_nets(ck)
+            self.load_nets(ck, names=self._own_nets(stage, ck))
+            self._last_ckpt = final
             return -1
-        if self.resume and os.path.isfile(latest):
+        if self.resume and self._exists_everywhere(latest):
             ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
             if ck["stage"] != name:
                 raise RuntimeError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
-            self.load_nets(ck)
+            self.load_nets(ck, names=self._own_nets(stage, ck))
             for k, opt in self.optims.items():
                 if k not in ck.get("optims", {}):
                     raise RuntimeError(f"{latest} lacks the optimizer state of {k}")
                 opt.load_state_dict(ck["optims"][k])
-            ckpt_io.set_rng_state(ck["rng"])
+            self.updater.load_scaler_states(ck.get("scalers", {}))
+            self._restore_rng(ck, latest)
+            self._last_ckpt = latest
             return int(ck["step"])
         if name == "e2e":
             # start from the trained seg and spade networks of this run folder
@@ -172,6 +283,8 @@ class Trainer:
                 if prev in self.cfg.stages:
                     continue  # trained in this process (or loaded when it was skipped)
                 path = ckpt_io.find_checkpoint(self.out, prev)
+                if path is not None and not self._exists_everywhere(path):
+                    path = None
                 if path is None:
                     raise FileNotFoundError(
                         f"stage 'e2e' needs the trained {prev!r} networks: no {prev}-final.pt or {prev}-latest.pt in "
@@ -181,37 +294,54 @@ class Trainer:
         return 0
 
     def run_stage(self, name: str) -> None:
+        cfg, info = self.cfg, self.dist
         stage: Stage = STAGE_CLASSES[name](self)
+        D.check_divisible(name, stage.batch_sizes(), info.world, cfg.accum)
         self.optims = stage.make_optimizers()
+        self.updater.reset(self.optims, list(self.nets.values()))
         start = self._init_stage(stage)
         self.trained.update(stage.trains)
+        # every process starts the stage from rank 0's networks (identical by construction; cheap insurance)
+        D.broadcast_(D.module_state_tensors(self.nets.values()), info)
         if start < 0:
             return
         total = stage.total_steps()
-        end = min(total, self.cfg.max_steps) if self.cfg.max_steps > 0 else total
+        end = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.logger.start_stage(name, start, end, stage.images_per_step())
-        loader = make_loader(self.dataset, self.stream, stage.schedule, start, end, self.cfg.data.num_workers,
-                             self.cfg.seed)
+        if self.monitor is not None:
+            self.monitor.reset_peak()
+        last_monitor = start
+        schedule = D.shard_schedule(stage.schedule, info.rank, info.world)
+        loader = make_loader(self.dataset, self.stream, schedule, start, end, cfg.data.num_workers, cfg.seed,
+                             device=self.device, need_image=name != "seg")
         acc: Dict[str, torch.Tensor] = {}
         count = 0
         step = start
         for step, batch in enumerate(loader, start=start):
             lrs = stage.set_lr(step)
+            self.updater.begin_step()
             scalars = stage.step(step, batch)
-            for k, v in scalars.items():
-                acc[k] = acc.get(k, 0.0) + v.float()
-            count += 1
+            skipped = self.updater.end_step(name, step, self._last_ckpt)
+            if not skipped:   # a skipped step's losses are NaN/Inf: kept out of the means
+                for k, v in scalars.items():
+                    acc[k] = acc.get(k, 0.0) + v.detach().float()
+                count += 1
             self.current_step = step + 1
             self.logger.advance()
             done = step + 1 == total
-            if (step + 1) % self.cfg.log_every == 0 or step + 1 == end:
-                rec = {k: (v / count).item() for k, v in acc.items()}
+            if (step + 1) % cfg.log_every == 0 or step + 1 == end:
+                rec = self._mean_over_processes({k: v / count for k, v in acc.items()} if count else {})
                 rec.update(lrs)
+                rec.update(self.updater.log_scalars())
+                if self.monitor is not None and self.monitor.enabled and (
+                        step + 1 - last_monitor >= cfg.monitor_every or step + 1 == end):
+                    rec.update(self._monitor_sample())
+                    last_monitor = step + 1
                 self.logger.log(name, step + 1, stage.images_done(step + 1), rec)
                 acc, count = {}, 0
-            if self.cfg.sample_every and ((step + 1) % self.cfg.sample_every == 0 or step + 1 == end):
+            if self.is_main and cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or step + 1 == end):
                 self.save_grid(stage, step + 1)
-            if not done and step + 1 < end and self.cfg.ckpt_every and (step + 1) % self.cfg.ckpt_every == 0:
+            if not done and step + 1 < end and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
                 self.save(name, step + 1, done=False, which="latest")
         self.current_step = end
         if end == total:
@@ -219,6 +349,21 @@ class Trainer:
         elif end > start:
             self.save(name, end, done=False, which="latest")
         self.logger.end_stage()
+
+    def _mean_over_processes(self, scalars: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Scalar tensors -> floats, averaged over the processes (the global batch's values)."""
+        if not scalars:
+            return {}
+        keys = list(scalars)
+        vals = torch.stack([torch.as_tensor(scalars[k], dtype=torch.float32).to(self.device) for k in keys])
+        if self.dist.enabled:
+            D.all_reduce_(vals, self.dist, "sum").div_(self.dist.world)
+        return dict(zip(keys, vals.tolist()))
+
+    def _monitor_sample(self) -> Dict[str, float]:
+        """This process's GPU sample, gathered on every process, as flat log entries."""
+        vecs = D.all_gather_object(to_vector(self.monitor.sample()), self.dist)
+        return records(vecs)
 
     def save_grid(self, stage: Stage, step: int) -> Optional[str]:
         from ..metrics.grids import make_grid_array, save_pairs_grid
@@ -233,6 +378,8 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Trainer:
+    """Build a :class:`Trainer` and run its stages (joins torchrun's process group when started by
+    torchrun; see the README, 'Multi-GPU and multi-node')."""
     trainer = Trainer(cfg, resume=resume)
     trainer.run()
     return trainer
