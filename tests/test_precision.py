@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import TINY  # noqa: E402
+from tiny import TINY  # noqa: E402
 
 from sbgan_fast.train import checkpoint as ckpt_io  # noqa: E402
 from sbgan_fast.train import losses as L  # noqa: E402
@@ -92,6 +92,22 @@ class _Critic(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(torch.nn.functional.leaky_relu(self.conv(x), 0.2).flatten(1)).squeeze(1)
+
+
+def test_cli_flags(tmp_path, capsys):
+    from sbgan_fast.cli import build_parser
+    from sbgan_fast.cli import main as cli_main
+    a = build_parser().parse_args(["train", "--precision", "bf16", "--no-channels-last", "--accum", "2"])
+    assert (a.precision, a.channels_last, a.accum) == ("bf16", False, 2)
+    a = build_parser().parse_args(["train"])
+    assert (a.precision, a.channels_last, a.accum) == (None, None, None)
+    # a batch of 4 does not split into 3 micro-batches: a clear error, exit status 2
+    assert cli_main(["train", "--accum", "3", "--precision", "fp16", "--out", str(tmp_path / "r"), "--max-steps", "1",
+                     "--no-progress", "stages=seg", *TINY, *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "batch size 4" in err and "accum 3" in err
+    cfg = json.load(open(tmp_path / "r" / "config.json"))
+    assert (cfg["precision"], cfg["accum"], cfg["channels_last"]) == ("fp16", 3, None)
 
 
 def test_gradient_penalty_is_unscaled_before_the_norm():

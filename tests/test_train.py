@@ -11,15 +11,7 @@ from sbgan_fast.cli import main as cli_main
 from sbgan_fast.train.config import build_config
 from sbgan_fast.train.trainer import Trainer, train
 
-TINY = [
-    # 32x32 images; G_seg at 16x16 upsampled x2 (e2e.seg_half_res)
-    "data.height=32", "data.width=32", "data.synthetic_size=32", "seg.max_dim=16", "seg.aspect_ratio=1",
-    "spade.crop_size=32", "spade.aspect_ratio=1", "e2e.seg_half_res=true",
-    "seg.epochs_per_phase=0.25", "seg.batch_size=4", "seg.batch_size_high=4",
-    "spade.epochs=0.25", "spade.epochs_decay=0.25", "spade.batch_size=4",
-    "e2e.epochs=0.25", "e2e.epochs_decay=0.25", "e2e.d2_pretrain_epochs=0.25", "e2e.batch_size=4",
-    "log_every=2", "sample_every=4", "ckpt_every=3", "n_sample_grid=4", "progress=false", "tensorboard=false",
-]
+from tiny import TINY
 
 
 def tiny_cfg(out, *extra, **direct):
