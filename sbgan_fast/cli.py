@@ -14,6 +14,8 @@ examples:
   sbgan-fast train --preset cityscapes --data-root /data/cityscapes --stage seg --vgg-weights vgg19-dcbb9e9d.pth
   sbgan-fast train --preset demo --out runs/demo --resume        # continue the same run
   sbgan-fast train --preset demo spade.ngf=16 seg.fade_in=true   # KEY=VALUE overrides (dotted config keys)
+  torchrun --standalone --nproc_per_node=8 -m sbgan_fast train --preset cityscapes --data-root /data/cityscapes \
+      --precision bf16                                            # one process per GPU (README: multi-GPU)
 """
 
 
@@ -42,13 +44,20 @@ def _add_train(sub) -> None:
     p.add_argument("--no-vgg-loss", action="store_true", help="train without the VGG19 perceptual loss")
     p.add_argument("--impl", choices=["auto", "triton", "cuda", "cpp", "ref"], help="implementation of the custom ops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default) | bf16 autocast | fp16 autocast with a GradScaler per loss group")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last networks and inputs (default: on for CUDA, off on CPU)")
+    p.add_argument("--accum", type=int, help="split each process's share of a batch into N micro-batches "
+                   "(gradient accumulation: same optimizer batch, less memory)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. spade.ngf=32")
 
 
 def cmd_train(args) -> int:
     from .train.config import build_config
     direct = {"data.root": args.data_root, "out": args.out, "max_steps": args.max_steps, "device": args.device,
-              "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl}
+              "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
+              "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum}
     if args.stage:
         direct["stages"] = ["seg", "spade", "e2e"] if args.stage == "all" else [args.stage]
     if args.batch_size:
@@ -61,7 +70,8 @@ def cmd_train(args) -> int:
     cfg = build_config(args.preset, args.config, args.overrides, **direct)
     from .train.trainer import train
     trainer = train(cfg, resume=args.resume)
-    print(f"run folder: {os.path.abspath(trainer.out)}")
+    if trainer.is_main:
+        print(f"run folder: {os.path.abspath(trainer.out)}")
     return 0
 
 
@@ -243,11 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train.amp import NonFiniteError
     from .train.config import ConfigError
     try:
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
                 "check-data": cmd_check_data}[args.cmd](args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
         print(f"sbgan-fast {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -157,10 +157,15 @@ def shard_schedule(schedule: Callable[[int], Tuple[int, int]], rank: int, world:
 
 
 def check_divisible(stage: str, batch_sizes: Iterable[int], world: int, accum: int) -> None:
-    """Every global batch size of a stage must split into ``world`` processes x ``accum`` micro-batches."""
+    """Every global batch size of a stage must split into ``world`` processes x ``accum`` micro-batches.
+
+    Raises:
+        ConfigError (a ValueError) naming the stage, the batch size and the divisor.
+    """
+    from .config import ConfigError
     for bs in sorted(set(batch_sizes)):
         if bs % (world * accum):
-            raise ValueError(
+            raise ConfigError(
                 f"stage {stage!r}: batch size {bs} does not split into {world} process(es) x accum {accum} equal "
                 f"micro-batches; choose a batch size divisible by {world * accum} (the batch size is the global one, "
                 f"summed over the processes)")
