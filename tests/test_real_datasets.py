@@ -297,3 +297,19 @@ def test_skip_bad_files_counts(tmp_path):
     out = list(build_loader(ds, batches, loader="torch", device="cpu"))
     assert out[0]["skipped"].tolist() == [0, 1, 0] and out[0]["index"].tolist() == [0, 2, 2]
     assert out[-1]["skipped_files"] == 3
+
+
+def test_training_counts_skipped_files_in_stats(tmp_path):
+    import json
+
+    from sbgan_fast.train.config import build_config
+    from sbgan_fast.train.trainer import train
+    root = make_cityscapes(tmp_path / "cs", n=5, h=32, w=64)
+    _corrupt(cityscapes(root, height=32, width=64).image_paths[2])
+    over = ["data.dataset=cityscapes", f"data.root={root}", "data.num_classes=35", "data.skip_bad_files=true",
+            "data.height=32", "data.width=64", "spade.crop_size=64", "spade.aspect_ratio=2", "seg.max_dim=16",
+            "seg.aspect_ratio=2", "e2e.seg_half_res=true", "spade.batch_size=5", "stages=spade", "log_every=1",
+            "sample_every=0", "progress=false", "tensorboard=false"]
+    train(build_config("demo", None, over, out=str(tmp_path / "run"), max_steps=2))
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "stats.jsonl")]
+    assert recs and all(r.get("skipped_files") == 1 for r in recs), [r.get("skipped_files") for r in recs]

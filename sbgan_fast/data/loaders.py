@@ -48,10 +48,15 @@ class EpochTaggedBatches:
 
 
 class SkipCounting:
-    """Wraps a loader: adds ``skipped_files`` (distinct bad files so far, up front included) to each batch."""
+    """Wraps a loader: adds ``skipped_files`` (distinct bad files so far, up front included) to each batch.
 
-    def __init__(self, loader, dataset, extra_sources: Sequence = ()):
+    ``in_process``: the items are loaded in this process (no worker processes), so the datasets' own
+    lists of skipped files are exact; with workers those lists live in the workers and substitutions
+    seen in the batches are counted instead (an upper bound: a bad file met twice counts twice)."""
+
+    def __init__(self, loader, dataset, extra_sources: Sequence = (), *, in_process: bool = True):
         self.loader, self.dataset, self.extra = loader, dataset, list(extra_sources)
+        self.in_process = in_process
         self._seen: set = set(getattr(dataset, "skipped", []) or [])
         self._count_in_batches = 0
 
@@ -62,8 +67,7 @@ class SkipCounting:
         for batch in self.loader:
             for src in [self.dataset] + self.extra:
                 self._seen.update(getattr(src, "skipped", []) or [])
-            if "skipped" in batch:
-                # with worker processes the dataset's list lives in the workers: count substitutions instead
+            if "skipped" in batch and not self.in_process:
                 self._count_in_batches += int(torch.as_tensor(batch["skipped"]).gt(0).sum())
             batch["skipped_files"] = max(len(self._seen), self._count_in_batches)
             yield batch
@@ -139,7 +143,7 @@ def build_loader(dataset, batches, *, loader: str = "auto", device="cpu", num_wo
             dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
             pin_memory=torch.cuda.is_available(), persistent_workers=False,
             generator=torch.Generator().manual_seed(seed))
-    return SkipCounting(inner, dataset)
+    return SkipCounting(inner, dataset, in_process=kind != "torch" or num_workers == 0)
 
 
 def collate(items: List[Dict]) -> Dict[str, object]:

@@ -321,6 +321,7 @@ class Trainer:
             lrs = stage.set_lr(step)
             self.updater.begin_step()
             scalars = stage.step(step, batch)
+            skipped_files = batch.get("skipped_files") if isinstance(batch, dict) else None
             skipped = self.updater.end_step(name, step, self._last_ckpt)
             if not skipped:   # a skipped step's losses are NaN/Inf: kept out of the means
                 for k, v in scalars.items():
@@ -333,6 +334,8 @@ class Trainer:
                 rec = self._mean_over_processes({k: v / count for k, v in acc.items()} if count else {})
                 rec.update(lrs)
                 rec.update(self.updater.log_scalars())
+                if skipped_files is not None:  # bad data files skipped so far (data.skip_bad_files)
+                    rec["skipped_files"] = float(skipped_files)
                 if self.monitor is not None and self.monitor.enabled and (
                         step + 1 - last_monitor >= cfg.monitor_every or step + 1 == end):
                     rec.update(self._monitor_sample())
