@@ -31,15 +31,31 @@ def _compute(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes of ``process_group``; its gradient is the sum of the processes'
+    gradients (every process uses the reduced value). Twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, t, process_group):
+        import torch.distributed as dist
+        ctx.process_group = process_group
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad.contiguous(), ctx.process_group), None
+
+
 def sync_batch_stats(x: torch.Tensor, process_group=None):
     """Differentiable global (mean, biased var, count) over N,H,W of all processes, in fp32 (fp64 for
     fp64 input)."""
-    import torch.distributed.nn.functional as dnn
     xf = _compute(x)
     c = x.shape[1]
     local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)),
                        xf.new_full((1,), float(x.numel() // c))])
-    total = dnn.all_reduce(local, group=process_group) if process_group is not None else dnn.all_reduce(local)
+    total = _AllReduceSum.apply(local, process_group)
     s, ss, count = total[:c], total[c:2 * c], total[2 * c]
     mean = s / count
     var = (ss / count - mean * mean).clamp_min(0)
