@@ -5,10 +5,12 @@
     python bench/bench_train_step.py --quick                                           # tiny CPU smoke run
 
 Providers:
-  ref             every custom op on its reference path (``ops.use_impl(None, 'ref')``): one-hot maps
-                  materialised and convolved, PyTorch norms, PyTorch Gumbel-softmax.
+  ref             the model as the authors' code runs it: fp32, NCHW, every custom op on its reference
+                  path (``ops.use_impl(None, 'ref')``): one-hot maps materialised and convolved, PyTorch
+                  norms, PyTorch Gumbel-softmax.
   fast            ``impl='auto'``: the fastest eligible impl of every op (C++ gather embedding on CPU;
-                  Triton + CUDA kernels on a GPU).
+                  Triton + CUDA kernels on a GPU), ``--precision`` (bf16/fp16 on a GPU) and
+                  channels-last (on by default on a GPU).
   fast-no-gather  as ``fast`` but the label-embedding convolution on its reference path: isolates the
                   gain of the gather route (``ops.onehot_conv2d``).
 Each stage runs its real step function (losses, both optimizers) on the built-in synthetic scenes at the
@@ -64,7 +66,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def make_config(args, out: str):
+def make_config(args, out: str, provider: str):
     h, w = (int(v) for v in args.size.split("x"))
     ar = w / h
     n_up = {"normal": 5, "more": 6, "most": 7}[args.num_upsampling_layers]
@@ -77,6 +79,10 @@ def make_config(args, out: str):
         "progress=false", "tensorboard=false", "sample_every=0", "ckpt_every=0", "e2e.d2_pretrain_epochs=0",
         f"device={args.device}", f"data.num_classes={args.classes}",
     ]
+    if provider == "ref":
+        overrides += ["precision=fp32", "channels_last=false"]
+    else:
+        overrides += [f"precision={args.precision}"]
     if w // (2 ** n_up) < 1:
         raise SystemExit(f"--size {args.size} is too small for num_upsampling_layers={args.num_upsampling_layers}")
     return build_config(args.preset, None, overrides, out=out)
@@ -85,6 +91,13 @@ def make_config(args, out: str):
 def bench_stage(trainer: Trainer, stage_name: str, provider: str, warmup: int, steps: int):
     stage = STAGE_CLASSES[stage_name](trainer)
     trainer.optims = stage.make_optimizers()
+    trainer.updater.reset(trainer.optims, list(trainer.nets.values()))
+
+    def train_step(step, batch):
+        trainer.updater.begin_step()
+        stage.step(step, batch)
+        trainer.updater.end_step(stage_name, step, None)
+
     dev = trainer.device
     if stage_name == "seg":  # time the final resolution
         start = stage.phases[-1].start
@@ -104,7 +117,7 @@ def bench_stage(trainer: Trainer, stage_name: str, provider: str, warmup: int, s
     with provider_scope(provider):
         for i in range(warmup):
             b, _ = batch_at(i)
-            stage.step(start + i, b)
+            train_step(start + i, b)
         sync()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -112,7 +125,7 @@ def bench_stage(trainer: Trainer, stage_name: str, provider: str, warmup: int, s
         t0 = time.perf_counter()
         for i in range(warmup, warmup + steps):
             b, bs = batch_at(i)
-            stage.step(start + i, b)
+            train_step(start + i, b)
             images += bs
         sync()
         dt = time.perf_counter() - t0
@@ -135,6 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", help="precision of the fast providers (fp32|bf16|fp16)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (32x64, ngf 8, 1+1 steps)")
     p.add_argument("--no-csv", action="store_true")
@@ -146,15 +160,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(args, os.path.join(tmp, "run"))
         for provider in args.providers.split(","):
+            cfg = make_config(args, os.path.join(tmp, "run"), provider)
             for stage_name in args.stages.split(","):
                 torch.manual_seed(0)
                 trainer = Trainer(cfg)
                 res = bench_stage(trainer, stage_name, provider, args.warmup, args.steps)
                 row = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "stage": stage_name,
                        "provider": provider, "size": args.size, "classes": args.classes, "ngf": args.ngf,
-                       "seg_width": args.seg_width, "batch": args.batch, "precision": "fp32",
+                       "seg_width": args.seg_width, "batch": args.batch, "precision": cfg.precision,
+                       "channels_last": bool(trainer.channels_last),
                        "device": device_name(trainer.device), "torch": torch.__version__, "commit": git_commit(),
                        **{k: round(v, 3) for k, v in res.items()}}
                 rows.append(row)
