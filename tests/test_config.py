@@ -56,3 +56,14 @@ def test_bad_config_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
         build_config("demo", str(bad))
+
+
+def test_learning_rate_decay_follows_spade_epochs():
+    from sbgan_fast.train.stages import decay_factor
+    # constant for `epochs`, then lr0 * (1 - k / epochs_decay) in the k-th epoch after them (0-based)
+    assert decay_factor(0.0, 100, 100) == 1.0 and decay_factor(99.9, 100, 100) == 1.0
+    assert decay_factor(100.5, 100, 100) == 1.0
+    assert decay_factor(101.0, 100, 100) == pytest.approx(0.99)
+    assert decay_factor(199.9, 100, 100) == pytest.approx(0.01)
+    assert decay_factor(250.0, 100, 100) == 0.0
+    assert decay_factor(5.0, 1, 0) == 1.0

@@ -274,12 +274,17 @@ class SpadeStage(Stage):
         c = self.cfg.spade
         return {"G_spd": self.adam(self.t.G_spd, c.lr_G, c.betas), "D_spd": self.adam(self.t.D_spd, c.lr_D, c.betas)}
 
+    def decay_epoch(self, step: int) -> float:
+        """The (fractional) epoch that the learning-rate decay reads at ``step``."""
+        return self.schedule(step)[0] / self.t.dataset_size
+
+    def base_lrs(self) -> Dict[str, float]:
+        return {"G_spd": self.cfg.spade.lr_G, "D_spd": self.cfg.spade.lr_D}
+
     def set_lr(self, step):
-        c = self.cfg.spade
-        e, d = self.epochs()
-        epoch = self.schedule(step)[0] / self.t.dataset_size
-        f = decay_factor(epoch, e, d)
-        lrs = {"G_spd": c.lr_G * f, "D_spd": c.lr_D * f}
+        """G_spd / D_spd: constant for ``epochs``, then linear decay to 0 (other networks keep theirs)."""
+        f = decay_factor(self.decay_epoch(step), *self.epochs())
+        lrs = {name: lr * f for name, lr in self.base_lrs().items()}
         for name, lr in lrs.items():
             for g in self.t.optims[name].param_groups:
                 g["lr"] = lr
@@ -368,18 +373,13 @@ class E2EStage(SpadeStage):
         bs = self.batch_size()
         return step * bs, bs
 
-    def set_lr(self, step):
-        """G_spd / D_spd decay like the spade stage over the joint steps; G_seg, D_seg and D2 keep
-        their learning rates."""
-        c = self.cfg.e2e
-        joint = max(0, step - self.pretrain_steps())
-        epoch = joint * self.batch_size() / self.t.dataset_size
-        f = decay_factor(epoch, c.epochs, c.epochs_decay)
-        lrs = {"G_spd": c.lr_G * f, "D_spd": c.lr_D * f}
-        for name, lr in lrs.items():
-            for g in self.t.optims[name].param_groups:
-                g["lr"] = lr
-        return {f"lr_{k}": v for k, v in lrs.items()}
+    def decay_epoch(self, step):
+        """G_spd / D_spd decay like the spade stage, over the joint steps (after D2's pre-training);
+        G_seg, D_seg and D2 keep their learning rates."""
+        return max(0, step - self.pretrain_steps()) * self.batch_size() / self.t.dataset_size
+
+    def base_lrs(self):
+        return {"G_spd": self.cfg.e2e.lr_G, "D_spd": self.cfg.e2e.lr_D}
 
     def make_optimizers(self):
         c, cs = self.cfg.e2e, self.cfg.spade
