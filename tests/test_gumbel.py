@@ -20,18 +20,7 @@ from tolerances import tol
 
 pytest.importorskip("triton")
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DEVICE = "cuda" if torch.cuda.is_available() and not ft.interpreter_requested() else "cpu"
-needs_interpreter = pytest.mark.skipif(not ft.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
-
-
-@pytest.fixture(autouse=True)
-def _default_device():
-    """Tensors of these tests are created on DEVICE (CPU under the interpreter)."""
-    previous = torch.get_default_device()
-    torch.set_default_device(DEVICE)
-    yield
-    torch.set_default_device(previous)
+from triton_common import DEVICE, DTYPES, _default_device, needs_interpreter  # noqa: E402,F401
 
 
 def _logits(shape, dtype, layout="nchw"):
