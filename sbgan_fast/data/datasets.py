@@ -169,6 +169,44 @@ def _list_files(root: str, exts: Tuple[str, ...], recursive: bool, suffix: str =
     return found
 
 
+def _pair_files(images: Dict[str, str], labels: Dict[str, str], where: str, image_dir: str, label_dir: str, *,
+                image_pattern: str = "", label_pattern: str = "",
+                unpaired: Optional[List[DataError]] = None) -> List[Tuple[str, str]]:
+    """``[(image path, label path), ...]`` of the keys in both ``images`` and ``labels`` (as :func:`_list_files`
+    makes them), in key order.
+
+    An empty side raises DataError naming its folder (``image_pattern`` / ``label_pattern``, e.g. ``"*.png"``, are
+    shown in that message). Unpaired files raise one DataError listing them (the first one is ``error.path``), or,
+    when an ``unpaired`` list is given, are appended to it (one DataError per file) and left out; then it raises
+    only when no image has a label map."""
+    if not images:
+        shown = f" ({image_pattern})" if image_pattern else ""
+        raise DataError(f"{where}: no images{shown} found in {image_dir}", image_dir)
+    if not labels:
+        shown = f" ({label_pattern})" if label_pattern else ""
+        raise DataError(f"{where}: no label maps{shown} found in {label_dir}", label_dir)
+    no_label = sorted(k for k in images if k not in labels)
+    no_image = sorted(k for k in labels if k not in images)
+    if no_label or no_image:
+        parts = []
+        if no_label:
+            parts.append(f"{len(no_label)} image(s) without a label map in {label_dir}: "
+                         + ", ".join(images[k] for k in no_label[:5]) + (" ..." if len(no_label) > 5 else ""))
+        if no_image:
+            parts.append(f"{len(no_image)} label map(s) without an image in {image_dir}: "
+                         + ", ".join(labels[k] for k in no_image[:5]) + (" ..." if len(no_image) > 5 else ""))
+        first = images[no_label[0]] if no_label else labels[no_image[0]]
+        if unpaired is None:
+            raise DataError(f"{where}: missing pairs: " + "; ".join(parts), first)
+        unpaired.extend(DataError(f"{where}: image {images[k]} has no label map in {label_dir}", images[k])
+                        for k in no_label)
+        unpaired.extend(DataError(f"{where}: label map {labels[k]} has no image in {image_dir}", labels[k])
+                        for k in no_image)
+        if not any(k in labels for k in images):
+            raise DataError(f"{where}: no image has a label map: " + "; ".join(parts), first)
+    return [(images[k], labels[k]) for k in sorted(images) if k in labels]
+
+
 def _normalise_exts(name: str, exts: Sequence[str]) -> Tuple[str, ...]:
     if isinstance(exts, str):
         exts = (exts,)
@@ -307,27 +345,12 @@ class PairedFolderDataset(_FolderBase):
         exts = _normalise_exts("image_exts", image_exts)
         images = _list_files(self.image_dir, exts, recursive=True, suffix=str(image_suffix))
         labels = _list_files(self.label_dir, (".png",), recursive=True, suffix=str(label_suffix))
-        if not images:
-            raise DataError(f"{where}: no images (*{image_suffix}{{{','.join(exts)}}}) found in {self.image_dir}",
-                            self.image_dir)
-        if not labels:
-            raise DataError(f"{where}: no label maps (*{label_suffix}.png) found in {self.label_dir}",
-                            self.label_dir)
-        no_label = sorted(k for k in images if k not in labels)
-        no_image = sorted(k for k in labels if k not in images)
-        if no_label or no_image:
-            parts = []
-            if no_label:
-                parts.append(f"{len(no_label)} image(s) without a label map in {self.label_dir}: "
-                             + ", ".join(images[k] for k in no_label[:5]) + (" ..." if len(no_label) > 5 else ""))
-            if no_image:
-                parts.append(f"{len(no_image)} label map(s) without an image in {self.image_dir}: "
-                             + ", ".join(labels[k] for k in no_image[:5]) + (" ..." if len(no_image) > 5 else ""))
-            first = images[no_label[0]] if no_label else labels[no_image[0]]
-            raise DataError(f"{where}: unpaired files: " + "; ".join(parts), first)
-        self.keys: List[str] = sorted(images)
-        self.image_paths: List[str] = [images[k] for k in self.keys]
-        self.label_paths: List[str] = [labels[k] for k in self.keys]
+        pairs = _pair_files(images, labels, where, self.image_dir, self.label_dir,
+                            image_pattern=f"*{image_suffix}{{{','.join(exts)}}}",
+                            label_pattern=f"*{label_suffix}.png")
+        self.keys: List[str] = sorted(images)   # every image is paired (unpaired files raised above)
+        self.image_paths: List[str] = [ip for ip, _ in pairs]
+        self.label_paths: List[str] = [lp for _, lp in pairs]
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _read_image
+from .datasets import DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _pair_files, _read_image
 
 __all__ = [
     "RealPairsDataset",
@@ -362,37 +362,6 @@ def _need_dir(path: str, what: str, hint: str) -> str:
     return path
 
 
-def _pair_maps(images: Dict[str, str], labels: Dict[str, str], where: str, image_dir: str,
-               label_dir: str, unpaired: Optional[List[DataError]] = None) -> List[Pair]:
-    """Pairs with the same key. Unpaired files raise one DataError listing them, or, when an ``unpaired`` list
-    is given, are appended to it (one DataError per file) and left out."""
-    if not images:
-        raise DataError(f"{where}: no images found in {image_dir}", image_dir)
-    if not labels:
-        raise DataError(f"{where}: no label maps found in {label_dir}", label_dir)
-    no_label = sorted(k for k in images if k not in labels)
-    no_image = sorted(k for k in labels if k not in images)
-    if no_label or no_image:
-        parts = []
-        if no_label:
-            parts.append(f"{len(no_label)} image(s) without a label map: "
-                         + ", ".join(images[k] for k in no_label[:5]) + (" ..." if len(no_label) > 5 else ""))
-        if no_image:
-            parts.append(f"{len(no_image)} label map(s) without an image: "
-                         + ", ".join(labels[k] for k in no_image[:5]) + (" ..." if len(no_image) > 5 else ""))
-        first = images[no_label[0]] if no_label else labels[no_image[0]]
-        if unpaired is None:
-            raise DataError(f"{where}: missing pairs: " + "; ".join(parts), first)
-        unpaired.extend(DataError(f"{where}: image {images[k]} has no label map in {label_dir}", images[k])
-                         for k in no_label)
-        unpaired.extend(DataError(f"{where}: label map {labels[k]} has no image in {image_dir}", labels[k])
-                         for k in no_image)
-        if not any(k in labels for k in images):
-            raise DataError(f"{where}: no image has a label map: " + "; ".join(parts), first)
-    return [(images[k], labels[k]) for k in sorted(images) if k in labels]
-
-
-
 def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds", height: Optional[int],
                width: Optional[int], extra_image_dir: Optional[str] = None, extra_label_dir: Optional[str] = None,
                extra_list: Optional[str] = None, **kw) -> RealPairsDataset:
@@ -410,7 +379,7 @@ def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds",
     images = _list_files(img_dir, (".png",), recursive=True, suffix="_leftImg8bit")
     labels = _list_files(lab_dir, (".png",), recursive=True, suffix=f"_gtFine_{label_kind}")
     unpaired = _unpaired_list(kw)
-    pairs = _pair_maps(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired)
+    pairs = _pair_files(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired=unpaired)
     extra = [extra_image_dir, extra_label_dir, extra_list]
     if any(extra):
         if not all(extra):
@@ -504,7 +473,7 @@ def _ade_challenge_pairs(root: str, split: str, unpaired=None) -> Tuple[List[Pai
     lab_dir = _need_dir(os.path.join(base, "annotations", s), "label folder", hint)
     images = _list_files(img_dir, IMAGE_EXTS, recursive=False)
     labels = _list_files(lab_dir, (".png",), recursive=False)
-    return _pair_maps(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired), base
+    return _pair_files(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired=unpaired), base
 
 
 def ade20k(root: str, *, split: str = "train", height: Optional[int], width: Optional[int],
@@ -649,7 +618,7 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
         if missing:
             raise DataError(f"ade_indoor {split}: {len(missing)} listed image(s) missing under {img_dir}: "
                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), img_dir)
-    pairs = _pair_maps(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired)
+    pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired)
     return _with_unpaired(RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width,
                                            crop=crop, name=f"ade_indoor {split}", **kw), unpaired)
 
