@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -183,6 +183,38 @@ def _infer_width_mult(owner: str, channels0: int, width_mult: Optional[float]) -
     return channels0 / MAX_CHANNELS
 
 
+def _reference_state(owner: str, state_dict: Mapping, checkpoint_key: str,
+                     max_dim) -> Tuple[Dict[str, torch.Tensor], int]:
+    """(reference tensors of ``state_dict`` (see :func:`_extract_state_dict`), block count n), checked to hold the
+    n blocks that ``max_dim`` needs."""
+    sd = _extract_state_dict(owner, state_dict, checkpoint_key)
+    n = _num_blocks(owner, max_dim)
+    n_ref = _reference_block_count(owner, sd)
+    if n_ref != n:
+        raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
+                         f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
+    return sd, n
+
+
+class _ReferenceLayout:
+    """Key mapping to and from the authors' checkpoint layout; subclasses list their layers in
+    :meth:`_reference_layers`."""
+
+    def _reference_layers(self) -> List[Tuple[str, str]]:
+        """``[(reference layer prefix, own layer prefix), ...]`` in the reference's order."""
+        raise NotImplementedError
+
+    def _reference_key_map(self) -> "OrderedDict[str, str]":
+        """Reference key -> own key (weight and bias of every layer), in the reference's order."""
+        return OrderedDict((f"{ref}.{p}", f"{own}.{p}") for ref, own in self._reference_layers()
+                           for p in ("weight", "bias"))
+
+    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
+        own = self.state_dict()
+        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # generator
 
@@ -212,7 +244,7 @@ class _GenBlock(nn.Module):
         return self.norm(_lrelu(self.conv1(x)))
 
 
-class SegGenerator(nn.Module):
+class SegGenerator(_ReferenceLayout, nn.Module):
     """Progressive semantic-bottleneck generator: latent z -> per-pixel class probabilities.
 
     Args:
@@ -303,21 +335,12 @@ class SegGenerator(nn.Module):
         return (1.0 - alpha) * coarse + alpha * fine
 
     # -- reference checkpoints ---------------------------------------------------------------------------------------
-    def _reference_key_map(self) -> "OrderedDict[str, str]":
-        """Reference key -> own key, in the reference's order."""
-        mapping: "OrderedDict[str, str]" = OrderedDict()
+    def _reference_layers(self) -> List[Tuple[str, str]]:
+        layers = []
         for j in range(len(self.resolutions)):
-            layers = (("fc1", "blocks.0.fc"),) if j == 0 else (("conv1", f"blocks.{j}.conv0"),)
-            layers += (("conv2", f"blocks.{j}.conv1"), ("to_mask", f"to_mask.{j}"))
-            for ref_name, own_prefix in layers:
-                for p in ("weight", "bias"):
-                    mapping[f"blocks.{j}.{ref_name}.{p}"] = f"{own_prefix}.{p}"
-        return mapping
-
-    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
-        own = self.state_dict()
-        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
+            layers.append(("blocks.0.fc1", "blocks.0.fc") if j == 0 else (f"blocks.{j}.conv1", f"blocks.{j}.conv0"))
+            layers += [(f"blocks.{j}.conv2", f"blocks.{j}.conv1"), (f"blocks.{j}.to_mask", f"to_mask.{j}")]
+        return layers
 
     @classmethod
     def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
@@ -330,12 +353,7 @@ class SegGenerator(nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegGenerator"
-        sd = _extract_state_dict(owner, state_dict, "G_state_dict")
-        n = _num_blocks(owner, max_dim)
-        n_ref = _reference_block_count(owner, sd)
-        if n_ref != n:
-            raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
-                             f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
+        sd, _ = _reference_state(owner, state_dict, "G_state_dict", max_dim)
         fc = sd.get("blocks.0.fc1.weight")
         if fc is None or fc.dim() != 2:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
@@ -382,7 +400,7 @@ class _DiscBlock(nn.Module):
         return F.avg_pool2d(x, 2)
 
 
-class SegDiscriminator(nn.Module):
+class SegDiscriminator(_ReferenceLayout, nn.Module):
     """Progressive WGAN critic on label maps (one-hot or soft), no normalization.
 
     Args:
@@ -463,24 +481,17 @@ class SegDiscriminator(nn.Module):
         return h.squeeze(1)
 
     # -- reference checkpoints ---------------------------------------------------------------------------------------
-    def _reference_key_map(self) -> "OrderedDict[str, str]":
-        """Reference key -> own key, in the reference's order (highest resolution first)."""
+    def _reference_layers(self) -> List[Tuple[str, str]]:
+        # the reference numbers its blocks from the highest resolution down
         n = len(self.resolutions)
-        mapping: "OrderedDict[str, str]" = OrderedDict()
+        layers = []
         for i in range(n):
             j = n - 1 - i
-            layers = [("from_mask", f"from_mask.{j}"), ("conv1", f"blocks.{j}.conv0"), ("conv2", f"blocks.{j}.conv1")]
+            layers += [(f"blocks.{i}.from_mask", f"from_mask.{j}"), (f"blocks.{i}.conv1", f"blocks.{j}.conv0"),
+                       (f"blocks.{i}.conv2", f"blocks.{j}.conv1")]
             if j == 0:
-                layers.append(("fc3", "blocks.0.fc"))
-            for ref_name, own_prefix in layers:
-                for p in ("weight", "bias"):
-                    mapping[f"blocks.{i}.{ref_name}.{p}"] = f"{own_prefix}.{p}"
-        return mapping
-
-    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
-        own = self.state_dict()
-        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
+                layers.append((f"blocks.{i}.fc3", "blocks.0.fc"))
+        return layers
 
     @classmethod
     def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
@@ -492,12 +503,7 @@ class SegDiscriminator(nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegDiscriminator"
-        sd = _extract_state_dict(owner, state_dict, "D_state_dict")
-        n = _num_blocks(owner, max_dim)
-        n_ref = _reference_block_count(owner, sd)
-        if n_ref != n:
-            raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
-                             f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
+        sd, n = _reference_state(owner, state_dict, "D_state_dict", max_dim)
         head = sd.get(f"blocks.{n - 1}.from_mask.weight")
         if head is None or head.dim() != 4:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.from_mask.weight' (4-D) is missing")
