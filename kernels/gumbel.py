@@ -62,6 +62,24 @@ def _pixel_offsets(hw, s_h, s_w, W, FLAT_HW: tl.constexpr):
 
 
 @triton.jit
+def _tile(HW, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's tile of a (cdiv(H*W, BLOCK_P), N) grid: (image n, pixels hw (BLOCK_P,), classes k
+    (BLOCK_K,), in-bounds mask (BLOCK_P, BLOCK_K))."""
+    n = tl.program_id(1)
+    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    k = tl.arange(0, BLOCK_K)
+    mask = (hw < HW)[:, None] & (k < K)[None, :]
+    return n, hw, k, mask
+
+
+@triton.jit
+def _tile_offsets(n, hw, k, sn, sk, sh, sw, W, FLAT_HW: tl.constexpr):
+    """Element offsets (int64, (BLOCK_P, BLOCK_K)) of image ``n``, pixels ``hw``, classes ``k`` for strides
+    (sn, sk, sh, sw)."""
+    return n.to(tl.int64) * sn + _pixel_offsets(hw, sh, sw, W, FLAT_HW)[:, None] + (k.to(tl.int64) * sk)[None, :]
+
+
+@triton.jit
 def _philox_gumbel(seed, offsets):
     """Gumbel(0, 1) noise in fp32 for int32 Philox counters ``offsets``."""
     u = tl.rand(seed, offsets)
@@ -74,12 +92,10 @@ def _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
                  sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau,
                  NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr):
     """fp32 scores (BLOCK_P, BLOCK_K) of image ``n``; masked lanes are -inf."""
-    k64 = k.to(tl.int64)
-    x_off = n.to(tl.int64) * sxn + _pixel_offsets(hw, sxh, sxw, W, FLAT_HW)[:, None] + (k64 * sxk)[None, :]
+    x_off = _tile_offsets(n, hw, k, sxn, sxk, sxh, sxw, W, FLAT_HW)
     x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 0:
-        g_off = (n.to(tl.int64) * sgn + _pixel_offsets(hw, sgh, sgw, W, FLAT_HW)[:, None]
-                 + (k64 * sgk)[None, :])
+        g_off = _tile_offsets(n, hw, k, sgn, sgk, sgh, sgw, W, FLAT_HW)
         g = tl.load(noise_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
         s = (x + g) * inv_tau
     elif NOISE_MODE == 1:
@@ -104,6 +120,16 @@ def _first_argmax(s, k, mask, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _store_one_hot(out_ptr, s, n, hw, k, mask, son, sok, soh, sow, W,
+                   FLAT_HW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[n, :, hw] = one_hot(argmax_k s) (see :func:`_first_argmax`) in out's dtype."""
+    idx = _first_argmax(s, k, mask, BLOCK_K)
+    y = tl.where(k[None, :] == idx[:, None], 1.0, 0.0)
+    o_off = _tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
+    tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _gumbel_hard_kernel(x_ptr, noise_ptr, seed_ptr, out_ptr,
                         K, HW, W,
                         sxn, sxk, sxh, sxw,
@@ -115,17 +141,10 @@ def _gumbel_hard_kernel(x_ptr, noise_ptr, seed_ptr, out_ptr,
     """out[n, :, h, w] = one_hot(argmax_k scores[n, k, h, w]) in out's dtype.
 
     Grid: (cdiv(H*W, BLOCK_P), N)."""
-    n = tl.program_id(1)
-    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    k = tl.arange(0, BLOCK_K)
-    mask = (hw < HW)[:, None] & (k < K)[None, :]
+    n, hw, k, mask = _tile(HW, K, BLOCK_P, BLOCK_K)
     s = _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
                      sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW)
-    idx = _first_argmax(s, k, mask, BLOCK_K)
-    y = tl.where(k[None, :] == idx[:, None], 1.0, 0.0)
-    o_off = (n.to(tl.int64) * son + _pixel_offsets(hw, soh, sow, W, FLAT_HW)[:, None]
-             + (k.to(tl.int64) * sok)[None, :])
-    tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=mask)
+    _store_one_hot(out_ptr, s, n, hw, k, mask, son, sok, soh, sow, W, FLAT_HW, BLOCK_K)
 
 
 @triton.jit
@@ -141,10 +160,7 @@ def _gumbel_softmax_bwd_kernel(x_ptr, noise_ptr, seed_ptr, dy_ptr, dx_ptr,
     """dx = y * (dy - sum_k(dy * y)) * inv_tau with y = softmax_k(scores), recomputed here.
 
     Grid: (cdiv(H*W, BLOCK_P), N)."""
-    n = tl.program_id(1)
-    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    k = tl.arange(0, BLOCK_K)
-    mask = (hw < HW)[:, None] & (k < K)[None, :]
+    n, hw, k, mask = _tile(HW, K, BLOCK_P, BLOCK_K)
     s = _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
                      sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW)
     m = tl.max(s, axis=1)
@@ -152,12 +168,11 @@ def _gumbel_softmax_bwd_kernel(x_ptr, noise_ptr, seed_ptr, dy_ptr, dx_ptr,
     e = tl.exp(s - m[:, None])
     den = tl.sum(e, axis=1)
     y = e / tl.where(den == 0.0, 1.0, den)[:, None]  # den == 0 only on rows past the end
-    k64 = k.to(tl.int64)
-    d_off = n.to(tl.int64) * sdn + _pixel_offsets(hw, sdh, sdw, W, FLAT_HW)[:, None] + (k64 * sdk)[None, :]
+    d_off = _tile_offsets(n, hw, k, sdn, sdk, sdh, sdw, W, FLAT_HW)
     dy = tl.load(dy_ptr + d_off, mask=mask, other=0.0).to(tl.float32)
     dot = tl.sum(dy * y, axis=1)
     dx = y * (dy - dot[:, None]) * inv_tau
-    o_off = n.to(tl.int64) * son + _pixel_offsets(hw, soh, sow, W, FLAT_HW)[:, None] + (k64 * sok)[None, :]
+    o_off = _tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
     tl.store(dx_ptr + o_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
