@@ -226,22 +226,28 @@ def _read_image(path: str) -> Image.Image:
         raise DataError(f"cannot read image file {path}: {e}", path) from e
 
 
-def _read_label(path: str, num_classes: int, dontcare: Optional[int]) -> np.ndarray:
-    """Decode a single-channel label PNG into an integer (H, W) array and check its value range."""
+def _read_label_raw(path: str) -> np.ndarray:
+    """Decode a single-channel label PNG to an integer (H, W) array (P mode: the palette indices); DataError
+    naming the file when it is unreadable, truncated, colour-coded or not 2-D."""
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            if mode not in _LABEL_MODES:
-                raise DataError(f"label file {path} has image mode {mode!r}; label maps must be single-channel "
+            if im.mode not in _LABEL_MODES:
+                raise DataError(f"label file {path} has image mode {im.mode!r}; label maps must be single-channel "
                                 f"integer images (modes {', '.join(_LABEL_MODES)}), not colour-coded", path)
-            arr = np.array(im)  # P mode gives the palette indices
+            arr = np.array(im)
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read label file {path}: {e}", path) from e
     if arr.ndim != 2:
         raise DataError(f"label file {path} decodes to shape {arr.shape}; expected (H, W)", path)
+    return arr
+
+
+def _read_label(path: str, num_classes: int, dontcare: Optional[int]) -> np.ndarray:
+    """Decode a single-channel label PNG into an integer (H, W) array and check its value range."""
+    arr = _read_label_raw(path)
     bad = (arr < 0) | (arr >= num_classes)
     if dontcare is not None:
         bad &= arr != dontcare

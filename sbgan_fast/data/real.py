@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _pair_files, _read_image
+from .datasets import (DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _pair_files, _read_image,
+                       _read_label_raw)
 
 __all__ = [
     "RealPairsDataset",
@@ -90,24 +91,6 @@ def crop_offset(seed: int, index: int, epoch: int, span: int) -> int:
     if span <= 0:
         return 0
     return int(np.random.default_rng([int(seed), int(index), int(epoch), 0xC409]).integers(0, span))
-
-
-def _read_label_raw(path: str) -> np.ndarray:
-    """Decode a single-channel label PNG to an integer (H, W) array (P mode: the palette indices)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in _LABEL_MODES:
-                raise DataError(f"label file {path} has image mode {im.mode!r}; label maps must be single-channel "
-                                f"integer images (modes {', '.join(_LABEL_MODES)}), not colour-coded", path)
-            arr = np.array(im)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read label file {path}: {e}", path) from e
-    if arr.ndim != 2:
-        raise DataError(f"label file {path} decodes to shape {arr.shape}; expected (H, W)", path)
-    return arr
 
 
 def _apply_lut(arr: np.ndarray, lut: np.ndarray, path: str, allowed: str) -> np.ndarray:
