@@ -14,6 +14,8 @@ examples:
   sbgan-fast train --preset cityscapes --data-root /data/cityscapes --stage seg --vgg-weights vgg19-dcbb9e9d.pth
   sbgan-fast train --preset demo --out runs/demo --resume        # continue the same run
   sbgan-fast train --preset demo spade.ngf=16 seg.fade_in=true   # KEY=VALUE overrides (dotted config keys)
+  sbgan-fast train --preset demo --out runs/demo --fid-every 2000 --fid-n 200   # periodic FID, logged
+  sbgan-fast train --preset demo --out runs/aug --stage spade --synthetic-labels 1000 --seg-checkpoint runs/demo
   torchrun --standalone --nproc_per_node=8 -m sbgan_fast train --preset cityscapes --data-root /data/cityscapes \
       --precision bf16                                            # one process per GPU (README: multi-GPU)
 """
@@ -50,6 +52,15 @@ def _add_train(sub) -> None:
                    help="channels-last networks and inputs (default: on for CUDA, off on CPU)")
     p.add_argument("--accum", type=int, help="split each process's share of a batch into N micro-batches "
                    "(gradient accumulation: same optimizer batch, less memory)")
+    p.add_argument("--synthetic-labels", type=int, metavar="N",
+                   help="the paper's augmentation experiment: draw N label maps from the trained G_seg (this run's "
+                        "seg stage, or --seg-checkpoint) and train the spade stage on real plus synthetic maps "
+                        "(images of synthetic maps are judged by D2)")
+    p.add_argument("--seg-checkpoint", help="checkpoint file or run folder whose G_seg draws the --synthetic-labels "
+                                            "maps (default: this run's seg checkpoint)")
+    p.add_argument("--fid-every", type=int, metavar="K", help="compute FID every K images of each stage and log it "
+                   "(fid, fid_cond in stats.jsonl and TensorBoard; see fid_n, fid_n_real, fid_variant)")
+    p.add_argument("--fid-n", type=int, help="generated images per periodic FID (default 500)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. spade.ngf=32")
 
 
@@ -57,7 +68,9 @@ def cmd_train(args) -> int:
     from .train.config import build_config
     direct = {"data.root": args.data_root, "out": args.out, "max_steps": args.max_steps, "device": args.device,
               "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
-              "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum}
+              "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum,
+              "spade.synthetic_labels": args.synthetic_labels, "spade.seg_checkpoint": args.seg_checkpoint,
+              "fid_every": args.fid_every, "fid_n": args.fid_n}
     if args.stage:
         direct["stages"] = ["seg", "spade", "e2e"] if args.stage == "all" else [args.stage]
     if args.batch_size:

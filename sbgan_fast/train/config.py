@@ -93,6 +93,13 @@ class SpadeConfig:
     epochs: float = 100.0                # constant learning rate
     epochs_decay: float = 100.0          # then linear decay to 0
     batch_size: int = 16
+    # the paper's augmentation experiment: label maps drawn from a trained G_seg as extra training data. Each
+    # step also renders a batch of them with G_spd, judged by the unconditional image discriminator D2
+    # (hinge, weight synthetic_weight; D2 is optimised with e2e.lr_D2 / e2e.d2_betas).
+    synthetic_labels: int = 0            # N synthetic label maps (0: off)
+    synthetic_weight: float = 0.1        # weight of D2's hinge losses on the synthetic maps' images
+    synthetic_batch: int = 0             # synthetic maps per step (0: spade.batch_size)
+    seg_checkpoint: Optional[str] = None  # G_seg to draw them from (None: this run's seg stage / checkpoint)
 
 
 @dataclass
@@ -138,6 +145,14 @@ class TrainConfig:
     dist_noise: str = "rank"             # rank: noise seeded per process | global: slices of the global batch's noise
     dist_backend: str = "auto"           # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     monitor_every: int = 100             # steps between GPU monitor samples (NVML + allocator peak); 0: off
+    # FID during training (sbgan_fast/metrics/evaluate.py: fid_callback), logged to stats.jsonl/TensorBoard
+    fid_every: int = 0                   # images (of each stage's schedule) between FID evaluations; 0: off
+    fid_n: int = 500                     # generated images per evaluation
+    fid_n_real: int = 0                  # real validation images for the statistics (0: the whole split)
+    fid_variant: str = "pytorch-fid"     # pytorch-fid | sbgan-code
+    fid_weights: Optional[str] = None    # Inception weights file (None: the packaged pytorch-fid weights)
+    fid_cache: Optional[str] = None      # folder of cached real statistics (None: the default cache folder)
+    fid_batch: int = 16
     data: DataConfig = field(default_factory=DataConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
@@ -369,6 +384,18 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto|nccl|gloo, got {cfg.dist_backend!r}")
     need(cfg.monitor_every >= 0, f"monitor_every must be >= 0 (0: off), got {cfg.monitor_every}")
     need(cfg.seg.tau > 0, f"seg.tau must be > 0, got {cfg.seg.tau}")
+    need(cfg.fid_every >= 0, f"fid_every must be >= 0 (images between FID evaluations; 0: off), got {cfg.fid_every}")
+    need(cfg.fid_n >= 2, f"fid_n must be >= 2 (a covariance needs 2 images), got {cfg.fid_n}")
+    need(cfg.fid_n_real == 0 or cfg.fid_n_real >= 2, f"fid_n_real must be 0 (whole split) or >= 2, got {cfg.fid_n_real}")
+    need(cfg.fid_variant in ("pytorch-fid", "sbgan-code"),
+         f"fid_variant must be pytorch-fid|sbgan-code, got {cfg.fid_variant!r}")
+    need(cfg.fid_batch >= 1, f"fid_batch must be >= 1, got {cfg.fid_batch}")
+    sp = cfg.spade
+    need(sp.synthetic_labels >= 0, f"spade.synthetic_labels must be >= 0 (0: off), got {sp.synthetic_labels}")
+    need(sp.synthetic_batch >= 0, f"spade.synthetic_batch must be >= 0 (0: spade.batch_size), got {sp.synthetic_batch}")
+    need(sp.synthetic_weight >= 0, f"spade.synthetic_weight must be >= 0, got {sp.synthetic_weight}")
+    need(sp.seg_checkpoint is None or os.path.exists(sp.seg_checkpoint),
+         f"spade.seg_checkpoint: {sp.seg_checkpoint} does not exist")
     from ..ops._dispatch import IMPLS
     need(cfg.impl in IMPLS, f"impl must be one of {IMPLS}, got {cfg.impl!r}")
     n_up = {"normal": 5, "more": 6, "most": 7}[cfg.spade.num_upsampling_layers]

@@ -160,6 +160,11 @@ class RunLogger:
         self.bar = tqdm(total=total, initial=start, desc=f"{stage:>5}", dynamic_ncols=True, unit="step",
                         file=sys.stderr, mininterval=1.0)
 
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (e.g. an FID evaluation) out of the images/s figure."""
+        if hasattr(self, "_t0"):
+            self._t0 += seconds
+
     def advance(self) -> None:
         if self.bar is not None:
             self.bar.update(1)

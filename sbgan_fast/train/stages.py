@@ -102,6 +102,9 @@ class Stage:
             kwargs["fused"] = True
         return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas), **kwargs)
 
+    def prepare(self) -> None:
+        """Work before the first step of a (started or resumed) stage; every process calls it."""
+
     def set_lr(self, step: int) -> Dict[str, float]:
         return {}
 
@@ -249,8 +252,35 @@ class SegStage(Stage):
 
 # ===================================================================================== spade
 class SpadeStage(Stage):
+    """Label-to-image pretraining on real pairs. With ``spade.synthetic_labels=N`` (the paper's augmentation
+    experiment, see :mod:`.synthetic_labels`) each step also renders a batch of stored synthetic label maps,
+    judged by D2, which this stage then trains too."""
+
     name = "spade"
     trains = ("G_spd", "D_spd")
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.synth = None
+        if self.name == "spade" and self.cfg.spade.synthetic_labels > 0:
+            self.trains = ("G_spd", "D_spd", "D2")
+
+    def synthetic_batch_size(self) -> int:
+        c = self.cfg.spade
+        return c.synthetic_batch or c.batch_size
+
+    def batch_sizes(self):
+        sizes = super().batch_sizes()
+        return sizes + [self.synthetic_batch_size()] if "D2" in self.trains and self.name == "spade" else sizes
+
+    def prepare(self) -> None:
+        """Draw (or read) the synthetic label maps before the first step."""
+        if self.name != "spade" or self.cfg.spade.synthetic_labels <= 0:
+            return
+        from .synthetic_labels import SyntheticBatches, prepare_bank
+        t = self.t
+        bank = prepare_bank(t, log=t.log_message)
+        self.synth = SyntheticBatches(bank, self.synthetic_batch_size(), self.cfg.seed, t.dist.rank, t.dist.world)
 
     def _cfg(self):
         return self.cfg.spade
@@ -272,7 +302,10 @@ class SpadeStage(Stage):
 
     def make_optimizers(self):
         c = self.cfg.spade
-        return {"G_spd": self.adam(self.t.G_spd, c.lr_G, c.betas), "D_spd": self.adam(self.t.D_spd, c.lr_D, c.betas)}
+        opts = {"G_spd": self.adam(self.t.G_spd, c.lr_G, c.betas), "D_spd": self.adam(self.t.D_spd, c.lr_D, c.betas)}
+        if "D2" in self.trains:   # synthetic label maps: D2 as in the e2e stage (constant learning rate)
+            opts["D2"] = self.adam(self.t.D2, self.cfg.e2e.lr_D2, self.cfg.e2e.d2_betas)
+        return opts
 
     def decay_epoch(self, step: int) -> float:
         """The (fractional) epoch that the learning-rate decay reads at ``step``."""
@@ -322,21 +355,40 @@ class SpadeStage(Stage):
         parts = self.micro(labels.shape[0])
         k = len(parts)
         means = _Means(k)
-        set_requires_grad([t.D_spd], False)
+        synth = self.synth.at(step, self.dev) if self.synth is not None else None
+        s_parts = self.micro(synth.shape[0]) if synth is not None else [None] * k
+        w = self.cfg.spade.synthetic_weight
+        d_nets = [t.D_spd] + ([t.D2] if synth is not None else [])
+        set_requires_grad(d_nets, False)
+        fakes_s = []
         with u.update({"G_spd": ("G_spd",)}) as upd:
-            for sl in parts:
+            for sl, ssl in zip(parts, s_parts):
                 with u.autocast():
                     g = self.spade_g_losses(seg[sl], ids[sl], image[sl])
+                    if synth is not None:   # G_spd on synthetic maps, judged by D2 alone (no paired photo)
+                        fake_s = t.G_spd(synth[ssl])
+                        g["synth_G"] = w * L.hinge_g_loss(t.D2(fake_s))
+                        fakes_s.append(fake_s.detach())
                     g_loss = sum(g.values())
                 upd.backward({"G_spd": g_loss / k})
                 means.add({"loss_G": g_loss, **g})
-        set_requires_grad([t.D_spd], True)
-        with u.update({"D_spd": ("D_spd",)}) as upd:
-            for sl in parts:
+        set_requires_grad(d_nets, True)
+        groups = {"D_spd": ("D_spd",), **({"D2": ("D2",)} if synth is not None else {})}
+        with u.update(groups) as upd:
+            for i, sl in enumerate(parts):
                 with u.autocast():
                     d = self.spade_d_losses(seg[sl], ids[sl], image[sl])
                     d_loss = sum(d.values())
-                upd.backward({"D_spd": d_loss / k})
+                    losses = {"D_spd": d_loss / k}
+                    if synth is not None:
+                        fake_s = fakes_s[i]
+                        out2 = t.D2(torch.cat([fake_s, image[sl]], 0))
+                        f2, r2 = L.split_real_fake(out2, fake_s.shape[0])
+                        d2_real, d2_fake = L.hinge_d_parts(r2, f2)
+                        d2_d = w * (d2_real + d2_fake)
+                        losses["D2"] = d2_d / k
+                        d = dict(d, D2_D=d2_d, D2_real=d2_real, D2_fake=d2_fake)
+                upd.backward(losses)
                 means.add({"loss_D": d_loss, **d})
         return means.result()
 

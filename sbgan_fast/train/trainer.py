@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from typing import Dict, Optional
 
 import torch
@@ -109,6 +111,7 @@ class Trainer:
             with open(os.path.join(self.out, "config.json"), "w", encoding="utf-8") as f:
                 f.write(cfg.to_json())
         self.monitor = GPUMonitor(self.device, quiet=not self.is_main) if cfg.monitor_every > 0 else None
+        self.fid_extractor = self._fid_extractor() if cfg.fid_every > 0 and self.is_main else None
         if self.dist.enabled:
             self._describe_distributed()
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
@@ -132,6 +135,50 @@ class Trainer:
         if parse_norm_D(cfg.spade.norm_D)[1] == "batch":
             D.warn_main(info, f"spade.norm_D={cfg.spade.norm_D!r}: per-process batch statistics in D_spd/D2; "
                               "'sync_batch' synchronizes them")
+
+    def log_message(self, msg: str) -> None:
+        """A line on stderr from rank 0 (kept clear of the progress bar)."""
+        if not self.is_main:
+            return
+        if self.logger.bar is not None:
+            self.logger.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _fid_extractor(self):
+        """The Inception network of periodic FID, built up front so that a missing weights file or validation
+        split is reported before any training happens."""
+        from ..metrics.evaluate import build_eval_dataset
+        from ..metrics.fid import FIDExtractor
+        cfg = self.cfg
+        ext = FIDExtractor(cfg.fid_variant, cfg.fid_weights, device=self.device, batch_size=cfg.fid_batch)
+        build_eval_dataset(cfg, self.num_classes, size=cfg.fid_n_real or None, log=self.log_message)
+        return ext
+
+    def log_fid(self, stage: "Stage", step: int) -> Dict[str, float]:
+        """FID of the current generators (rank 0; the others wait), logged with the stage's image count.
+        Its time is left out of the images/s figure."""
+        t0 = time.perf_counter()
+        rec: Dict[str, float] = {}
+        if self.is_main:
+            from ..metrics.evaluate import fid_callback
+            cfg = self.cfg
+            rec = fid_callback(self, cfg.fid_n, variant=cfg.fid_variant, inception_weights=cfg.fid_weights,
+                               cache_dir=cfg.fid_cache, batch_size=cfg.fid_batch, seed=cfg.seed,
+                               n_real=cfg.fid_n_real or None, extractor=self.fid_extractor, log=self.log_message)
+            if rec:
+                rec["fid_time_s"] = time.perf_counter() - t0
+                self.logger.log(stage.name, step, stage.images_done(step), rec)
+                self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
+        D.barrier(self.dist)
+        self.logger.pause(time.perf_counter() - t0)
+        return rec
+
+    def fid_due(self, stage: "Stage", step: int) -> bool:
+        """Whether step ``step`` (just completed, 1-based) crossed a multiple of ``fid_every`` images."""
+        k = self.cfg.fid_every
+        return k > 0 and stage.images_done(step) // k > stage.images_done(step - 1) // k
 
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-d float input in the networks' memory format (channels-last when configured)."""
@@ -290,7 +337,8 @@ class Trainer:
                         f"stage 'e2e' needs the trained {prev!r} networks: no {prev}-final.pt or {prev}-latest.pt in "
                         f"{os.path.join(self.out, 'checkpoints')}; run --stage {prev} first with the same --out")
                 ck = ckpt_io.load_checkpoint(path, map_location=self.device)
-                self.load_nets(ck, names=("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd"))
+                # D2 too when the spade stage trained it (spade.synthetic_labels), as in a single process
+                self.load_nets(ck, names=("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2"))
         return 0
 
     def run_stage(self, name: str) -> None:
@@ -305,6 +353,7 @@ class Trainer:
         D.broadcast_(D.module_state_tensors(self.nets.values()), info)
         if start < 0:
             return
+        stage.prepare()
         total = stage.total_steps()
         end = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.logger.start_stage(name, start, end, stage.images_per_step())
@@ -344,6 +393,8 @@ class Trainer:
                 acc, count = {}, 0
             if self.is_main and cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or step + 1 == end):
                 self.save_grid(stage, step + 1)
+            if self.fid_due(stage, step + 1):
+                self.log_fid(stage, step + 1)
             if not done and step + 1 < end and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
                 self.save(name, step + 1, done=False, which="latest")
         self.current_step = end

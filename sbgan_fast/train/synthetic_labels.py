@@ -1,0 +1,208 @@
+"""Synthetic label maps as extra training data for the image stage (the paper's augmentation experiment).
+
+``spade.synthetic_labels=N`` (``sbgan-fast train --synthetic-labels N``) draws N label maps from a trained
+segmentation generator once, before the spade stage, and stores them in the run folder::
+
+    <out>/synthetic_labels/labels.npy    uint8 (N, H, W) channel indices (the don't-care class, if any, is the
+                                         last channel, as in the networks' integer-label inputs)
+    <out>/synthetic_labels/meta.json     n, seed, size, classes, the G_seg they came from and its hash
+    <out>/samples/synthetic-labels.png   the first maps, colourised
+
+Each spade step then also renders a batch of these maps with G_spd; the unconditional image discriminator D2
+judges those images against the real batch (hinge losses weighted by ``spade.synthetic_weight``), so G_spd learns
+from label maps that have no paired photo, as it does in the e2e stage. Comparing the conditional FID
+(``sbgan-fast eval --conditional``) of runs with and without ``--synthetic-labels`` is the experiment.
+
+The maps are drawn in eval mode from latent codes of a private generator seeded with ``seed + BANK_SEED``, so
+the training RNG streams are untouched; the stored file makes a resumed run use the same maps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_io
+from . import dist as D
+
+BANK_SEED = 7_919
+BANK_DIR = "synthetic_labels"
+FORMAT = 1
+
+
+def bank_paths(out: str) -> Tuple[str, str]:
+    d = os.path.join(out, BANK_DIR)
+    return os.path.join(d, "labels.npy"), os.path.join(d, "meta.json")
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes and fp32 values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _seg_checkpoint(trainer) -> str:
+    """The checkpoint file holding the G_seg to draw the maps from."""
+    src = trainer.cfg.spade.seg_checkpoint
+    if src:
+        if os.path.isdir(src):
+            path = ckpt_io.find_checkpoint(src, "seg") or ckpt_io.find_checkpoint(src, "e2e")
+            if path is None:
+                raise FileNotFoundError(f"spade.seg_checkpoint: {src} holds no seg or e2e checkpoint in "
+                                        f"{os.path.join(src, 'checkpoints')}")
+            return path
+        return src
+    path = ckpt_io.find_checkpoint(trainer.out, "seg")
+    if path is None:
+        raise FileNotFoundError(
+            f"spade.synthetic_labels={trainer.cfg.spade.synthetic_labels} needs a trained segmentation generator: "
+            f"no seg-final.pt or seg-latest.pt in {os.path.join(trainer.out, 'checkpoints')}. Run --stage seg first "
+            "with the same --out, or pass --seg-checkpoint PATH (a checkpoint file or run folder)")
+    return path
+
+
+def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
+    """(G_seg in eval mode on the trainer's device, the checkpoint's step) from a checkpoint file."""
+    from .config import from_dict
+    from .trainer import build_networks
+    ck = ckpt_io.load_checkpoint(path, map_location="cpu")
+    if "G_seg" not in ck.get("nets", {}):
+        raise ValueError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg or e2e "
+                         "checkpoint as spade.seg_checkpoint")
+    k = int(ck["num_classes"])
+    if k != trainer.num_classes:
+        raise ValueError(f"{path}: its G_seg makes {k}-class label maps, this run has {trainer.num_classes} classes")
+    with torch.random.fork_rng(devices=[]):   # initialisation draws must not move the training RNG stream
+        net = build_networks(from_dict(ck["config"]), k, names=("G_seg",))["G_seg"]
+    net.load_state_dict(ck["nets"]["G_seg"])
+    return net.to(trainer.device).eval(), int(ck.get("step", -1))
+
+
+@torch.no_grad()
+def draw_label_maps(G_seg, n: int, z_dim: int, seed: int, size: Tuple[int, int], device: torch.device,
+                    out: np.ndarray, batch_size: int = 32) -> None:
+    """Fill ``out`` (uint8 (n, H, W)) with argmax G_seg(z) for z from a generator seeded with ``seed``; maps at
+    half the size are nearest-upsampled x2."""
+    g = torch.Generator().manual_seed(int(seed))
+    h, w = size
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        z = torch.randn(m, z_dim, generator=g).to(device)
+        lab = G_seg(z).argmax(1)
+        if tuple(lab.shape[-2:]) == (h // 2, w // 2):
+            lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        if tuple(lab.shape[-2:]) != (h, w):
+            raise ValueError(f"the segmentation generator makes {tuple(lab.shape[-2:])} label maps; this run's images "
+                             f"are {h}x{w} (equal or half size expected)")
+        out[i:i + m] = lab.to("cpu", torch.uint8).numpy()
+
+
+def _check_meta(meta: Dict, want: Dict, path: str) -> None:
+    for key in ("format", "n", "seed", "height", "width", "num_classes"):
+        if meta.get(key) != want[key]:
+            raise ValueError(f"{path} was drawn with {key}={meta.get(key)!r}, this run asks for {want[key]!r}: "
+                             f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
+
+
+def prepare_bank(trainer, log=print) -> np.ndarray:
+    """The run's synthetic label maps, drawn on rank 0 when absent (every process then reads the file).
+
+    Raises:
+        FileNotFoundError: no trained G_seg to draw from.
+        ValueError: the stored maps were drawn for other settings, or from another G_seg.
+    """
+    cfg = trainer.cfg
+    n = cfg.spade.synthetic_labels
+    npy, meta_path = bank_paths(trainer.out)
+    want = {"format": FORMAT, "n": n, "seed": cfg.seed + BANK_SEED, "height": cfg.data.height,
+            "width": cfg.data.width, "num_classes": trainer.num_classes}
+    if trainer.num_classes > 256:
+        raise ValueError(f"synthetic label maps are stored as uint8: at most 256 classes, got {trainer.num_classes}")
+    err: Optional[str] = None
+    if trainer.is_main:
+        try:
+            _prepare_on_main(trainer, npy, meta_path, want, log)
+        except (FileNotFoundError, ValueError) as e:
+            err = f"{type(e).__name__}: {e}"
+    errs = D.all_gather_object(err, trainer.dist)
+    if errs[0] is not None:
+        kind, msg = errs[0].split(": ", 1)
+        raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(msg)
+    with open(meta_path, "r", encoding="utf-8") as f:
+        _check_meta(json.load(f), want, meta_path)
+    bank = np.load(npy, mmap_mode="r")
+    if bank.shape != (n, cfg.data.height, cfg.data.width) or bank.dtype != np.uint8:
+        raise ValueError(f"{npy}: expected uint8 {(n, cfg.data.height, cfg.data.width)}, found {bank.dtype} "
+                         f"{bank.shape}; remove {os.path.dirname(npy)} to draw new maps")
+    return bank
+
+
+def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None:
+    cfg = trainer.cfg
+    src = None
+    try:
+        src = _seg_checkpoint(trainer)
+    except FileNotFoundError:
+        if not os.path.isfile(meta_path):
+            raise
+    if os.path.isfile(meta_path) and os.path.isfile(npy):
+        with open(meta_path, "r", encoding="utf-8") as f:
+            meta = json.load(f)
+        _check_meta(meta, want, meta_path)
+        if src is not None and os.path.abspath(src) == meta.get("source"):
+            G, _ = load_seg_generator(trainer, src)
+            if state_hash(G) != meta.get("g_seg_sha256"):
+                raise ValueError(f"{npy} was drawn from another state of the G_seg in {src} (hash differs): "
+                                 f"remove {os.path.dirname(npy)} to draw new maps from the current one")
+        log(f"[synthetic labels] {want['n']} maps from {npy}")
+        return
+    G, step = load_seg_generator(trainer, src)
+    os.makedirs(os.path.dirname(npy), exist_ok=True)
+    tmp = f"{npy}.tmp{os.getpid()}.npy"
+    shape = (want["n"], want["height"], want["width"])
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    draw_label_maps(G, want["n"], G.z_dim, want["seed"], shape[1:], trainer.device, arr)
+    counts = np.bincount(np.asarray(arr).reshape(-1), minlength=trainer.num_classes)
+    arr.flush()
+    del arr
+    os.replace(tmp, npy)
+    meta = dict(want, source=os.path.abspath(src), source_step=step, g_seg_sha256=state_hash(G),
+                class_pixels=counts.tolist())
+    tmp_meta = f"{meta_path}.tmp{os.getpid()}"
+    with open(tmp_meta, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp_meta, meta_path)
+    used = int((counts > 0).sum())
+    log(f"[synthetic labels] drew {want['n']} maps from {src} (step {step}): {used} of {trainer.num_classes} "
+        f"classes present; stored in {npy}")
+    try:
+        from ..metrics.grids import save_pairs_grid
+        first = torch.from_numpy(np.load(npy, mmap_mode="r")[:min(8, want["n"])].astype(np.int64))
+        save_pairs_grid(first, None, trainer.palette, os.path.join(trainer.out, "samples", "synthetic-labels.png"))
+    except Exception as e:  # noqa: BLE001 - a preview is not worth failing the run
+        log(f"[synthetic labels] no preview grid ({type(e).__name__}: {e})")
+
+
+class SyntheticBatches:
+    """Batches of the stored maps: step ``s`` takes stream items [s*B, (s+1)*B) of an endless sequence of
+    seeded permutations (a pure function of the step, so resumed runs are exact); each process its slice."""
+
+    def __init__(self, bank: np.ndarray, batch: int, seed: int, rank: int = 0, world: int = 1):
+        from .run import SampleStream
+        self.bank, self.batch = bank, batch
+        self.stream = SampleStream(len(bank), seed + BANK_SEED)
+        self.rank, self.world = rank, world
+
+    def at(self, step: int, device: torch.device) -> torch.Tensor:
+        idx = self.stream.indices(step * self.batch, self.batch)
+        share = self.batch // self.world
+        maps = np.asarray(self.bank[idx[self.rank * share:(self.rank + 1) * share]])
+        return torch.from_numpy(maps.astype(np.int64)).to(device, non_blocking=True)

