@@ -118,6 +118,19 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LRELU_SLOPE)
 
 
+def _init_progressive(net: nn.Module, owner: str, num_semantics, max_dim, aspect_ratio, width_mult) -> int:
+    """Check the arguments both networks share and set ``num_semantics``, ``max_dim``, ``aspect_ratio``,
+    ``width_mult``, ``resolutions`` ([4, 8, ..., max_dim]) and ``channels`` on ``net``; returns the block count."""
+    net.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
+    n = _num_blocks(owner, max_dim)
+    net.max_dim = max_dim
+    net.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
+    net.width_mult = _check_width_mult(owner, width_mult)
+    net.resolutions = [4 * 2 ** j for j in range(n)]
+    net.channels = [_scaled(_base_channels(j), net.width_mult) for j in range(n)]
+    return n
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # reference checkpoint helpers
 
@@ -267,17 +280,11 @@ class SegGenerator(_ReferenceLayout, nn.Module):
                  pixel_norm: str = "code", width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegGenerator"
-        self.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
-        n = _num_blocks(owner, max_dim)
-        self.max_dim = max_dim
-        self.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
+        n = _init_progressive(self, owner, num_semantics, max_dim, aspect_ratio, width_mult)
         self.z_dim = _check_positive_int(owner, "z_dim", z_dim)
         if pixel_norm not in PIXEL_NORM_MODES:
             raise ValueError(f"{owner}: pixel_norm must be one of {PIXEL_NORM_MODES}, got {pixel_norm!r}")
         self.pixel_norm = pixel_norm
-        self.width_mult = _check_width_mult(owner, width_mult)
-        self.resolutions: List[int] = [4 * 2 ** j for j in range(n)]
-        self.channels: List[int] = [_scaled(_base_channels(j), self.width_mult) for j in range(n)]
 
         blocks = []
         for j in range(n):
@@ -417,13 +424,7 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
                  width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegDiscriminator"
-        self.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
-        n = _num_blocks(owner, max_dim)
-        self.max_dim = max_dim
-        self.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
-        self.width_mult = _check_width_mult(owner, width_mult)
-        self.resolutions: List[int] = [4 * 2 ** j for j in range(n)]
-        self.channels: List[int] = [_scaled(_base_channels(j), self.width_mult) for j in range(n)]
+        n = _init_progressive(self, owner, num_semantics, max_dim, aspect_ratio, width_mult)
         top = _scaled(_base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
 
         self.from_mask = nn.ModuleList(
