@@ -48,7 +48,25 @@ def _check_gain(layer: str, gain: float) -> float:
     return gain
 
 
-class EqualizedConv2d(nn.Module):
+class _EqualizedLayer(nn.Module):
+    """Parameters shared by the equalized layers: ``weight`` of ``shape`` (out, in, ...) ~ N(0, 1), unscaled; an
+    optional ``bias`` (out,) = 0; the run-time ``scale = gain / sqrt(fan_in)``, fan_in = prod(shape[1:])."""
+
+    def _init_parameters(self, layer: str, shape: Tuple[int, ...], gain: float, bias: bool) -> None:
+        self.gain = _check_gain(layer, gain)
+        self.scale = self.gain / math.sqrt(math.prod(shape[1:]))
+        self.weight = nn.Parameter(torch.empty(*shape))
+        self.bias = nn.Parameter(torch.empty(shape[0])) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight ~ N(0, 1), bias = 0."""
+        nn.init.normal_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class EqualizedConv2d(_EqualizedLayer):
     """2-D convolution with equalized learning rate.
 
     ``y = conv2d(x, weight * scale, bias, stride, padding)`` with ``scale = gain / sqrt(in_channels * kh * kw)``.
@@ -76,18 +94,7 @@ class EqualizedConv2d(nn.Module):
         self.kernel_size = _pair(kernel_size, "kernel_size", minimum=1)
         self.stride = _pair(stride, "stride", minimum=1)
         self.padding = _pair(padding, "padding", minimum=0)
-        self.gain = _check_gain("EqualizedConv2d", gain)
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self.scale = self.gain / math.sqrt(fan_in)
-        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(self.out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight ~ N(0, 1), bias = 0."""
-        nn.init.normal_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._init_parameters("EqualizedConv2d", (self.out_channels, self.in_channels, *self.kernel_size), gain, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding)
@@ -97,7 +104,7 @@ class EqualizedConv2d(nn.Module):
                 f"padding={self.padding}, gain={self.gain:.4g}, scale={self.scale:.4g}, bias={self.bias is not None}")
 
 
-class EqualizedLinear(nn.Module):
+class EqualizedLinear(_EqualizedLayer):
     """Fully connected layer with equalized learning rate.
 
     ``y = linear(x, weight * scale, bias)`` with ``scale = gain / sqrt(in_features)``.
@@ -112,17 +119,7 @@ class EqualizedLinear(nn.Module):
         super().__init__()
         self.in_features = _check_positive_int("EqualizedLinear", "in_features", in_features)
         self.out_features = _check_positive_int("EqualizedLinear", "out_features", out_features)
-        self.gain = _check_gain("EqualizedLinear", gain)
-        self.scale = self.gain / math.sqrt(self.in_features)
-        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
-        self.bias = nn.Parameter(torch.empty(self.out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight ~ N(0, 1), bias = 0."""
-        nn.init.normal_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._init_parameters("EqualizedLinear", (self.out_features, self.in_features), gain, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.scale, self.bias)
