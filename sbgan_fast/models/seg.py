@@ -107,11 +107,17 @@ def _check_width_mult(owner: str, width_mult) -> float:
     return wm
 
 
-def _check_alpha(owner: str, alpha) -> float:
+def _check_fade(owner: str, alpha, j: int, first: str) -> Tuple[float, bool]:
+    """(alpha as a float in [0, 1], whether to fade in: alpha < 1) at resolution index ``j``; fading needs a
+    previous resolution (``first`` names the first one in the error)."""
     alpha = float(alpha)
     if not (0.0 <= alpha <= 1.0):
         raise ValueError(f"{owner}: alpha (fade-in weight of the new resolution) must be in [0, 1], got {alpha}")
-    return alpha
+    fade = alpha < 1.0
+    if fade and j == 0:
+        raise ValueError(f"{owner}: alpha={alpha} < 1 needs a previous resolution to fade from; "
+                         f"{first} is the first one (use alpha=1)")
+    return alpha, fade
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -326,11 +332,7 @@ class SegGenerator(_ReferenceLayout, nn.Module):
         """
         self._check_z(z)
         j = self.resolution_index(res)
-        alpha = _check_alpha("SegGenerator", alpha)
-        fade = alpha < 1.0
-        if fade and j == 0:
-            raise ValueError(f"SegGenerator: alpha={alpha} < 1 needs a previous resolution to fade from; "
-                             f"res={self.resolutions[0]} is the first one (use alpha=1)")
+        alpha, fade = _check_fade("SegGenerator", alpha, j, f"res={self.resolutions[0]}")
         x = z
         for i in range(j):
             x = self.blocks[i](x)
@@ -466,11 +468,7 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
             float (N,) scores.
         """
         j = self._check_x(x)
-        alpha = _check_alpha("SegDiscriminator", alpha)
-        fade = alpha < 1.0
-        if fade and j == 0:
-            raise ValueError(f"SegDiscriminator: alpha={alpha} < 1 needs a previous resolution to fade from; "
-                             f"R={self.resolutions[0]} is the first one (use alpha=1)")
+        alpha, fade = _check_fade("SegDiscriminator", alpha, j, f"R={self.resolutions[0]}")
         h = _lrelu(self.from_mask[j](x))
         if fade:
             fine = self.blocks[j](h)
