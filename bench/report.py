@@ -2,8 +2,14 @@
 
     python bench/report.py [--last N]
 
-Each CSV becomes a section with its newest N rows per device (rows carry the device name, versions
-and commit). A hand-written preamble in bench/RESULTS_NOTES.md, if present, is put first.
+A hand-written preamble in bench/RESULTS_NOTES.md, if present, is put first. Then summaries:
+``train_step.csv`` as one table per device and model configuration (rows: seg at each resolution, spade,
+e2e; columns: images/s, s/kimg and peak memory of each provider, fast / ref), ``loader_vs_step.csv`` as the
+loader alone, the step on in-memory batches and the step fed by the loader side by side with a verdict.
+Last, every CSV's newest N rows per device (rows carry the device name, versions and commit).
+
+Rows written before a column existed read it as empty: train_step rows without ``res`` timed the seg stage at
+its final resolution (``size``); rows without ``preset``/``upsampling``/``data`` form their own groups.
 """
 from __future__ import annotations
 
@@ -11,43 +17,197 @@ import argparse
 import csv
 import os
 import sys
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PROVIDER_ORDER = ("ref", "fast", "fast-no-gather")
+STAGE_ORDER = ("seg", "spade", "e2e")
+GROUP_KEY = ("device", "preset", "size", "classes", "upsampling", "ngf", "seg_width", "batch", "data")
 
 
-def table(rows, fields) -> str:
-    out = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+# ------------------------------------------------------------------------------------------ CSV records
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def append_rows(path, rows) -> None:
+    """Append dict rows to a CSV. A row with columns the file lacks rewrites the file once with the union of
+    columns (old columns first, in their order); older rows read the new columns as empty."""
+    if not rows:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fields = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if not set(fields) <= set(header):
+            old = read_rows(path)
+            union = header + [k for k in fields if k not in header]
+            with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+                wr = csv.DictWriter(f, fieldnames=union, restval="")
+                wr.writeheader()
+                wr.writerows(old)
+            os.replace(path + ".tmp", path)
+            header = union
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=header, restval="").writerows(rows)
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            wr = csv.DictWriter(f, fieldnames=fields, restval="")
+            wr.writeheader()
+            wr.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def table(rows, fields, header=None) -> str:
+    out = ["| " + " | ".join(header or fields) + " |", "|" + "---|" * len(fields)]
     for r in rows:
         out.append("| " + " | ".join(str(r.get(f, "")) for f in fields) + " |")
     return "\n".join(out)
 
 
+def num(x):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if v != v else v          # NaN (peak memory on the CPU) -> None
+
+
+def fmt(x, digits=2) -> str:
+    v = num(x)
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def res_of(r) -> str:
+    """The timed resolution: rows without ``res`` (older) timed the final resolution, i.e. ``size``."""
+    return r.get("res") or r.get("size", "?")
+
+
+def res_sort_key(stage, res):
+    try:
+        h = int(res.split("x")[0])
+    except (ValueError, AttributeError):
+        h = 0
+    s = STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+    return (s, h)
+
+
+# ------------------------------------------------------------------------------------------ summaries
+def train_step_summary(rows) -> list:
+    """Per device and model configuration: stage x resolution rows, provider columns (the newest row of each)."""
+    groups = OrderedDict()
+    for r in rows:
+        groups.setdefault(tuple(r.get(k, "") for k in GROUP_KEY), []).append(r)
+    parts = []
+    for key, rs in groups.items():
+        g = dict(zip(GROUP_KEY, key))
+        latest = OrderedDict()
+        for r in rs:
+            latest[(r["stage"], res_of(r), r["provider"])] = r
+        provs = [p for p in PROVIDER_ORDER if any(k[2] == p for k in latest)]
+        provs += sorted({k[2] for k in latest} - set(provs))
+        fast = next((r for (s, _, p), r in reversed(latest.items()) if p == "fast"), None)
+        newest = max(r.get("date", "") for r in rs)
+        commits = sorted({r.get("commit", "?") for r in rs})
+        desc = (f"preset {g['preset'] or 'not recorded'}, {g['size']}, {g['classes']} classes, SPADE "
+                f"'{g['upsampling'] or 'not recorded'}', ngf {g['ngf']}, seg width {g['seg_width']}, batch {g['batch']}, "
+                f"data {g['data'] or 'not recorded (synthetic)'}")
+        if fast is not None:
+            desc += f"; fast: {fast.get('precision', '?')}, channels-last {fast.get('channels_last', '?')}"
+        desc += f"; ref: fp32, NCHW. Newest row {newest}, commit(s) {', '.join(commits)}."
+        header = ["stage", "res"] + [f"{p} img/s" for p in provs]
+        if "ref" in provs:
+            header += [f"{p} / ref" for p in provs if p != "ref"]
+        header += [f"{p} s/kimg" for p in provs] + [f"{p} peak MiB" for p in provs]
+        out = []
+        cells = sorted({(s, res) for (s, res, _) in latest}, key=lambda sr: res_sort_key(*sr))
+        for s, res in cells:
+            row = {"stage": s, "res": res}
+            for p in provs:
+                r = latest.get((s, res, p), {})
+                row[f"{p} img/s"] = fmt(r.get("images_per_s"))
+                row[f"{p} s/kimg"] = fmt(r.get("s_per_kimg"), 1)
+                row[f"{p} peak MiB"] = fmt(r.get("peak_mem_mib"), 0)
+            ref = num(latest.get((s, res, "ref"), {}).get("images_per_s"))
+            for p in provs:
+                if p != "ref" and "ref" in provs:
+                    v = num(latest.get((s, res, p), {}).get("images_per_s"))
+                    row[f"{p} / ref"] = f"{v / ref:.2f}x" if v and ref else "-"
+            out.append(row)
+        parts += [f"### {g['device']}", "", desc, "", table(out, header), ""]
+    return parts
+
+
+def loader_summary(rows, last) -> list:
+    by_dev = defaultdict(list)
+    for r in rows:
+        by_dev[r.get("device", "?")].append(r)
+    fields = ["date", "dataset", "size", "stage", "res", "provider", "precision", "batch", "loader",
+              "loader img/s", "step img/s (in memory)", "step img/s (fed by the loader)", "fed / in memory", "verdict"]
+    parts = []
+    for dev, rs in by_dev.items():
+        out = []
+        for r in rs[-last:]:
+            ld = r.get("loader", "?") + (f", {r['workers']} workers" if r.get("workers") not in (None, "") else "")
+            out.append({"date": r.get("date", ""), "dataset": r.get("data", ""), "size": r.get("size", ""),
+                        "stage": r.get("stage", ""), "res": res_of(r), "provider": r.get("provider", ""),
+                        "precision": r.get("precision", ""), "batch": r.get("batch", ""), "loader": ld,
+                        "loader img/s": fmt(r.get("loader_images_per_s")),
+                        "step img/s (in memory)": fmt(r.get("step_images_per_s")),
+                        "step img/s (fed by the loader)": fmt(r.get("fed_images_per_s")),
+                        "fed / in memory": fmt(r.get("fed_vs_step")), "verdict": r.get("verdict", "")})
+        parts += [f"### {dev}", "", table(out, fields), ""]
+    return parts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--last", type=int, default=60, help="newest rows per CSV and device")
+    p.add_argument("--last", type=int, default=60, help="newest rows per CSV and device in the raw tables")
+    p.add_argument("--results", default=os.path.join(HERE, "results"), help="folder of the CSVs")
+    p.add_argument("--notes", default=os.path.join(HERE, "RESULTS_NOTES.md"))
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = p.parse_args(argv)
     parts = ["# Benchmark results", "",
-             "Generated by `python bench/report.py` from `bench/results/*.csv`. Every row names the device "
-             "it was measured on; CPU rows say nothing about GPU performance.", ""]
-    notes = os.path.join(HERE, "RESULTS_NOTES.md")
-    if os.path.isfile(notes):
-        parts += [open(notes, encoding="utf-8").read().strip(), ""]
-    res_dir = os.path.join(HERE, "results")
+             "Generated by `python bench/report.py` from `bench/results/*.csv` (the benchmarks run it after "
+             "appending their rows). Every row names the device it was measured on; CPU rows say nothing about "
+             "GPU performance.", ""]
+    if os.path.isfile(args.notes):
+        parts += [open(args.notes, encoding="utf-8").read().strip(), ""]
+    res_dir = args.results
+    csvs = OrderedDict()
     for name in sorted(os.listdir(res_dir)) if os.path.isdir(res_dir) else []:
-        if not name.endswith(".csv"):
-            continue
-        with open(os.path.join(res_dir, name), newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            continue
+        if name.endswith(".csv"):
+            rows = read_rows(os.path.join(res_dir, name))
+            if rows:
+                csvs[name[:-4]] = rows
+    if "train_step" in csvs:
+        parts += ["## Training step per stage (summary of `results/train_step.csv`)", "",
+                  "The newest row of each stage, resolution and provider; batches held in memory (no loader). "
+                  "`seg` rows time the first steps of the stabilize phase at each resolution of the progressive "
+                  "schedule.", ""]
+        parts += train_step_summary(csvs["train_step"])
+    if "loader_vs_step" in csvs:
+        parts += ["## Loader against training step (summary of `results/loader_vs_step.csv`)", "",
+                  "Same steps, same batches: the loader alone, the step on the batches held in memory, and the step "
+                  "fed live by the loader. Verdict: the loader is the bottleneck when it alone delivers fewer "
+                  "images/s than the step consumes.", ""]
+        parts += loader_summary(csvs["loader_vs_step"], args.last)
+    parts += ["## Raw rows", ""]
+    for name, rows in csvs.items():
         by_dev = defaultdict(list)
         for r in rows:
             by_dev[r.get("device", "?")].append(r)
-        parts += [f"## {name[:-4]}", ""]
+        parts += [f"### {name}", ""]
         for dev, rs in by_dev.items():
-            parts += [f"### {dev}", "", table(rs[-args.last:], list(rows[0].keys())), ""]
+            parts += [f"#### {dev}", "", table(rs[-args.last:], list(rows[0].keys())), ""]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
     print(f"wrote {args.out}")

@@ -1,0 +1,85 @@
+"""Smoke tests of the training-step benchmark (bench/bench_train_step.py) and its report (bench/report.py).
+
+They check that the benchmark produces its rows (seg at every resolution, spade, e2e; the loader comparison on a
+look-alike dataset) and that the report reads old and new CSV rows. Nothing here asserts a speed."""
+import csv
+import importlib
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCH = os.path.join(HERE, "..", "bench")
+SMALL = ["--set", "seg.z_dim=32", "--seg-width", "0.0625"]    # after --quick: smaller seg networks
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, BENCH)
+    try:
+        yield importlib.import_module("bench_train_step")
+    finally:
+        sys.path.remove(BENCH)
+
+
+def test_quick_rows_every_stage_and_seg_resolution(bench):
+    args = bench.parse_args(["--quick", "--no-csv", "--no-report", "--providers", "fast",
+                             "--stages", "seg,spade,e2e"] + SMALL)
+    rows, lrows = bench.collect(args)
+    assert lrows == []
+    got = [(r["stage"], r["res"], r["provider"]) for r in rows]
+    want = [("seg", f"{h}x{2 * h}", "fast") for h in (4, 8, 16, 32)] + [("spade", "32x64", "fast"),
+                                                                       ("e2e", "32x64", "fast")]
+    assert got == want
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["s_per_kimg"] > 0 and r["ms_per_step"] > 0, r
+        assert r["data"] == "synthetic" and r["size"] == "32x64" and r["channels_last"] is False
+
+
+def test_loader_vs_step_rows(bench, tmp_path):
+    sys.path.insert(0, HERE)
+    from real_lookalike import make_cityscapes
+    root = make_cityscapes(str(tmp_path / "cs"), n=4, h=32, w=64)
+    args = bench.parse_args(["--quick", "--no-csv", "--no-report", "--providers", "ref", "--stages", "seg,spade",
+                             "--seg-res", "8", "--loader", "torch", "--workers", "0", "--loader-steps", "2",
+                             "--data-root", root, "--dataset", "cityscapes"] + SMALL)
+    rows, lrows = bench.collect(args)
+    assert [(r["stage"], r["res"]) for r in rows] == [("seg", "8x16"), ("spade", "32x64")]
+    assert all(r["data"] == "cityscapes" and r["precision"] == "fp32" for r in rows)
+    assert [(r["stage"], r["loader"]) for r in lrows] == [("seg", "torch"), ("spade", "torch")]
+    for r in lrows:
+        assert r["loader_images_per_s"] > 0 and r["step_images_per_s"] > 0 and r["fed_images_per_s"] > 0
+        assert r["verdict"] == bench.verdict(r["loader_images_per_s"], r["step_images_per_s"])
+
+
+def test_bad_arguments_are_named(bench, tmp_path):
+    with pytest.raises(SystemExit, match="--loader torch needs --data-root"):
+        bench.parse_args(["--loader", "torch", "--data-root", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="unknown stage 'segg'"):
+        bench.parse_args(["--stages", "segg"])
+    with pytest.raises(SystemExit, match="--seg-res 'x'"):
+        bench.parse_args(["--seg-res", "x"])
+
+
+def test_report_reads_old_and_new_rows(bench, tmp_path):
+    report = bench.report
+    path = tmp_path / "results" / "train_step.csv"
+    path.parent.mkdir()
+    old = ["date", "stage", "provider", "size", "classes", "ngf", "seg_width", "batch", "precision",
+           "channels_last", "device", "torch", "commit", "ms_per_step", "images_per_s", "s_per_kimg", "peak_mem_mib"]
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(old)
+        wr.writerow(["d0", "seg", "ref", "64x128", 35, 16, 0.25, 4, "fp32", False, "CPU", "t", "c", 10, 2.0, 500, "nan"])
+    new = {k: "" for k in old}
+    new.update(date="d1", stage="seg", provider="ref", size="64x128", res="8x16", preset="cityscapes",
+               upsampling="more", data="synthetic", device="CPU", images_per_s=40.0, s_per_kimg=25.0)
+    report.append_rows(str(path), [new])
+    rows = report.read_rows(str(path))
+    assert [r["res"] for r in rows] == ["", "8x16"] and rows[0]["images_per_s"] == "2.0"
+    out = tmp_path / "R.md"
+    report.main(["--results", str(path.parent), "--out", str(out), "--notes", str(tmp_path / "none.md")])
+    text = out.read_text()
+    assert "| seg | 64x128 | 2.00 |" in text        # an old seg row: its final resolution
+    assert "| seg | 8x16 | 40.00 |" in text
