@@ -1,6 +1,7 @@
 """Loader throughput (images/s) of the real-data loaders: torch DataLoader, DALI, and the uint8 memmap cache.
 
     python bench/bench_loaders.py [--n 32] [--batch 8] [--workers 0 2] [--threads 2] [--device cpu|cuda]
+    python bench/bench_loaders.py --write-cityscapes DIR [--n 16]     # only write the Cityscapes look-alike
 
 Workloads, synthesised in a temporary folder in the official layouts (smooth pictures with some texture, so the
 encoded sizes are realistic):
@@ -32,9 +33,9 @@ def _picture(h, w, seed):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_data(root, n):
+def make_cityscapes(cs, n):
+    """Cityscapes look-alike in the official layout under ``cs``: n pairs, 1024x2048 RGB PNG + labelIds PNG."""
     from real_lookalike import label_blocks
-    cs = os.path.join(root, "cs")
     for i in range(n):
         city = ("aachen", "bochum")[i % 2]
         for sub in ("leftImg8bit", "gtFine"):
@@ -44,6 +45,12 @@ def make_data(root, n):
                                                                    stem + "_leftImg8bit.png"), compress_level=6)
         Image.fromarray(label_blocks(1024, 2048, [7, 8, 11, 21, 23, 26], i), mode="L").save(
             os.path.join(cs, "gtFine", "train", city, stem + "_gtFine_labelIds.png"))
+    return cs
+
+
+def make_data(root, n):
+    from real_lookalike import label_blocks
+    cs = make_cityscapes(os.path.join(root, "cs"), n)
     ade = os.path.join(root, "ade", "ADEChallengeData2016")
     for sub in ("images", "annotations"):
         os.makedirs(os.path.join(ade, sub, "training"), exist_ok=True)
@@ -76,7 +83,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--threads", type=int, default=2, help="DALI threads")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--write-cityscapes", metavar="DIR", help="only write a Cityscapes look-alike of --n pairs "
+                    "(1024x2048, official layout) into DIR and exit (e.g. for bench_train_step.py --loader)")
     args = ap.parse_args(argv)
+    if args.write_cityscapes:
+        if os.path.exists(args.write_cityscapes) and os.listdir(args.write_cityscapes):
+            raise SystemExit(f"--write-cityscapes {args.write_cityscapes}: the folder exists and is not empty")
+        print(make_cityscapes(args.write_cityscapes, args.n))
+        return 0
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     from sbgan_fast.data.cache import ResidentLoader, build_cache, fits_on_device
     from sbgan_fast.data.dali import DaliLoader, dali_status
