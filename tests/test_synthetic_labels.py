@@ -117,6 +117,13 @@ def test_synthetic_label_errors(seg_run, tmp_path):
                        **{"spade.seg_checkpoint": str(seg_run)}), resume=True)
 
 
+def test_resuming_with_synthetic_labels_added_is_refused(seg_run, tmp_path):
+    out = _copy(seg_run, tmp_path / "run")
+    train(tiny_cfg(out, "stages=spade", max_steps=1), resume=True)
+    with pytest.raises(RuntimeError, match="optimizer state of D2.*synthetic_labels"):
+        train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", max_steps=2), resume=True)
+
+
 def test_cli_flags_reach_the_config(tmp_path):
     from sbgan_fast.cli import build_parser
     args = build_parser().parse_args(["train", "--synthetic-labels", "7", "--fid-every", "100", "--fid-n", "9"])

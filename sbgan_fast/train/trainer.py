@@ -318,7 +318,9 @@ class Trainer:
             self.load_nets(ck, names=self._own_nets(stage, ck))
             for k, opt in self.optims.items():
                 if k not in ck.get("optims", {}):
-                    raise RuntimeError(f"{latest} lacks the optimizer state of {k}")
+                    raise RuntimeError(f"{latest} lacks the optimizer state of {k}: that run trained "
+                                       f"{sorted(ck.get('optims', {}))}; resume with the settings it was started "
+                                       "with (e.g. the same spade.synthetic_labels)")
                 opt.load_state_dict(ck["optims"][k])
             self.updater.load_scaler_states(ck.get("scalers", {}))
             self._restore_rng(ck, latest)
