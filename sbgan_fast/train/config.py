@@ -119,6 +119,8 @@ class E2EConfig:
     batch_size: int = 8
     seg_half_res: bool = False           # G_seg at half the image resolution, map upsampled x2 (nearest)
     detach_seg: bool = True              # (code) SPADE blocks see seg.detach(); False: gradient through all
+    finetune: str = "all"                # all | seg (G_seg, D_seg, D2; G_spd fixed) | spade (G_spd, D_spd, D2; G_seg
+                                         # fixed): the paper's fine-tuning ablation
 
 
 @dataclass
@@ -390,6 +392,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.fid_variant in ("pytorch-fid", "sbgan-code"),
          f"fid_variant must be pytorch-fid|sbgan-code, got {cfg.fid_variant!r}")
     need(cfg.fid_batch >= 1, f"fid_batch must be >= 1, got {cfg.fid_batch}")
+    need(cfg.e2e.finetune in ("all", "seg", "spade"), f"e2e.finetune must be all|seg|spade, got {cfg.e2e.finetune!r}")
     sp = cfg.spade
     need(sp.synthetic_labels >= 0, f"spade.synthetic_labels must be >= 0 (0: off), got {sp.synthetic_labels}")
     need(sp.synthetic_batch >= 0, f"spade.synthetic_batch must be >= 0 (0: spade.batch_size), got {sp.synthetic_batch}")

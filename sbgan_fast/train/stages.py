@@ -403,9 +403,21 @@ class SpadeStage(Stage):
 
 
 # ======================================================================================= e2e
+# e2e.finetune: which part of SB-GAN the e2e stage fine-tunes (the paper's fine-tuning ablation). D2 is trained
+# in every setting: it is what the fine-tuned part learns from. A fixed network keeps its parameters; its
+# normalization statistics still follow the batches it sees.
+FINETUNE = {"all": ("G_seg", "D_seg", "G_spd", "D_spd", "D2"),
+            "seg": ("G_seg", "D_seg", "D2"),        # the semantic bottleneck synthesis only (G_spd fixed)
+            "spade": ("G_spd", "D_spd", "D2")}      # the conditional image synthesis only (G_seg fixed)
+
+
 class E2EStage(SpadeStage):
     name = "e2e"
-    trains = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+    trains = FINETUNE["all"]
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.trains = FINETUNE[self.cfg.e2e.finetune]
 
     def epochs(self):
         c = self.cfg.e2e
@@ -431,14 +443,15 @@ class E2EStage(SpadeStage):
         return max(0, step - self.pretrain_steps()) * self.batch_size() / self.t.dataset_size
 
     def base_lrs(self):
-        return {"G_spd": self.cfg.e2e.lr_G, "D_spd": self.cfg.e2e.lr_D}
+        lrs = {"G_spd": self.cfg.e2e.lr_G, "D_spd": self.cfg.e2e.lr_D}
+        return {k: v for k, v in lrs.items() if k in self.trains}
 
     def make_optimizers(self):
         c, cs = self.cfg.e2e, self.cfg.spade
         t = self.t
-        return {"G_seg": self.adam(t.G_seg, c.lr_seg, c.seg_betas), "D_seg": self.adam(t.D_seg, c.lr_seg, c.seg_betas),
-                "G_spd": self.adam(t.G_spd, c.lr_G, cs.betas), "D_spd": self.adam(t.D_spd, c.lr_D, cs.betas),
-                "D2": self.adam(t.D2, c.lr_D2, c.d2_betas)}
+        settings = {"G_seg": (c.lr_seg, c.seg_betas), "D_seg": (c.lr_seg, c.seg_betas), "G_spd": (c.lr_G, cs.betas),
+                    "D_spd": (c.lr_D, cs.betas), "D2": (c.lr_D2, c.d2_betas)}
+        return {name: self.adam(t.nets[name], *settings[name]) for name in self.trains}
 
     def seg_to_image_size(self, seg):
         """Nearest x2 when G_seg runs at half the image resolution (float maps or int labels)."""
@@ -480,55 +493,67 @@ class E2EStage(SpadeStage):
     def joint_step(self, step, batch):
         t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
         u, noise = t.updater, t.noise
+        seg_on, spd_on = "G_seg" in self.trains, "G_spd" in self.trains   # e2e.finetune
         labels, image = self.real_batch(step, batch, need_image=True)
         n = labels.shape[0]
         seg_real_img, ids = t.fmt(t.onehot(labels)), t.label_ids(labels)
         seg_size = (cs.max_dim, int(cs.max_dim * cs.aspect_ratio))
-        seg_real_low = t.fmt(t.onehot(labels, size=seg_size))
+        seg_real_low = t.fmt(t.onehot(labels, size=seg_size)) if seg_on else None
         d_nets = [t.D_seg, t.D_spd, t.D2]
+        fixed = [t.nets[name] for name in ("G_seg", "G_spd") if name not in self.trains]
         parts = self.micro(n)
         k = len(parts)
         means = _Means(k)
-        # ---- generators
-        set_requires_grad(d_nets, False)
+        # ---- generators (the same noise draws whatever e2e.finetune is)
+        set_requires_grad(d_nets + fixed, False)
         z = noise.randn(n, cs.z_dim)
         g_noise = noise.gumbel(n, t.num_classes, *seg_size)
         fakes = []
-        with u.update({"G": ("G_seg", "G_spd")}) as upd:
+        gens = tuple(name for name in ("G_seg", "G_spd") if name in self.trains)
+        with u.update({"G": gens}) as upd:
             for sl in parts:
                 with u.autocast():
                     p = t.G_seg(z[sl])
                     fake_seg = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), cs.tau, noise=_part(g_noise, sl),
                                                      impl=self.cfg.impl)
-                    seg_g = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
+                    g: Dict[str, torch.Tensor] = {}
+                    if seg_on:
+                        g["seg_G"] = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
                     fake_seg_img = self.seg_to_image_size(fake_seg)
                     # the ST sample is an exact one-hot: its argmax lets G_spd's blocks use the gather path
                     fake_img2 = t.G_spd(fake_seg_img, labels=fake_seg_img.argmax(1))
-                    d2_g = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
-                    g = self.spade_g_losses(seg_real_img[sl], ids[sl], image[sl])
-                    g_loss = seg_g + d2_g + sum(g.values())
+                    g["D2_G"] = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
+                    if spd_on:
+                        g.update(self.spade_g_losses(seg_real_img[sl], ids[sl], image[sl]))
+                    g_loss = sum(g.values())
                 upd.backward({"G": g_loss / k})
                 fakes.append((fake_seg.detach(), fake_img2.detach()))
-                means.add({"loss_G": g_loss, "seg_G": seg_g, "D2_G": d2_g, **g})
-        set_requires_grad(d_nets, True)
+                means.add({"loss_G": g_loss, **g})
+        set_requires_grad(d_nets + fixed, True)
         # ---- discriminators (one loss group each: separate loss scales under fp16)
         eps = noise.rand(n, 1, 1, 1)
-        with u.update({"D_seg": ("D_seg",), "D_spd": ("D_spd",), "D2": ("D2",)}) as upd:
+        groups = {name: (name,) for name in ("D_seg", "D_spd", "D2") if name in self.trains}
+        with u.update(groups) as upd:
             for (fake_seg, fake_img2), sl in zip(fakes, parts):
                 m = sl.stop - sl.start
+                losses, logs = {}, {}
                 with u.autocast():
-                    seg_d, parts_d = L.wgan_gp_d_loss(t.D_seg, seg_real_low[sl], fake_seg, cs.lambda_gp,
-                                                      eps=_part(eps, sl), scale=u.scale_tensor("D_seg"))
-                    seg_d = c.lambda_seg * seg_d
-                    d = self.spade_d_losses(seg_real_img[sl], ids[sl], image[sl])
+                    if seg_on:
+                        seg_d, parts_d = L.wgan_gp_d_loss(t.D_seg, seg_real_low[sl], fake_seg, cs.lambda_gp,
+                                                          eps=_part(eps, sl), scale=u.scale_tensor("D_seg"))
+                        losses["D_seg"] = c.lambda_seg * seg_d
+                        logs.update(seg_D=losses["D_seg"], wdist=parts_d["wdist"], gp=parts_d["gp"])
+                    if spd_on:
+                        d = self.spade_d_losses(seg_real_img[sl], ids[sl], image[sl])
+                        losses["D_spd"] = sum(d.values())
+                        logs.update(d)
                     out2 = t.D2(torch.cat([fake_img2, image[sl]], 0))
                     f2, r2 = L.split_real_fake(out2, m)
                     d2_real, d2_fake = L.hinge_d_parts(r2, f2)
-                    d2_d = c.lambda_d2 * (d2_real + d2_fake)
-                    spd_d = sum(d.values())
-                upd.backward({"D_seg": seg_d / k, "D_spd": spd_d / k, "D2": d2_d / k})
-                means.add({"loss_D": seg_d + spd_d + d2_d, "seg_D": seg_d, "wdist": parts_d["wdist"],
-                           "gp": parts_d["gp"], "D2_D": d2_d, **d})
+                    losses["D2"] = c.lambda_d2 * (d2_real + d2_fake)
+                    logs["D2_D"] = losses["D2"]
+                upd.backward({name: loss / k for name, loss in losses.items()})
+                means.add({"loss_D": sum(losses.values()), **logs})
         return means.result()
 
     def preview(self):
