@@ -361,6 +361,8 @@ def collect(args):
                                 "channels_last": bool(trainer.channels_last), "data": data}
                         meta = {"device": device_name(trainer.device), "torch": torch.__version__, "commit": commit}
                         rows.append({**base, **meta, **{k: round(v, 3) for k, v in res_mem.items()}})
+                        if not args.no_csv:     # each row as soon as it is measured: a long run cut short keeps its rows
+                            report.append_rows(CSV, rows[-1:])
                         msg = (f"{stage_name:6s} {res:>8s} {provider:15s} {res_mem['ms_per_step']:9.1f} ms/step "
                                f"{res_mem['images_per_s']:8.2f} img/s {res_mem['s_per_kimg']:8.1f} s/kimg  "
                                f"peak {res_mem['peak_mem_mib']:.0f} MiB")
@@ -374,6 +376,8 @@ def collect(args):
                                           "fed_images_per_s": round(res_fed["images_per_s"], 3),
                                           "fed_vs_step": round(res_fed["images_per_s"] / res_mem["images_per_s"], 3),
                                           "verdict": verdict(loader_ips, res_mem["images_per_s"]), **meta})
+                            if not args.no_csv:
+                                report.append_rows(LOADER_CSV, lrows[-1:])
                             msg += (f" | {kind} loader alone {loader_ips:8.2f} img/s, step fed by it "
                                     f"{res_fed['images_per_s']:8.2f} img/s: {lrows[-1]['verdict']}")
                         print(msg, flush=True)
@@ -390,12 +394,8 @@ def main(argv=None) -> int:
         ref = by.get((data, stage_name, res, "ref"))
         if prov != "ref" and ref:
             print(f"{stage_name} {res} ({data}): {prov} / ref = {r['images_per_s'] / ref['images_per_s']:.2f}x")
-    if not args.no_csv:
-        report.append_rows(CSV, rows)
-        if lrows:
-            report.append_rows(LOADER_CSV, lrows)
-        if not args.no_report:
-            report.main([])
+    if not args.no_csv and not args.no_report:
+        report.main([])
     return 0
 
 
