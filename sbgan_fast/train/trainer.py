@@ -166,13 +166,13 @@ class Trainer:
             rec = fid_callback(self, cfg.fid_n, variant=cfg.fid_variant, inception_weights=cfg.fid_weights,
                                cache_dir=cfg.fid_cache, batch_size=cfg.fid_batch, seed=cfg.seed,
                                n_real=cfg.fid_n_real or None, extractor=self.fid_extractor, log=self.log_message)
-            if rec:
-                rec["fid_time_s"] = time.perf_counter() - t0
-                self.logger.log(stage.name, step, stage.images_done(step), rec)
-                self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
         D.barrier(self.dist)
         self.logger.pause(time.perf_counter() - t0)
+        if rec:
+            rec["fid_time_s"] = time.perf_counter() - t0
+            self.logger.log(stage.name, step, stage.images_done(step), rec)
+            self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
         return rec
 
     def fid_due(self, stage: "Stage", step: int) -> bool:
