@@ -122,7 +122,7 @@ def train_step_summary(rows) -> list:
                 f"data {g['data'] or 'not recorded (synthetic)'}")
         if fast is not None:
             desc += f"; fast: {fast.get('precision', '?')}, channels-last {fast.get('channels_last', '?')}"
-        desc += f"; ref: fp32, NCHW. Newest row {newest}, commit(s) {', '.join(commits)}."
+        desc += ("; ref: fp32, NCHW" if "ref" in provs else "") + f". Newest row {newest}, commit(s) {', '.join(commits)}."
         header = ["stage", "res"] + [f"{p} img/s" for p in provs]
         if "ref" in provs:
             header += [f"{p} / ref" for p in provs if p != "ref"]

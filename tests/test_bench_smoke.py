@@ -8,19 +8,23 @@ import os
 import sys
 
 import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "bench")
-SMALL = ["--set", "seg.z_dim=32", "--seg-width", "0.0625"]    # after --quick: smaller seg networks
+# after --quick: smaller seg networks, one thread (two threads on a busy 2-core machine run many times slower)
+SMALL = ["--set", "seg.z_dim=32", "--seg-width", "0.0625", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, BENCH)
+    threads = torch.get_num_threads()
     try:
         yield importlib.import_module("bench_train_step")
     finally:
         sys.path.remove(BENCH)
+        torch.set_num_threads(threads)
 
 
 def test_quick_rows_every_stage_and_seg_resolution(bench):
