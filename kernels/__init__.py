@@ -54,4 +54,10 @@ def _interpreter_index_fix() -> bool:
     return True
 
 
-_interpreter_index_fix()
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+if _interpreting():   # only the CPU interpreter is touched; nothing is patched for compiled kernels
+    _interpreter_index_fix()
