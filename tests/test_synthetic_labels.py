@@ -124,10 +124,15 @@ def test_resuming_with_synthetic_labels_added_is_refused(seg_run, tmp_path):
         train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", max_steps=2), resume=True)
 
 
-def test_cli_flags_reach_the_config(tmp_path):
-    from sbgan_fast.cli import build_parser
-    args = build_parser().parse_args(["train", "--synthetic-labels", "7", "--fid-every", "100", "--fid-n", "9"])
-    assert (args.synthetic_labels, args.fid_every, args.fid_n) == (7, 100, 9)
+def test_cli_train_with_synthetic_labels(seg_run, tmp_path):
+    from sbgan_fast.cli import main
+    out = tmp_path / "cli"
+    assert main(["train", "--preset", "demo", "--out", str(out), "--stage", "spade", "--max-steps", "1",
+                 "--synthetic-labels", "3", "--seg-checkpoint", str(seg_run), "--fid-n", "7", *TINY]) == 0
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["spade"]["synthetic_labels"] == 3 and cfg["spade"]["seg_checkpoint"] == str(seg_run)
+    assert cfg["fid_n"] == 7 and cfg["fid_every"] == 0
+    assert np.load(bank_paths(str(out))[0]).shape == (3, 32, 32)
 
 
 # ------------------------------------------------------------------------------------------------ periodic FID
