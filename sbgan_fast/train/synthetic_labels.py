@@ -136,6 +136,11 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
     if errs[0] is not None:
         kind, msg = errs[0].split(": ", 1)
         raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(msg)
+    seen = D.all_gather_object(os.path.isfile(npy) and os.path.isfile(meta_path), trainer.dist)
+    if not all(seen):
+        missing = [r for r, ok in enumerate(seen) if not ok]
+        raise FileNotFoundError(f"{npy} (written by rank 0) is not visible to rank(s) {missing}: in multi-node runs "
+                                "the run folder (--out) must be on a filesystem shared by every node")
     with open(meta_path, "r", encoding="utf-8") as f:
         _check_meta(json.load(f), want, meta_path)
     bank = np.load(npy, mmap_mode="r")
