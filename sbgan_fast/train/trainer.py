@@ -356,6 +356,10 @@ class Trainer:
         if start < 0:
             return
         stage.prepare()
+        if name == "seg" and cfg.data.dataset != "synthetic" and not cfg.data.cache:
+            self.log_message("[sbgan_fast] hint: the seg stage decodes a full label map for every sample, and its "
+                             "low-resolution steps can consume them faster than that (bench/RESULTS.md); "
+                             "data.cache=DIR decodes the dataset once into a uint8 store")
         total = stage.total_steps()
         end = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.logger.start_stage(name, start, end, stage.images_per_step())
