@@ -5,16 +5,12 @@ import shutil
 import pytest
 import torch
 
-from sbgan_fast.train.config import ConfigError, build_config
+from sbgan_fast.train.config import ConfigError
 from sbgan_fast.train.trainer import Trainer, train
 
-from tiny import TINY
+from tiny import tiny_cfg
 
 ALL = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
-
-
-def tiny_cfg(out, *extra, **direct):
-    return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,11 @@ import pytest
 import torch
 
 from sbgan_fast.train import checkpoint as ckpt_io
-from sbgan_fast.train.config import ConfigError, build_config, from_dict
+from sbgan_fast.train.config import ConfigError, from_dict
 from sbgan_fast.train.synthetic_labels import BANK_SEED, bank_paths
 from sbgan_fast.train.trainer import build_networks, train
 
-from tiny import TINY
-
-
-def tiny_cfg(out, *extra, **direct):
-    return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
+from tiny import TINY, tiny_cfg
 
 
 @pytest.fixture(scope="module")

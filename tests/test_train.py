@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from sbgan_fast.cli import main as cli_main
-from sbgan_fast.train.config import build_config
 from sbgan_fast.train.trainer import Trainer, train
 
-from tiny import TINY
-
-
-def tiny_cfg(out, *extra, **direct):
-    return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
+from tiny import tiny_cfg
 
 
 def state_of(trainer):

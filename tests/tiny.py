@@ -9,3 +9,9 @@ TINY = [
     "e2e.epochs=0.25", "e2e.epochs_decay=0.25", "e2e.d2_pretrain_epochs=0.25", "e2e.batch_size=4",
     "log_every=2", "sample_every=4", "ckpt_every=3", "n_sample_grid=4", "progress=false", "tensorboard=false",
 ]
+
+
+def tiny_cfg(out, *extra, **direct):
+    """The demo preset with the TINY overrides, then ``extra`` KEY=VALUE overrides and ``direct`` keys."""
+    from sbgan_fast.train.config import build_config
+    return build_config("demo", None, TINY + list(extra), out=str(out), **direct)

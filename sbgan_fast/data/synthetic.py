@@ -189,7 +189,7 @@ class _Scene:
         return self.vx + x_world * t
 
     def draw(self) -> Tuple[np.ndarray, np.ndarray]:
-        r, c, a = self.r, self.c, self.aspect
+        r, a = self.r, self.aspect
         self.hz = float(r.uniform(0.36, 0.52))
         self.vx = float(a * r.uniform(0.35, 0.65))
         self.light_dx = 1.0 if r.random() < 0.5 else -1.0

@@ -151,7 +151,6 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
 
 
 def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None:
-    cfg = trainer.cfg
     src = None
     try:
         src = _seg_checkpoint(trainer)
