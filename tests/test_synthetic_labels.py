@@ -151,3 +151,13 @@ def test_periodic_fid_is_logged_and_leaves_training_alone(tmp_path):
             assert torch.equal(sa[k], sb[k]), f"{name}.{k}: FID evaluation changed training"
     with pytest.raises(ConfigError, match="fid_n"):
         tiny_cfg(tmp_path / "x", "fid_n=1")
+
+
+def test_periodic_fid_in_the_seg_stage_says_why_there_is_none(tmp_path, capsys, monkeypatch):
+    from sbgan_fast.metrics.fid import FIDExtractor
+    from sbgan_fast.train.trainer import Trainer
+    # a stand-in extractor: no Inception weights are needed for a stage that computes no FID
+    monkeypatch.setattr(Trainer, "_fid_extractor", lambda self: FIDExtractor(model=torch.nn.Flatten(), batch_size=2))
+    Trainer(tiny_cfg(tmp_path / "seg", "stages=seg", "fid_every=4", max_steps=3)).run()
+    assert capsys.readouterr().err.count("no FID during the seg stage") == 1
+    assert not any("fid" in json.loads(line) for line in open(tmp_path / "seg" / "stats.jsonl"))

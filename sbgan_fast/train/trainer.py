@@ -112,6 +112,7 @@ class Trainer:
                 f.write(cfg.to_json())
         self.monitor = GPUMonitor(self.device, quiet=not self.is_main) if cfg.monitor_every > 0 else None
         self.fid_extractor = self._fid_extractor() if cfg.fid_every > 0 and self.is_main else None
+        self._fid_skipped: set = set()
         if self.dist.enabled:
             self._describe_distributed()
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
@@ -173,6 +174,10 @@ class Trainer:
             self.logger.log(stage.name, step, stage.images_done(step), rec)
             self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
+        elif stage.name not in self._fid_skipped:
+            self._fid_skipped.add(stage.name)
+            self.log_message(f"[fid] no FID during the {stage.name} stage: G_spd has not been trained yet (FID needs "
+                             "images; it starts with the spade stage)")
         return rec
 
     def fid_due(self, stage: "Stage", step: int) -> bool:
