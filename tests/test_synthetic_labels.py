@@ -120,6 +120,17 @@ def test_resuming_with_synthetic_labels_added_is_refused(seg_run, tmp_path):
         train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", max_steps=2), resume=True)
 
 
+def test_continuing_seg_keeps_the_stored_maps_with_a_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "stages=seg,spade", "spade.synthetic_labels=4", max_steps=1))
+    first = np.load(bank_paths(str(out))[0])
+    capsys.readouterr()
+    train(tiny_cfg(out, "stages=seg,spade", "spade.synthetic_labels=4", max_steps=2), resume=True)
+    err = capsys.readouterr().err
+    assert "at step 1; that checkpoint now holds step 2" in err and "Keeping the stored maps" in err
+    assert np.array_equal(np.load(bank_paths(str(out))[0]), first)
+
+
 def test_cli_train_with_synthetic_labels(seg_run, tmp_path):
     from sbgan_fast.cli import main
     out = tmp_path / "cli"

@@ -115,9 +115,12 @@ def _check_meta(meta: Dict, want: Dict, path: str) -> None:
 def prepare_bank(trainer, log=print) -> np.ndarray:
     """The run's synthetic label maps, drawn on rank 0 when absent (every process then reads the file).
 
+    Stored maps drawn for other settings (count, seed, size, classes) are an error; maps drawn from an earlier
+    state of the same G_seg checkpoint are kept, with a warning (a resumed stage keeps its data).
+
     Raises:
         FileNotFoundError: no trained G_seg to draw from.
-        ValueError: the stored maps were drawn for other settings, or from another G_seg.
+        ValueError: the stored maps were drawn for other settings.
     """
     cfg = trainer.cfg
     n = cfg.spade.synthetic_labels
@@ -162,10 +165,12 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
             meta = json.load(f)
         _check_meta(meta, want, meta_path)
         if src is not None and os.path.abspath(src) == meta.get("source"):
-            G, _ = load_seg_generator(trainer, src)
+            G, step = load_seg_generator(trainer, src)
             if state_hash(G) != meta.get("g_seg_sha256"):
-                raise ValueError(f"{npy} was drawn from another state of the G_seg in {src} (hash differs): "
-                                 f"remove {os.path.dirname(npy)} to draw new maps from the current one")
+                # the stored maps stay: a resumed spade stage continues on the data it started with
+                log(f"[synthetic labels] warning: {npy} was drawn from the G_seg of {src} at step "
+                    f"{meta.get('source_step')}; that checkpoint now holds step {step}. Keeping the stored maps; "
+                    f"remove {os.path.dirname(npy)} (and the spade checkpoints) to draw new ones")
         log(f"[synthetic labels] {want['n']} maps from {npy}")
         return
     G, step = load_seg_generator(trainer, src)
