@@ -3,7 +3,7 @@ label maps with the SPADE generator alone."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -58,6 +58,22 @@ def _write_png(array: np.ndarray, path: str) -> None:
 
 
 @torch.no_grad()
+def generated_label_maps(G_seg, n: int, seed: int, batch_size: int, device, *,
+                         upsample2: bool = False) -> Iterator[torch.Tensor]:
+    """int64 (B, H, W) label maps ``argmax G_seg(z)`` for ``n`` latent codes z ~ N(0, I), drawn at once from a
+    generator seeded with ``seed`` (the global RNG is not touched), in batches of ``batch_size``;
+    ``upsample2``: nearest x2 (a G_seg at half the image resolution, e2e.seg_half_res). The one definition of a
+    generated label map: sampling, FID and the synthetic training maps use it."""
+    g = torch.Generator().manual_seed(int(seed))
+    z_all = torch.randn(n, G_seg.z_dim, generator=g)
+    for i in range(0, n, batch_size):
+        lab = G_seg(z_all[i:i + batch_size].to(device)).argmax(1)
+        if upsample2:
+            lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        yield lab
+
+
+@torch.no_grad()
 def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = None, seed: int = 0,
                 batch_size: int = 8, device: str = "auto") -> List[str]:
     from .data.factory import palette_for
@@ -74,13 +90,7 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     k_real = k - (1 if dc is not None else 0)
     all_labels, all_images = [], []
     if labels is None:
-        g = torch.Generator().manual_seed(seed)
-        z_all = torch.randn(n, cfg.seg.z_dim, generator=g)
-        for i in range(0, n, batch_size):
-            z = z_all[i:i + batch_size].to(dev)
-            lab = nets["G_seg"](z).argmax(1)
-            if cfg.e2e.seg_half_res:
-                lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        for lab in generated_label_maps(nets["G_seg"], n, seed, batch_size, dev, upsample2=cfg.e2e.seg_half_res):
             all_images.append(nets["G_spd"](lab).cpu())
             all_labels.append(lab.cpu())
         names = [f"{i:05d}" for i in range(n)]

@@ -116,13 +116,8 @@ def _unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
                            device: torch.device) -> Iterator[torch.Tensor]:
     """float (B, 3, H, W) images in [-1, 1]: z ~ N(0, I) from a generator seeded with ``seed`` (the global
     RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels)."""
-    g = torch.Generator().manual_seed(int(seed))
-    z_all = torch.randn(n, cfg.seg.z_dim, generator=g)
-    for i in range(0, n, batch_size):
-        z = z_all[i:i + batch_size].to(device)
-        labels = nets["G_seg"](z).argmax(1)
-        if cfg.e2e.seg_half_res:
-            labels = labels.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    from ..sample import generated_label_maps
+    for labels in generated_label_maps(nets["G_seg"], n, seed, batch_size, device, upsample2=cfg.e2e.seg_half_res):
         yield nets["G_spd"](labels).float()
 
 

@@ -87,22 +87,20 @@ def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
 
 
 @torch.no_grad()
-def draw_label_maps(G_seg, n: int, z_dim: int, seed: int, size: Tuple[int, int], device: torch.device,
-                    out: np.ndarray, batch_size: int = 32) -> None:
-    """Fill ``out`` (uint8 (n, H, W)) with argmax G_seg(z) for z from a generator seeded with ``seed``; maps at
-    half the size are nearest-upsampled x2."""
-    g = torch.Generator().manual_seed(int(seed))
+def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: torch.device, out: np.ndarray,
+                    batch_size: int = 32) -> None:
+    """Fill ``out`` (uint8 (n, H, W)) with :func:`sbgan_fast.sample.generated_label_maps` of ``seed``; a G_seg
+    at half the size is nearest-upsampled x2."""
+    from ..sample import generated_label_maps
     h, w = size
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        z = torch.randn(m, z_dim, generator=g).to(device)
-        lab = G_seg(z).argmax(1)
-        if tuple(lab.shape[-2:]) == (h // 2, w // 2):
-            lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-        if tuple(lab.shape[-2:]) != (h, w):
-            raise ValueError(f"the segmentation generator makes {tuple(lab.shape[-2:])} label maps; this run's images "
-                             f"are {h}x{w} (equal or half size expected)")
-        out[i:i + m] = lab.to("cpu", torch.uint8).numpy()
+    own = (G_seg.max_dim, int(G_seg.max_dim * G_seg.aspect_ratio))
+    if own not in ((h, w), (h // 2, w // 2)):
+        raise ValueError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
+                         f"{h}x{w} (equal or half size expected)")
+    i = 0
+    for lab in generated_label_maps(G_seg, n, seed, batch_size, device, upsample2=own != (h, w)):
+        out[i:i + lab.shape[0]] = lab.to("cpu", torch.uint8).numpy()
+        i += lab.shape[0]
 
 
 def _check_meta(meta: Dict, want: Dict, path: str) -> None:
@@ -178,7 +176,7 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
     tmp = f"{npy}.tmp{os.getpid()}.npy"
     shape = (want["n"], want["height"], want["width"])
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    draw_label_maps(G, want["n"], G.z_dim, want["seed"], shape[1:], trainer.device, arr)
+    draw_label_maps(G, want["n"], want["seed"], shape[1:], trainer.device, arr)
     counts = np.bincount(np.asarray(arr).reshape(-1), minlength=trainer.num_classes)
     arr.flush()
     del arr
