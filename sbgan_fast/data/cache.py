@@ -147,6 +147,8 @@ def _with_images(ds: RealPairsDataset) -> RealPairsDataset:
 def fits_on_device(nbytes: int, device: torch.device, margin: float = 0.5) -> bool:
     """True when ``nbytes`` fit in the free memory of CUDA ``device`` leaving ``margin`` of it for training
     (always True for the CPU)."""
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"fits_on_device: margin must be in [0, 1), got {margin}")
     device = torch.device(device)
     if device.type != "cuda":
         return True
@@ -203,8 +205,9 @@ class CachedDataset(torch.utils.data.Dataset):
         """Hold the arrays as tensors on ``device``; items are then returned there."""
         device = torch.device(device)
         self._timg = torch.from_numpy(np.array(self.images)).to(device)
-        self._tlab = torch.from_numpy(np.asarray(self.labels).astype(np.int16 if self.labels.dtype == np.uint16
-                                                                       else np.uint8)).to(device)
+        labels = np.asarray(self.labels)
+        labels = labels.view(np.int16) if labels.dtype == np.uint16 else np.array(labels, np.uint8)
+        self._tlab = torch.from_numpy(np.array(labels)).to(device)
         self.device = device
         return self
 
@@ -212,6 +215,8 @@ class CachedDataset(torch.utils.data.Dataset):
         oi, ol, h, w, _ = (int(v) for v in self.index[i])
         if self._timg is not None:
             img, lab = self._timg[oi:oi + h * w * 3], self._tlab[ol:ol + h * w]
+            if lab.dtype == torch.int16:    # uint16 label values held bit for bit in int16
+                lab = lab.long() & 0xFFFF
         else:
             img = torch.from_numpy(np.array(self.images[oi:oi + h * w * 3]))
             lab = torch.from_numpy(np.array(self.labels[ol:ol + h * w]).astype(np.int64))

@@ -86,23 +86,33 @@ class DaliLoader:
         self.prefetch = int(prefetch)
         self.out_device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.skipped: List[str] = []
+        # one label dtype for every batch (DALI needs one type per batch): from the value table, not per map
+        self._label_dtype = np.uint8 if int(np.max(dataset.lut, initial=0)) < 256 else np.int32
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
 
     # -- pipeline ---------------------------------------------------------------------------------
-    def _build(self, max_batch: int, source):
+    def _define(self, max_batch: int, source):
+        """The pipeline (not built): decode (``mixed`` on a GPU), crop window, resize, HWC -> CHW; the label
+        maps (already at the output size) only move to the GPU; the (index, skipped) rows stay on the CPU."""
         from nvidia.dali import fn, pipeline_def, types
         ds = self.dataset
         interp = types.INTERP_CUBIC if ds.image_interp == "bicubic" else types.INTERP_LINEAR
         gpu = self.device_id is not None
+        # Decoding as the Python path does: EXIF orientation tags are ignored (the label maps have none, and
+        # the crop windows are in stored pixel order); on the GPU, JPEG chroma is upsampled as on the CPU.
+        dec_kw = {"adjust_orientation": False}
+        if gpu:
+            dec_kw["jpeg_fancy_upsampling"] = True
 
         @pipeline_def(batch_size=max_batch, num_threads=self.num_threads, device_id=self.device_id,
                       prefetch_queue_depth=self.prefetch, exec_dynamic=True)
         def pipe():
             enc, anchor, shape, label, meta = fn.external_source(source=source, num_outputs=5, batch=True,
                                                                  no_copy=False)
-            img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB, **dec_kw)
+            # anchor and shape are CPU inputs (a GPU slice reads them without a device-to-host copy)
             img = fn.slice(img, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False)
             img = fn.resize(img, resize_x=ds.width, resize_y=ds.height, interp_type=interp, antialias=True)
             img = fn.transpose(img, perm=[2, 0, 1])
@@ -110,7 +120,10 @@ class DaliLoader:
                 label = label.gpu()
             return img, label, meta
 
-        p = pipe()
+        return pipe()
+
+    def _build(self, max_batch: int, source):
+        p = self._define(max_batch, source)
         p.build()
         return p
 
@@ -154,8 +167,7 @@ class DaliLoader:
                 encs.append(enc)
                 anchors.append(np.array([l, t], np.float32))
                 shapes.append(np.array([cw, ch], np.float32))
-                labels.append(np.ascontiguousarray(label.astype(np.uint8 if label.max(initial=0) < 256
-                                                                 else np.int32)))
+                labels.append(np.ascontiguousarray(label.astype(self._label_dtype)))
                 metas.append(np.array([j, k], np.int64))
                 break
             else:
@@ -169,7 +181,8 @@ class DaliLoader:
                "label": torch.stack([it["label"] for it in items]),
                "index": torch.tensor([it["index"] for it in items]),
                "skipped": torch.tensor([it["skipped"] for it in items])}
-        return {k: v.to(self.out_device) for k, v in out.items()}
+        # image and label on the output device; index and skipped on the CPU, as in the DALI batches
+        return {k: v.to(self.out_device) if k in ("image", "label") else v for k, v in out.items()}
 
     @staticmethod
     def _to_torch(tl, device: torch.device) -> torch.Tensor:

@@ -97,6 +97,8 @@ def _finish(ds, cfg):
         ds = build_cache(ds, d.cache)
         if d.cache_gpu and cfg.device != "cpu" and torch.cuda.is_available():
             dev = torch.device("cuda" if cfg.device == "auto" else cfg.device)
+            if dev.index is None:   # this process's GPU (set per process before the data is built)
+                dev = torch.device("cuda", torch.cuda.current_device())
             if fits_on_device(ds.nbytes, dev):
                 ds.to_device(dev)
             else:
