@@ -187,3 +187,13 @@ def test_dali_ignores_exif_orientation_like_the_python_path(tmp_path):
     assert torch.equal(d["label"], t["label"])
     diff = (d["image"].int() - t["image"].int()).abs()
     assert diff.float().mean() <= 2.0, diff.float().mean()
+
+
+def test_chunked_copy_matches_the_array():
+    from sbgan_fast.data.cache import _chunked_copy
+    a = np.arange(1000, dtype=np.uint8)
+    assert torch.equal(_chunked_copy(a, torch.device("cpu"), chunk=64), torch.from_numpy(a))
+    b = np.array([0, 1, 40000, 65535], np.uint16).view(np.int16)
+    out = _chunked_copy(b, torch.device("cpu"), chunk=3)
+    assert out.dtype == torch.int16 and (out.long() & 0xFFFF).tolist() == [0, 1, 40000, 65535]
+    assert _chunked_copy(a, torch.device("meta"), chunk=300).shape == (1000,)

@@ -204,10 +204,9 @@ class CachedDataset(torch.utils.data.Dataset):
     def to_device(self, device) -> "CachedDataset":
         """Hold the arrays as tensors on ``device``; items are then returned there."""
         device = torch.device(device)
-        self._timg = torch.from_numpy(np.array(self.images)).to(device)
+        self._timg = _chunked_copy(np.asarray(self.images), device)
         labels = np.asarray(self.labels)
-        labels = labels.view(np.int16) if labels.dtype == np.uint16 else np.array(labels, np.uint8)
-        self._tlab = torch.from_numpy(np.array(labels)).to(device)
+        self._tlab = _chunked_copy(labels.view(np.int16) if labels.dtype == np.uint16 else labels, device)
         self.device = device
         return self
 
@@ -260,6 +259,16 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"CachedDataset({self.folder!r}, {len(self)} items, device={self.device})"
+
+
+def _chunked_copy(arr: np.ndarray, device: torch.device, chunk: int = 1 << 26) -> torch.Tensor:
+    """A 1-D uint8 or int16 (memory-mapped) array as a tensor on ``device``, read in ``chunk``-element pieces
+    (the host never holds a second full copy)."""
+    dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int16): torch.int16}[arr.dtype]
+    out = torch.empty(arr.shape, dtype=dtype, device=device)
+    for a in range(0, arr.size, chunk):
+        out[a:a + chunk].copy_(torch.from_numpy(np.array(arr[a:a + chunk])))
+    return out
 
 
 def _nearest(lab: torch.Tensor, th: int, tw: int) -> torch.Tensor:
