@@ -92,7 +92,7 @@ def test_resident_cache_keeps_uint16_label_values(tmp_path):
 
 
 # ------------------------------------------------------------------ DALI graph for a GPU
-def _walk(node, seen=None):
+def _walk(node):
     """(schema name, device, init args) of the operators behind a DALI DataNode, output first."""
     out = []
     while node is not None:
