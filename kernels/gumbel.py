@@ -10,9 +10,11 @@ Noise. ``NOISE_MODE`` selects where the Gumbel noise comes from:
 * ``NOISE_EXPLICIT``: a noise tensor of the logits' shape (any float dtype, any strides);
 * ``NOISE_PHILOX``: generated in the kernel from a 64-bit seed read from a device tensor (so drawing
   the seed from torch's generator never synchronises the host) and the element's *logical* NCHW
-  index ``((n * K + k) * H + h) * W + w`` as the Philox counter. The noise of an element therefore
+  index ``i = ((n * K + k) * H + h) * W + w``. The noise of an element therefore
   does not depend on the memory layout or on the block sizes, and the backward kernel regenerates
-  exactly the forward's noise instead of saving it. ``u ~ U[0, 1)`` (``tl.rand``),
+  exactly the forward's noise instead of saving it. ``u ~ U[0, 1)`` of index ``i`` is output ``i & 3`` of
+  Philox4x32-10 with counter ``i >> 2`` (``tl.rand4x``): where H*W is a multiple of 4 a tile makes one
+  Philox call per 4 pixels of a class and interleaves its outputs, a quarter of the per-element work;
   ``E = -log(1 - u) ~ Exp(1)`` (finite for every ``u``), ``g = -log(E + 1e-10)`` (the reference's form);
 * ``NOISE_NONE``: no noise and no temperature (the argmax one-hot of sampling time).
 
@@ -80,18 +82,38 @@ def _tile_offsets(n, hw, k, sn, sk, sh, sw, W, FLAT_HW: tl.constexpr):
 
 
 @triton.jit
-def _philox_gumbel(seed, offsets):
-    """Gumbel(0, 1) noise in fp32 for int32 Philox counters ``offsets``."""
-    u = tl.rand(seed, offsets)
+def _gumbel_of_uniform(u):
+    """Gumbel(0, 1) noise in fp32 from u ~ U[0, 1)."""
     e = -tl.log(1.0 - u)
     return -tl.log(e + 1e-10)
 
 
 @triton.jit
+def _philox_uniform(seed, idx):
+    """U[0, 1) of int32 logical indices ``idx`` (any shape): output ``idx & 3`` of Philox4x32 with counter
+    ``idx >> 2``."""
+    u0, u1, u2, u3 = tl.rand4x(seed, idx >> 2)
+    j = idx & 3
+    return tl.where(j == 0, u0, tl.where(j == 1, u1, tl.where(j == 2, u2, u3)))
+
+
+@triton.jit
+def _philox_uniform_rows4(seed, base, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``_philox_uniform(seed, base[None, :] + p[:, None])`` for p in [0, BLOCK_P), every ``base`` a multiple of
+    4: one Philox call per 4 rows (its 4 outputs interleaved), a quarter of the per-element work."""
+    q = tl.arange(0, BLOCK_P // 4)
+    u0, u1, u2, u3 = tl.rand4x(seed, (base >> 2)[None, :] + q[:, None])
+    u = tl.join(tl.join(u0, u1), tl.join(u2, u3))                     # u[q, k, j, i] = u_(2i+j)
+    return tl.reshape(tl.permute(u, (0, 3, 2, 1)), (BLOCK_P, BLOCK_K))  # row 4q + 2i + j
+
+
+@triton.jit
 def _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
                  sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau,
-                 NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr):
-    """fp32 scores (BLOCK_P, BLOCK_K) of image ``n``; masked lanes are -inf."""
+                 NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr, ROWS4: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 scores (BLOCK_P, BLOCK_K) of image ``n``; masked lanes are -inf. ``ROWS4``: H*W and BLOCK_P are
+    multiples of 4 (each group of 4 pixels of a class shares one Philox call)."""
     x_off = _tile_offsets(n, hw, k, sxn, sxk, sxh, sxw, W, FLAT_HW)
     x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 0:
@@ -100,9 +122,11 @@ def _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
         s = (x + g) * inv_tau
     elif NOISE_MODE == 1:
         seed = tl.load(seed_ptr)
-        counter = (n * K + k[None, :]) * HW + hw[:, None]
-        g = _philox_gumbel(seed, counter)
-        s = (x + g) * inv_tau
+        if ROWS4:
+            u = _philox_uniform_rows4(seed, (n * K + k) * HW + tl.program_id(0) * BLOCK_P, BLOCK_P, BLOCK_K)
+        else:
+            u = _philox_uniform(seed, (n * K + k[None, :]) * HW + hw[:, None])
+        s = (x + _gumbel_of_uniform(u)) * inv_tau
     else:
         s = x
     return tl.where(mask, s, float("-inf"))
@@ -136,14 +160,15 @@ def _gumbel_hard_kernel(x_ptr, noise_ptr, seed_ptr, out_ptr,
                         sgn, sgk, sgh, sgw,
                         son, sok, soh, sow,
                         inv_tau,
-                        NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr,
+                        NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr, ROWS4: tl.constexpr,
                         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[n, :, h, w] = one_hot(argmax_k scores[n, k, h, w]) in out's dtype.
 
     Grid: (cdiv(H*W, BLOCK_P), N)."""
     n, hw, k, mask = _tile(HW, K, BLOCK_P, BLOCK_K)
     s = _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
-                     sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW)
+                     sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW, ROWS4,
+                     BLOCK_P, BLOCK_K)
     _store_one_hot(out_ptr, s, n, hw, k, mask, son, sok, soh, sow, W, FLAT_HW, BLOCK_K)
 
 
@@ -155,14 +180,15 @@ def _gumbel_softmax_bwd_kernel(x_ptr, noise_ptr, seed_ptr, dy_ptr, dx_ptr,
                                sdn, sdk, sdh, sdw,
                                son, sok, soh, sow,
                                inv_tau,
-                               NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr,
+                               NOISE_MODE: tl.constexpr, FLAT_HW: tl.constexpr, ROWS4: tl.constexpr,
                                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """dx = y * (dy - sum_k(dy * y)) * inv_tau with y = softmax_k(scores), recomputed here.
 
     Grid: (cdiv(H*W, BLOCK_P), N)."""
     n, hw, k, mask = _tile(HW, K, BLOCK_P, BLOCK_K)
     s = _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
-                     sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW)
+                     sxn, sxk, sxh, sxw, sgn, sgk, sgh, sgw, inv_tau, NOISE_MODE, FLAT_HW, ROWS4,
+                     BLOCK_P, BLOCK_K)
     m = tl.max(s, axis=1)
     m = tl.where(m == float("-inf"), 0.0, m)  # rows past the end: keep exp() finite
     e = tl.exp(s - m[:, None])
@@ -180,7 +206,7 @@ def _gumbel_softmax_bwd_kernel(x_ptr, noise_ptr, seed_ptr, dy_ptr, dx_ptr,
 def _gumbel_noise_kernel(seed_ptr, out_ptr, numel, BLOCK: tl.constexpr):
     """out.view(-1)[i] = the Philox Gumbel noise of logical NCHW index i (out contiguous fp32)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    g = _philox_gumbel(tl.load(seed_ptr), i)
+    g = _gumbel_of_uniform(_philox_uniform(tl.load(seed_ptr), i))
     tl.store(out_ptr + i, g, mask=i < numel)
 
 
@@ -201,6 +227,12 @@ def _blocks(num_classes: int, hw: int) -> Tuple[int, int, int]:
     block_p = max(1, min(triton.next_power_of_2(max(hw, 1)), tile // block_k))
     num_warps = 4 if block_p * block_k <= 4096 else 8
     return block_p, block_k, num_warps
+
+
+def _rows4(hw: int, block_p: int) -> bool:
+    """Whether every tile's pixel rows start at a multiple of 4 of every class's logical index (then 4 pixels
+    share one Philox call): H*W and BLOCK_P multiples of 4."""
+    return hw % 4 == 0 and block_p % 4 == 0
 
 
 def _strides(t: Optional[torch.Tensor]):
@@ -246,8 +278,8 @@ def gumbel_hard(logits: torch.Tensor, out: torch.Tensor, inv_tau: float, *,
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_hard_kernel[grid](logits, noise_t, seed_t, out, k, h * w, w,
                               *logits.stride(), *g_strides, *out.stride(), float(inv_tau),
-                              NOISE_MODE=mode, FLAT_HW=flat, BLOCK_P=block_p, BLOCK_K=block_k,
-                              num_warps=num_warps, enable_fp_fusion=False)
+                              NOISE_MODE=mode, FLAT_HW=flat, ROWS4=_rows4(h * w, block_p), BLOCK_P=block_p,
+                              BLOCK_K=block_k, num_warps=num_warps, enable_fp_fusion=False)
     return out
 
 
@@ -262,7 +294,7 @@ def argmax_one_hot(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_hard_kernel[grid](x, x, x, out, k, h * w, w,
                               *x.stride(), 0, 0, 0, 0, *out.stride(), 1.0,
-                              NOISE_MODE=NOISE_NONE, FLAT_HW=flat, BLOCK_P=block_p, BLOCK_K=block_k,
+                              NOISE_MODE=NOISE_NONE, FLAT_HW=flat, ROWS4=False, BLOCK_P=block_p, BLOCK_K=block_k,
                               num_warps=num_warps, enable_fp_fusion=False)
     return out
 
@@ -292,7 +324,7 @@ def gumbel_softmax_backward(logits: torch.Tensor, grad_out: torch.Tensor, grad_i
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_softmax_bwd_kernel[grid](logits, noise_t, seed_t, grad_out, grad_in, k, h * w, w,
                                      *logits.stride(), *g_strides, *grad_out.stride(), *grad_in.stride(),
-                                     float(inv_tau), NOISE_MODE=mode, FLAT_HW=flat,
+                                     float(inv_tau), NOISE_MODE=mode, FLAT_HW=flat, ROWS4=_rows4(h * w, block_p),
                                      BLOCK_P=block_p, BLOCK_K=block_k, num_warps=num_warps)
     return grad_in
 

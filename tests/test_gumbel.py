@@ -133,8 +133,13 @@ def test_argmax_one_hot_parity(dtype, layout):
 # ---------------------------------------------------------------- in-kernel (Philox) noise
 
 
-def test_in_kernel_noise_exact_parity_with_helper():
-    shape = (2, 35, 7, 9)
+@pytest.mark.parametrize("shape", [
+    (2, 35, 7, 9),      # H*W not a multiple of 4: one Philox call per element
+    (2, 35, 8, 12),     # a multiple of 4: one call per 4 pixels, outputs interleaved
+    (1, 184, 24, 24),   # ... over several pixel tiles per image
+    (3, 20, 2, 2),      # ... a 4-pixel tile
+])
+def test_in_kernel_noise_exact_parity_with_helper(shape):
     logits = _logits(shape, torch.float32)
     grad = torch.randn(shape)
     torch.manual_seed(123)
