@@ -91,6 +91,26 @@ __attribute__((target("avx2"))) inline void add_row_sum_avx2(float* w, const flo
   }
 }
 
+// In-register 8 x 8 transpose: afterwards r[c][k] holds what r[k][c] held (AVX2).
+__attribute__((target("avx2"))) inline void transpose8x8_avx2(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // v[x * Co + o] = src[o * cs + x] for x < Wo, o < Co: an NCHW fp32 gradient row (channel stride
 // cs, pixels contiguous) to pixel-major, in 8 x 8 register transposes (AVX2).
 __attribute__((target("avx2"))) inline void nchw_row_to_pixel_major_avx2(const float* src, int64_t cs, int64_t Co,
@@ -102,23 +122,10 @@ __attribute__((target("avx2"))) inline void nchw_row_to_pixel_major_avx2(const f
       __m256 r[8];
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (o + k) * cs + x);
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      transpose8x8_avx2(r);  // r[k]: pixel x+k, channels o..o+7
       float* d = v + x * Co + o;
-      _mm256_storeu_ps(d + 0 * Co, _mm256_permute2f128_ps(s0, s4, 0x20));
-      _mm256_storeu_ps(d + 1 * Co, _mm256_permute2f128_ps(s1, s5, 0x20));
-      _mm256_storeu_ps(d + 2 * Co, _mm256_permute2f128_ps(s2, s6, 0x20));
-      _mm256_storeu_ps(d + 3 * Co, _mm256_permute2f128_ps(s3, s7, 0x20));
-      _mm256_storeu_ps(d + 4 * Co, _mm256_permute2f128_ps(s0, s4, 0x31));
-      _mm256_storeu_ps(d + 5 * Co, _mm256_permute2f128_ps(s1, s5, 0x31));
-      _mm256_storeu_ps(d + 6 * Co, _mm256_permute2f128_ps(s2, s6, 0x31));
-      _mm256_storeu_ps(d + 7 * Co, _mm256_permute2f128_ps(s3, s7, 0x31));
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(d + k * Co, r[k]);
     }
     for (; x < Wo; ++x)
       for (int64_t k = 0; k < 8; ++k) v[x * Co + o + k] = src[(o + k) * cs + x];
@@ -340,26 +347,9 @@ __attribute__((target("avx2"))) void forward_row_avx2(const float* table, const 
       __m256 r[8];
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(bo + static_cast<int64_t>(u[p + k]) * Co);
-      // 8x8 transpose: r[k][c] (pixel p+k, channel o+c) -> row c holds pixels p..p+7.
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      __m256 q[8];
-      q[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-      q[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-      q[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-      q[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-      q[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-      q[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-      q[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-      q[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+      transpose8x8_avx2(r);  // r[k][c] (pixel p+k, channel o+c) -> r[c] holds pixels p..p+7
 #pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) _mm256_storeu_ps(d + c * cs + p, q[c]);
+      for (int c = 0; c < 8; ++c) _mm256_storeu_ps(d + c * cs + p, r[c]);
     }
     for (; p < Wo; ++p)
       for (int64_t c = 0; c < 8; ++c) d[c * cs + p] = bo[static_cast<int64_t>(u[p]) * Co + c];
