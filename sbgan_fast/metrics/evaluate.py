@@ -259,6 +259,18 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
 _CALLBACK_STATE: Dict[Any, Any] = {}
 
 
+def callback_eval_dataset(cfg, num_classes: int, n_real: Optional[int] = None,
+                          log: Callable[[str], None] = _log_stderr):
+    """(dataset, describe) of :func:`build_eval_dataset` for periodic FID, built (file lists, header scan) once
+    per process and data configuration, then reused by every call."""
+    import dataclasses
+    key = ("data", json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str), cfg.seed, num_classes,
+           n_real)
+    if key not in _CALLBACK_STATE:
+        _CALLBACK_STATE[key] = build_eval_dataset(cfg, num_classes, size=n_real, log=log)
+    return _CALLBACK_STATE[key]
+
+
 @torch.no_grad()
 def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", inception_weights: Optional[str] = None,
                  cache_dir: Optional[str] = None, batch_size: int = 16, seed: int = 0, n_real: Optional[int] = None,
@@ -289,9 +301,9 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
         if extractor is None:
             extractor = FIDExtractor(variant, inception_weights, device=dev, batch_size=batch_size)
             _CALLBACK_STATE[ekey] = extractor
-    ds, desc = build_eval_dataset(cfg, k, size=n_real, log=log)
+    ds, desc = callback_eval_dataset(cfg, k, n_real, log)
     count = len(ds) if n_real is None else min(n_real, len(ds))
-    desc["count"] = count
+    desc = dict(desc, count=count)
     rkey = ("real", extractor.variant, extractor.weights_id, json.dumps(desc, sort_keys=True, default=str))
     real = _CALLBACK_STATE.get(rkey)
     if real is None:

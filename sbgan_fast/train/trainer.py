@@ -149,11 +149,11 @@ class Trainer:
     def _fid_extractor(self):
         """The Inception network of periodic FID, built up front so that a missing weights file or validation
         split is reported before any training happens."""
-        from ..metrics.evaluate import build_eval_dataset
+        from ..metrics.evaluate import callback_eval_dataset
         from ..metrics.fid import FIDExtractor
         cfg = self.cfg
         ext = FIDExtractor(cfg.fid_variant, cfg.fid_weights, device=self.device, batch_size=cfg.fid_batch)
-        build_eval_dataset(cfg, self.num_classes, size=cfg.fid_n_real or None, log=self.log_message)
+        callback_eval_dataset(cfg, self.num_classes, cfg.fid_n_real or None, self.log_message)  # reused by log_fid
         return ext
 
     def log_fid(self, stage: "Stage", step: int) -> Dict[str, float]:
