@@ -88,9 +88,9 @@ def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
 
 @torch.no_grad()
 def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: torch.device, out: np.ndarray,
-                    batch_size: int = 32) -> None:
+                    batch_size: int = 32) -> np.ndarray:
     """Fill ``out`` (uint8 (n, H, W)) with :func:`sbgan_fast.sample.generated_label_maps` of ``seed``; a G_seg
-    at half the size is nearest-upsampled x2."""
+    at half the size is nearest-upsampled x2. Returns the pixel count of each class (int64 (num_classes,))."""
     from ..sample import generated_label_maps
     h, w = size
     own = (G_seg.max_dim, int(G_seg.max_dim * G_seg.aspect_ratio))
@@ -98,9 +98,12 @@ def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: tor
         raise ValueError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
                          f"{h}x{w} (equal or half size expected)")
     i = 0
+    counts = torch.zeros(G_seg.num_semantics, dtype=torch.int64, device=device)
     for lab in generated_label_maps(G_seg, n, seed, batch_size, device, upsample2=own != (h, w)):
+        counts += torch.bincount(lab.flatten(), minlength=G_seg.num_semantics)
         out[i:i + lab.shape[0]] = lab.to("cpu", torch.uint8).numpy()
         i += lab.shape[0]
+    return counts.cpu().numpy()
 
 
 def _check_meta(meta: Dict, want: Dict, path: str) -> None:
@@ -133,15 +136,12 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
             _prepare_on_main(trainer, npy, meta_path, want, log)
         except (FileNotFoundError, ValueError) as e:
             err = f"{type(e).__name__}: {e}"
-    errs = D.all_gather_object(err, trainer.dist)
-    if errs[0] is not None:
-        kind, msg = errs[0].split(": ", 1)
+    err = D.broadcast_object(err, trainer.dist)
+    if err is not None:
+        kind, msg = err.split(": ", 1)
         raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(msg)
-    seen = D.all_gather_object(os.path.isfile(npy) and os.path.isfile(meta_path), trainer.dist)
-    if not all(seen):
-        missing = [r for r, ok in enumerate(seen) if not ok]
-        raise FileNotFoundError(f"{npy} (written by rank 0) is not visible to rank(s) {missing}: in multi-node runs "
-                                "the run folder (--out) must be on a filesystem shared by every node")
+    for path in (npy, meta_path):   # written by rank 0: every process must see them (shared run folder)
+        trainer._exists_everywhere(path)
     with open(meta_path, "r", encoding="utf-8") as f:
         _check_meta(json.load(f), want, meta_path)
     bank = np.load(npy, mmap_mode="r")
@@ -176,8 +176,7 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
     tmp = f"{npy}.tmp{os.getpid()}.npy"
     shape = (want["n"], want["height"], want["width"])
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    draw_label_maps(G, want["n"], want["seed"], shape[1:], trainer.device, arr)
-    counts = np.bincount(np.asarray(arr).reshape(-1), minlength=trainer.num_classes)
+    counts = draw_label_maps(G, want["n"], want["seed"], shape[1:], trainer.device, arr)
     arr.flush()
     del arr
     os.replace(tmp, npy)
