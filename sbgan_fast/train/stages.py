@@ -261,8 +261,9 @@ class SpadeStage(Stage):
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.synth = None
-        if self.name == "spade" and self.cfg.spade.synthetic_labels > 0:
+        self.synth = None    # the synthetic-map batches, once prepared
+        self.uses_synthetic = self.name == "spade" and self.cfg.spade.synthetic_labels > 0
+        if self.uses_synthetic:
             self.trains = ("G_spd", "D_spd", "D2")
 
     def synthetic_batch_size(self) -> int:
@@ -271,11 +272,11 @@ class SpadeStage(Stage):
 
     def batch_sizes(self):
         sizes = super().batch_sizes()
-        return sizes + [self.synthetic_batch_size()] if "D2" in self.trains and self.name == "spade" else sizes
+        return sizes + [self.synthetic_batch_size()] if self.uses_synthetic else sizes
 
     def prepare(self) -> None:
         """Draw (or read) the synthetic label maps before the first step."""
-        if self.name != "spade" or self.cfg.spade.synthetic_labels <= 0:
+        if not self.uses_synthetic:
             return
         from .synthetic_labels import SyntheticBatches, prepare_bank
         t = self.t
@@ -303,7 +304,7 @@ class SpadeStage(Stage):
     def make_optimizers(self):
         c = self.cfg.spade
         opts = {"G_spd": self.adam(self.t.G_spd, c.lr_G, c.betas), "D_spd": self.adam(self.t.D_spd, c.lr_D, c.betas)}
-        if "D2" in self.trains:   # synthetic label maps: D2 as in the e2e stage (constant learning rate)
+        if self.uses_synthetic:   # synthetic label maps: D2 as in the e2e stage (constant learning rate)
             opts["D2"] = self.adam(self.t.D2, self.cfg.e2e.lr_D2, self.cfg.e2e.d2_betas)
         return opts
 
