@@ -168,9 +168,10 @@ class Trainer:
                                cache_dir=cfg.fid_cache, batch_size=cfg.fid_batch, seed=cfg.seed,
                                n_real=cfg.fid_n_real or None, extractor=self.fid_extractor, log=self.log_message)
         D.barrier(self.dist)
-        self.logger.pause(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.logger.pause(seconds)
         if rec:
-            rec["fid_time_s"] = time.perf_counter() - t0
+            rec["fid_time_s"] = seconds
             self.logger.log(stage.name, step, stage.images_done(step), rec)
             self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
