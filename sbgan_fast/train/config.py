@@ -121,6 +121,11 @@ class E2EConfig:
     detach_seg: bool = True              # (code) SPADE blocks see seg.detach(); False: gradient through all
     finetune: str = "all"                # all | seg (G_seg, D_seg, D2; G_spd fixed) | spade (G_spd, D_spd, D2; G_seg
                                          # fixed): the paper's fine-tuning ablation
+    reuse_fakes: bool = False            # departure: the discriminator update reuses the generator update's fakes
+                                         # (saves a G_seg and a G_spd forward) instead of a fresh z and the
+                                         # updated generators, as the authors' trainer does
+    d2_lr: str = "ttur"                  # (code) ttur: D2 keeps lr_D2 until the decay begins, then follows D_spd's
+                                         # decayed rate (lr_D x factor); constant: lr_D2 throughout
 
 
 @dataclass
@@ -393,6 +398,7 @@ def validate(cfg: TrainConfig) -> None:
          f"fid_variant must be pytorch-fid|sbgan-code, got {cfg.fid_variant!r}")
     need(cfg.fid_batch >= 1, f"fid_batch must be >= 1, got {cfg.fid_batch}")
     need(cfg.e2e.finetune in ("all", "seg", "spade"), f"e2e.finetune must be all|seg|spade, got {cfg.e2e.finetune!r}")
+    need(cfg.e2e.d2_lr in ("ttur", "constant"), f"e2e.d2_lr must be ttur|constant, got {cfg.e2e.d2_lr!r}")
     sp = cfg.spade
     need(sp.synthetic_labels >= 0, f"spade.synthetic_labels must be >= 0 (0: off), got {sp.synthetic_labels}")
     need(sp.synthetic_batch >= 0, f"spade.synthetic_batch must be >= 0 (0: spade.batch_size), got {sp.synthetic_batch}")

@@ -55,12 +55,15 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, *, eps: Optional
 def wgan_gp_d_loss(D, real: torch.Tensor, fake: torch.Tensor, lambda_gp: float = 10.0, *,
                    eps: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None, **d_kwargs):
     """D = mean D(fake) - mean D(real) + lambda_gp * GP (``eps``, ``scale``: see
-    :func:`gradient_penalty`). Returns (loss, dict of parts)."""
+    :func:`gradient_penalty`). Returns (loss, parts): ``wdist`` (mean D(real) - mean D(fake)), ``gp``,
+    ``score_real``, ``score_fake`` (the mean critic scores), all detached."""
     d_real = D(real, **d_kwargs)
     d_fake = D(fake.detach(), **d_kwargs)
     gp = gradient_penalty(D, real, fake, eps=eps, scale=scale, **d_kwargs)
-    w = d_fake.float().mean() - d_real.float().mean()
-    return w + lambda_gp * gp, {"wdist": -w.detach(), "gp": gp.detach()}
+    real_mean, fake_mean = d_real.float().mean(), d_fake.float().mean()
+    w = fake_mean - real_mean
+    return w + lambda_gp * gp, {"wdist": -w.detach(), "gp": gp.detach(), "score_real": real_mean.detach(),
+                                "score_fake": fake_mean.detach()}
 
 
 def _preds(outputs) -> List[torch.Tensor]:

@@ -9,7 +9,10 @@ A step works on this process's share of the global batch (see :mod:`sbgan_fast.t
 ``accum`` micro-batches; each optimizer update goes through the trainer's
 :class:`~sbgan_fast.train.amp.Updater` (autocast, loss scaling, gradient averaging over the
 processes, the non-finite guard) and every noise draw through its
-:class:`~sbgan_fast.train.amp.StepNoise`.
+:class:`~sbgan_fast.train.amp.StepNoise`, or through the ``noise`` given to :meth:`Stage.step`
+(:class:`~sbgan_fast.train.amp.GivenNoise`: the draws named in the stage's ``NOISE``), so that a whole step
+can be driven with chosen noise and compared with an independent computation. A step returns its loss terms
+one by one (means over its micro-batches) beside their sums.
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ class Stage:
 
     name = ""
     trains: Tuple[str, ...] = ()     # networks whose parameters this stage updates
+    NOISE: Tuple[str, ...] = ()      # the named noise draws of a step, in order (GivenNoise keys)
 
     def __init__(self, trainer):
         self.t = trainer
@@ -108,7 +112,10 @@ class Stage:
     def set_lr(self, step: int) -> Dict[str, float]:
         return {}
 
-    def step(self, step: int, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def step(self, step: int, batch: Dict[str, torch.Tensor], noise=None) -> Dict[str, torch.Tensor]:
+        """One training step on ``batch`` (this process's share of the global batch); ``noise`` (a
+        :class:`~sbgan_fast.train.amp.GivenNoise`, default the trainer's noise) answers its draws.
+        Returns detached scalar tensors: each loss term and their sums."""
         raise NotImplementedError
 
     # -- helpers ----------------------------------------------------------------------------
@@ -154,6 +161,7 @@ class Phase:
 class SegStage(Stage):
     name = "seg"
     trains = ("G_seg", "D_seg")
+    NOISE = ("z_G", "gumbel_G", "z_D", "gumbel_D", "eps_D")
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -196,9 +204,9 @@ class SegStage(Stage):
         c = self.cfg.seg
         return {"G_seg": self.adam(self.t.G_seg, c.lr, c.betas), "D_seg": self.adam(self.t.D_seg, c.lr, c.betas)}
 
-    def step(self, step, batch):
+    def step(self, step, batch, noise=None):
         t, c = self.t, self.cfg.seg
-        u, noise = t.updater, t.noise
+        u, noise = t.updater, noise or t.noise
         ph, alpha = self.phase(step), self.alpha(step)
         labels, _ = self.real_batch(step, batch, need_image=False)
         n = labels.shape[0]
@@ -210,8 +218,8 @@ class SegStage(Stage):
         means = _Means(k)
         # G step
         set_requires_grad([D], False)
-        z = noise.randn(n, c.z_dim)
-        g_noise = noise.gumbel(n, t.num_classes, *size)
+        z = noise.randn(n, c.z_dim, name="z_G")
+        g_noise = noise.gumbel(n, t.num_classes, *size, name="gumbel_G")
         with u.update({"G_seg": ("G_seg",)}) as upd:
             for sl in parts:
                 with u.autocast():
@@ -223,9 +231,9 @@ class SegStage(Stage):
                 means.add({"loss_G": g_loss})
         set_requires_grad([D], True)
         # D step (fresh z)
-        z = noise.randn(n, c.z_dim)
-        g_noise = noise.gumbel(n, t.num_classes, *size)
-        eps = noise.rand(n, 1, 1, 1)
+        z = noise.randn(n, c.z_dim, name="z_D")
+        g_noise = noise.gumbel(n, t.num_classes, *size, name="gumbel_D")
+        eps = noise.rand(n, 1, 1, 1, name="eps_D")
         with u.update({"D_seg": ("D_seg",)}) as upd:
             for sl in parts:
                 with torch.no_grad(), u.autocast():
@@ -236,7 +244,7 @@ class SegStage(Stage):
                     d_loss, parts_d = L.wgan_gp_d_loss(D, real[sl], fake, c.lambda_gp, eps=_part(eps, sl),
                                                        scale=u.scale_tensor("D_seg"), alpha=alpha)
                 upd.backward({"D_seg": d_loss / k})
-                means.add({"loss_D": d_loss, "wdist": parts_d["wdist"], "gp": parts_d["gp"]})
+                means.add({"loss_D": d_loss, **parts_d})
         out = means.result()
         out["res"] = torch.tensor(float(ph.res))
         return out
@@ -348,7 +356,7 @@ class SpadeStage(Stage):
         d_real, d_fake = L.hinge_d_parts(real_out, fake_out)
         return {"D_real": d_real, "D_fake": d_fake}
 
-    def step(self, step, batch):
+    def step(self, step, batch, noise=None):
         t = self.t
         u = t.updater
         labels, image = self.real_batch(step, batch, need_image=True)
@@ -412,9 +420,39 @@ FINETUNE = {"all": ("G_seg", "D_seg", "G_spd", "D_spd", "D2"),
             "spade": ("G_spd", "D_spd", "D2")}      # the conditional image synthesis only (G_seg fixed)
 
 
+def e2e_decay(epoch: float, epochs: float, epochs_decay: float) -> Tuple[float, bool]:
+    """The e2e stage's learning-rate factor at (fractional) joint epoch ``epoch`` and whether the decay has
+    begun. (code) The e2e loop counts epochs from 0 and lowers the rate at the end of every epoch
+    ``e > epochs``, so the first lowered epoch is ``epochs + 2`` (0-based): one epoch later than the spade
+    stage's rule (:func:`decay_factor`), and 50 + 50 epochs end at 0.04 x the base rate."""
+    e = math.floor(epoch)
+    if e < 1:
+        return 1.0, False
+    f = decay_factor(e - 1, epochs, epochs_decay)
+    return f, f < 1.0
+
+
 class E2EStage(SpadeStage):
+    """Joint fine-tuning (REFERENCE.md section 8), step for step as the authors' end-to-end trainer:
+
+    * D2 pre-training (``e2e.d2_pretrain_epochs``): D2 alone, real images vs G_spd(argmax G_seg(z)); G_spd
+      also renders the real label maps (output unused), which moves its batch-norm statistics and
+      spectral-norm vectors as the authors' step does. When it ends D2's Adam is created afresh.
+    * A joint step: the generator update (10 x WGAN G loss of D_seg on the Gumbel ST sample + 0.1 x hinge G
+      loss of D2 on G_spd(ST sample) + the SPADE G losses on real maps), then the discriminator update with
+      a **fresh z**: G_seg's map and its ST sample (new Gumbel noise) regenerated by the *updated* G_seg for
+      D_seg's WGAN-GP, G_spd on the real maps for D_spd, and the updated G_spd on the ST sample for D2.
+      ``e2e.reuse_fakes=true`` (a departure, off by default) feeds the discriminators the generator step's
+      fakes instead, saving one G_seg and one G_spd forward.
+    * Learning rates: G_seg/D_seg constant; G_spd/D_spd decay as :func:`e2e_decay`; D2 keeps ``e2e.lr_D2``
+      until the decay begins, then (code, ``e2e.d2_lr=ttur``) follows D_spd's rate ``e2e.lr_D x factor``
+      (``e2e.d2_lr=constant``: ``e2e.lr_D2`` throughout).
+    """
+
     name = "e2e"
     trains = FINETUNE["all"]
+    NOISE = ("z_G", "gumbel_G", "z_D", "gumbel_D", "eps_D")   # joint steps
+    NOISE_PRETRAIN = ("z_D2",)                                 # D2 pre-training steps
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -439,8 +477,7 @@ class E2EStage(SpadeStage):
         return step * bs, bs
 
     def decay_epoch(self, step):
-        """G_spd / D_spd decay like the spade stage, over the joint steps (after D2's pre-training);
-        G_seg, D_seg and D2 keep their learning rates."""
+        """The joint epoch (counted after D2's pre-training) that the learning-rate decay reads."""
         return max(0, step - self.pretrain_steps()) * self.batch_size() / self.t.dataset_size
 
     def base_lrs(self):
@@ -454,6 +491,22 @@ class E2EStage(SpadeStage):
                     "D_spd": (c.lr_D, cs.betas), "D2": (c.lr_D2, c.d2_betas)}
         return {name: self.adam(t.nets[name], *settings[name]) for name in self.trains}
 
+    def set_lr(self, step):
+        """The rates of ``step`` (see the class docstring). At the first joint step after a D2 pre-training,
+        D2's optimizer is replaced by a fresh Adam (its pre-training moments and step count dropped), as the
+        authors' trainer builds a new one; a run resumed after that step restores the joint phase's state."""
+        c = self.cfg.e2e
+        p = self.pretrain_steps()
+        if step == p and p > 0:
+            self.t.optims["D2"] = self.adam(self.t.D2, c.lr_D2, c.d2_betas)   # the updater shares this dict
+        f, decaying = e2e_decay(self.decay_epoch(step), *self.epochs())
+        lrs = {name: lr * f for name, lr in self.base_lrs().items()}
+        lrs["D2"] = c.lr_D * f if decaying and c.d2_lr == "ttur" else c.lr_D2
+        for name, lr in lrs.items():
+            for g in self.t.optims[name].param_groups:
+                g["lr"] = lr
+        return {f"lr_{k}": v for k, v in lrs.items()}
+
     def seg_to_image_size(self, seg):
         """Nearest x2 when G_seg runs at half the image resolution (float maps or int labels)."""
         if not self.cfg.e2e.seg_half_res:
@@ -462,26 +515,40 @@ class E2EStage(SpadeStage):
             return F.interpolate(seg, scale_factor=2, mode="nearest")
         return seg.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
 
-    def step(self, step, batch):
-        if step < self.pretrain_steps():
-            return self.d2_pretrain_step(step, batch)
-        return self.joint_step(step, batch)
+    def st_sample(self, z, gumbel):
+        """G_seg(z) -> its Gumbel straight-through sample (N,K,h,w) (the semantic bottleneck)."""
+        p = self.t.G_seg(z)
+        return ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), self.cfg.seg.tau, noise=gumbel, impl=self.cfg.impl)
 
-    def d2_pretrain_step(self, step, batch):
-        """D2 alone: real images vs G_spd(argmax G_seg(z)), hinge."""
+    def render(self, fake_seg):
+        """G_spd on an ST sample, upsampled to the image size. The sample is an exact one-hot: its argmax
+        lets G_spd's blocks use the gather path."""
+        seg = self.seg_to_image_size(fake_seg)
+        return self.t.G_spd(seg, labels=seg.argmax(1))
+
+    def step(self, step, batch, noise=None):
+        if step < self.pretrain_steps():
+            return self.d2_pretrain_step(step, batch, noise)
+        return self.joint_step(step, batch, noise)
+
+    def d2_pretrain_step(self, step, batch, noise=None):
+        """D2 alone: real images vs G_spd(argmax G_seg(z)), hinge. G_spd then renders the real label maps too
+        (output unused: the authors' step does, and it moves G_spd's normalization buffers)."""
         t, cs = self.t, self.cfg.seg
-        u = t.updater
-        _, image = self.real_batch(step, batch, need_image=True)
+        u, noise = t.updater, noise or t.noise
+        labels, image = self.real_batch(step, batch, need_image=True)
+        ids = t.label_ids(labels)
         n = image.shape[0]
         parts = self.micro(n)
         k = len(parts)
         means = _Means(k)
-        z = t.noise.randn(n, cs.z_dim)
+        z = noise.randn(n, cs.z_dim, name="z_D2")
         with u.update({"D2": ("D2",)}) as upd:
             for sl in parts:
                 with torch.no_grad(), u.autocast():
                     p = t.G_seg(z[sl])
                     fake = t.G_spd(self.seg_to_image_size(p.argmax(1)))
+                    t.G_spd(ids[sl])
                 with u.autocast():
                     out = t.D2(torch.cat([fake, image[sl]], 0))
                     fake_out, real_out = L.split_real_fake(out, sl.stop - sl.start)
@@ -491,14 +558,16 @@ class E2EStage(SpadeStage):
                 means.add({"loss_D2": loss, "D2_real": d_real, "D2_fake": d_fake})
         return means.result()
 
-    def joint_step(self, step, batch):
+    def joint_step(self, step, batch, noise=None):
         t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
-        u, noise = t.updater, t.noise
+        u, noise = t.updater, noise or t.noise
         seg_on, spd_on = "G_seg" in self.trains, "G_spd" in self.trains   # e2e.finetune
         labels, image = self.real_batch(step, batch, need_image=True)
         n = labels.shape[0]
         seg_real_img, ids = t.fmt(t.onehot(labels)), t.label_ids(labels)
         seg_size = (cs.max_dim, int(cs.max_dim * cs.aspect_ratio))
+        # D_seg's real maps: the image-size maps subsampled at every (image / seg)-th pixel, as the authors'
+        # `[::scaling, ::scaling]` (torch's 'nearest' rule)
         seg_real_low = t.fmt(t.onehot(labels, size=seg_size)) if seg_on else None
         d_nets = [t.D_seg, t.D_spd, t.D2]
         fixed = [t.nets[name] for name in ("G_seg", "G_spd") if name not in self.trains]
@@ -507,52 +576,62 @@ class E2EStage(SpadeStage):
         means = _Means(k)
         # ---- generators (the same noise draws whatever e2e.finetune is)
         set_requires_grad(d_nets + fixed, False)
-        z = noise.randn(n, cs.z_dim)
-        g_noise = noise.gumbel(n, t.num_classes, *seg_size)
+        z = noise.randn(n, cs.z_dim, name="z_G")
+        g_noise = noise.gumbel(n, t.num_classes, *seg_size, name="gumbel_G")
         fakes = []
         gens = tuple(name for name in ("G_seg", "G_spd") if name in self.trains)
         with u.update({"G": gens}) as upd:
             for sl in parts:
                 with u.autocast():
-                    p = t.G_seg(z[sl])
-                    fake_seg = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), cs.tau, noise=_part(g_noise, sl),
-                                                     impl=self.cfg.impl)
+                    fake_seg = self.st_sample(z[sl], _part(g_noise, sl))
                     g: Dict[str, torch.Tensor] = {}
                     if seg_on:
                         g["seg_G"] = c.lambda_seg * L.wgan_g_loss(t.D_seg(fake_seg))
-                    fake_seg_img = self.seg_to_image_size(fake_seg)
-                    # the ST sample is an exact one-hot: its argmax lets G_spd's blocks use the gather path
-                    fake_img2 = t.G_spd(fake_seg_img, labels=fake_seg_img.argmax(1))
+                    fake_img2 = self.render(fake_seg)
                     g["D2_G"] = c.lambda_d2 * L.hinge_g_loss(t.D2(fake_img2))
                     if spd_on:
                         g.update(self.spade_g_losses(seg_real_img[sl], ids[sl], image[sl]))
                     g_loss = sum(g.values())
                 upd.backward({"G": g_loss / k})
-                fakes.append((fake_seg.detach(), fake_img2.detach()))
+                if c.reuse_fakes:
+                    fakes.append((fake_seg.detach(), fake_img2.detach()))
                 means.add({"loss_G": g_loss, **g})
         set_requires_grad(d_nets + fixed, True)
-        # ---- discriminators (one loss group each: separate loss scales under fp16)
-        eps = noise.rand(n, 1, 1, 1)
+        # ---- discriminators (one loss group each: separate loss scales under fp16). A fresh z: the fakes are
+        # made again by the updated generators (e2e.reuse_fakes: the generator step's fakes).
+        if not c.reuse_fakes:
+            z = noise.randn(n, cs.z_dim, name="z_D")
+            g_noise = noise.gumbel(n, t.num_classes, *seg_size, name="gumbel_D")
+        eps = noise.rand(n, 1, 1, 1, name="eps_D")
         groups = {name: (name,) for name in ("D_seg", "D_spd", "D2") if name in self.trains}
         with u.update(groups) as upd:
-            for (fake_seg, fake_img2), sl in zip(fakes, parts):
+            for i, sl in enumerate(parts):
                 m = sl.stop - sl.start
+                if c.reuse_fakes:
+                    fake_seg, fake_img2 = fakes[i]
+                else:
+                    with torch.no_grad(), u.autocast():
+                        fake_seg = self.st_sample(z[sl], _part(g_noise, sl))
                 losses, logs = {}, {}
                 with u.autocast():
                     if seg_on:
                         seg_d, parts_d = L.wgan_gp_d_loss(t.D_seg, seg_real_low[sl], fake_seg, cs.lambda_gp,
                                                           eps=_part(eps, sl), scale=u.scale_tensor("D_seg"))
                         losses["D_seg"] = c.lambda_seg * seg_d
-                        logs.update(seg_D=losses["D_seg"], wdist=parts_d["wdist"], gp=parts_d["gp"])
+                        logs.update(seg_D=losses["D_seg"], **parts_d)
                     if spd_on:
                         d = self.spade_d_losses(seg_real_img[sl], ids[sl], image[sl])
                         losses["D_spd"] = sum(d.values())
                         logs.update(d)
+                if not c.reuse_fakes:
+                    with torch.no_grad(), u.autocast():
+                        fake_img2 = self.render(fake_seg)
+                with u.autocast():
                     out2 = t.D2(torch.cat([fake_img2, image[sl]], 0))
                     f2, r2 = L.split_real_fake(out2, m)
                     d2_real, d2_fake = L.hinge_d_parts(r2, f2)
                     losses["D2"] = c.lambda_d2 * (d2_real + d2_fake)
-                    logs["D2_D"] = losses["D2"]
+                    logs.update(D2_D=losses["D2"], D2_real=d2_real, D2_fake=d2_fake)
                 upd.backward({name: loss / k for name, loss in losses.items()})
                 means.add({"loss_D": sum(losses.values()), **logs})
         return means.result()

@@ -349,7 +349,16 @@ class Trainer:
                 self.load_nets(ck, names=("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2"))
         return 0
 
-    def run_stage(self, name: str) -> None:
+    def open_stage(self, name: str):
+        """Build stage ``name`` with fresh optimizers and load what it starts from (its own checkpoint when
+        resuming, else the earlier stages' networks); return ``(stage, first step)``, the step -1 when the
+        stage is already done. With it a stage's step can be driven directly, e.g. with given noise::
+
+            stage, _ = trainer.open_stage("e2e")
+            stats = stage.step(step, {"label": labels, "image": images}, noise=GivenNoise({...}))
+
+        (``labels`` int (N,H,W), ``images`` (N,3,H,W) uint8 or [-1, 1]; with ``data.hflip`` the step flips
+        the batch as its schedule says.)"""
         cfg, info = self.cfg, self.dist
         stage: Stage = STAGE_CLASSES[name](self)
         D.check_divisible(name, stage.batch_sizes(), info.world, cfg.accum)
@@ -359,6 +368,11 @@ class Trainer:
         self.trained.update(stage.trains)
         # every process starts the stage from rank 0's networks (identical by construction; cheap insurance)
         D.broadcast_(D.module_state_tensors(self.nets.values()), info)
+        return stage, start
+
+    def run_stage(self, name: str) -> None:
+        cfg, info = self.cfg, self.dist
+        stage, start = self.open_stage(name)
         if start < 0:
             return
         stage.prepare()
