@@ -14,6 +14,9 @@ Providers:
                   and channels-last (on by default on a GPU).
   fast-no-gather  as ``fast`` but the label-embedding convolution on its reference path: isolates the
                   gain of the gather route (``ops.onehot_conv2d``).
+Stage ``e2e-reuse`` is the e2e step with ``e2e.reuse_fakes=true`` (the discriminator update reuses the generator
+update's fakes instead of making them again with a fresh z): beside ``e2e`` it measures what the authors' step
+order costs.
 Each stage runs its real step function (losses, both optimizers); the first ``--warmup`` steps of every
 timed row are not timed. The seg stage is timed at every resolution of its progressive schedule (the first
 steps of each stabilize phase; ``--seg-res`` picks some), one row per resolution (column ``res``).
@@ -58,7 +61,7 @@ import report  # noqa: E402  (bench/report.py)
 CSV = os.path.join(HERE, "results", "train_step.csv")
 LOADER_CSV = os.path.join(HERE, "results", "loader_vs_step.csv")
 PROVIDERS = ("ref", "fast", "fast-no-gather")
-STAGES = ("seg", "spade", "e2e")
+STAGES = ("seg", "spade", "e2e", "e2e-reuse")
 FEEDS = ("none", "torch", "dali")
 REAL_DATASETS = ("cityscapes", "ade20k", "ade_indoor")
 
@@ -145,7 +148,7 @@ class StageBench:
             c, n = trainer.cfg.seg, trainer.dataset_size
             need = (warmup + steps + 1) * max(c.batch_size, c.batch_size_high) / n
             c.epochs_per_phase = max(c.epochs_per_phase, need)
-        self.stage = STAGE_CLASSES[stage_name](trainer)
+        self.stage = STAGE_CLASSES[stage_name.split("-")[0]](trainer)
         trainer.optims = self.stage.make_optimizers()
         trainer.updater.reset(trainer.optims, list(trainer.nets.values()))
         self.dev = trainer.device
@@ -261,7 +264,7 @@ def cleanup_run(trainer: Trainer) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cityscapes")
-    p.add_argument("--stages", default="spade,e2e,seg", help=f"comma list of {STAGES}")
+    p.add_argument("--stages", default="spade,e2e,e2e-reuse,seg", help=f"comma list of {STAGES}")
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--size", default="64x128", help="image HxW (the seg stage's final resolution)")
     p.add_argument("--seg-res", default="all", help="seg resolutions (heights) to time: all, final, or e.g. 8,64")
@@ -345,6 +348,7 @@ def collect(args):
                 for stage_name in stages:
                     torch.manual_seed(0)
                     trainer = Trainer(cfg)
+                    trainer.cfg.e2e.reuse_fakes = stage_name == "e2e-reuse"
                     sb = StageBench(trainer, stage_name, provider, args.warmup, args.steps, args.loader_steps)
                     for res, start in sb.points(seg_res):
                         if feed == "none":

@@ -21,7 +21,7 @@ from collections import OrderedDict, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROVIDER_ORDER = ("ref", "fast", "fast-no-gather")
-STAGE_ORDER = ("seg", "spade", "e2e")
+STAGE_ORDER = ("seg", "spade", "e2e", "e2e-reuse")
 GROUP_KEY = ("device", "preset", "size", "classes", "upsampling", "ngf", "seg_width", "batch", "data")
 
 

@@ -29,12 +29,13 @@ def bench():
 
 def test_quick_rows_every_stage_and_seg_resolution(bench):
     args = bench.parse_args(["--quick", "--no-csv", "--no-report", "--providers", "fast",
-                             "--stages", "seg,spade,e2e"] + SMALL)
+                             "--stages", "seg,spade,e2e,e2e-reuse"] + SMALL)
     rows, lrows = bench.collect(args)
     assert lrows == []
     got = [(r["stage"], r["res"], r["provider"]) for r in rows]
     want = [("seg", f"{h}x{2 * h}", "fast") for h in (4, 8, 16, 32)] + [("spade", "32x64", "fast"),
-                                                                       ("e2e", "32x64", "fast")]
+                                                                       ("e2e", "32x64", "fast"),
+                                                                       ("e2e-reuse", "32x64", "fast")]
     assert got == want
     for r in rows:
         assert r["images_per_s"] > 0 and r["s_per_kimg"] > 0 and r["ms_per_step"] > 0, r
