@@ -12,7 +12,8 @@
 //                      src = dst >> 1                             when out == 2 * in
 //                      src = min(floor(float(dst) * scale), in-1) otherwise, scale = float(in) / float(out)
 //                                                                 in fp32.
-//   "nearest-exact"  PIL's Image.resize(..., Image.NEAREST) exactly (the centre of the block): with
+//   "nearest-exact"  PIL's Image.resize(..., Image.NEAREST) of 8-bit ('L', 'P') and 32-bit ('I')
+//                    images exactly (the centre of the block): with
 //                    a = double(in) / double(out), a running double sum x = a * 0.5, x += a for each
 //                    next index (PIL's ImagingScaleAffine), src = min(int(x), in-1). This equals
 //                    floor((dst + 0.5) * in / out) except where that value is an integer or within

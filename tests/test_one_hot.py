@@ -5,6 +5,7 @@ rules (``mode='nearest'``: torch's ``F.interpolate`` rule; ``mode='nearest-exact
 checked against PIL itself). Tests of the kernels skip when ``sbgan_fast._C`` is not built, except :func:`test_extension_is_built_when_required`,
 which fails under ``SBGAN_FAST_REQUIRE_EXT=1`` (CI builds the extension and sets it).
 """
+import glob
 import os
 import warnings
 
@@ -140,6 +141,26 @@ def test_nearest_exact_equals_torch_nearest_exact_where_they_agree(src, size):
         _assert_same(ops.one_hot(lab, k, size=size, impl="cpp"), one_hot_ref(want_nearest, k))
 
 
+def test_nearest_exact_equals_pil_on_real_label_files(shared_fixtures):
+    """The label files of the sample datasets (8-bit 'L' / 'P' PNGs, Cityscapes and ADE20K layouts), resized
+    with PIL's NEAREST straight from the file, equal the ops' 'nearest-exact' resize of the decoded map at
+    the progressive resolutions and at non-integer ratios."""
+    files = sorted(glob.glob(os.path.join(shared_fixtures, "**", "*gtFine_labelIds.png"), recursive=True))[:2]
+    files += sorted(glob.glob(os.path.join(shared_fixtures, "ade20k_sceneparsing", "**", "annotations", "**",
+                                           "*.png"), recursive=True))[:3]
+    assert files, "no label files among the fixtures"
+    for path in files:
+        with Image.open(path) as im:
+            assert im.mode in ("L", "P"), (path, im.mode)
+            lab = torch.from_numpy(np.asarray(im).astype(np.int64))[None]
+            for size in [(4 * 2 ** i, 8 * 2 ** i) for i in range(5)] + [(64, 64), (37, 50)]:
+                want = torch.from_numpy(np.asarray(im.resize((size[1], size[0]), Image.NEAREST)).astype(np.int64))
+                assert torch.equal(ops.nearest_resize_labels(lab, size, "nearest-exact")[0], want), (path, size)
+                if EXT_ERROR is None:
+                    got = ops.one_hot(lab, 256, size=size, mode="nearest-exact", dtype=torch.uint8, impl="cpp")
+                    _assert_same(got, one_hot_ref(want[None], 256, dtype=torch.uint8))
+
+
 def test_nearest_exact_follows_pil_where_torch_differs():
     """Where the centre of a block falls exactly on a source pixel boundary, PIL's running double sum
     and torch's fp32 product round differently (here 2 -> 7: output 3 has centre 3.5 * 2/7 = 1.0; 84
@@ -182,6 +203,19 @@ def test_source_indices_sweep_equals_pil_and_cpp():
                 got = _indices_via(lambda l, s: ops.one_hot(l, 64, size=s, mode=mode, dtype=torch.float32,
                                                             impl="cpp"), n_in, n_out)
                 assert got == ops.nearest_source_indices(n_in, n_out, mode), (n_in, n_out, mode)
+
+
+@pytest.mark.skipif(not (EXT_ERROR is None and torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
+                    reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernel_equals_reference(mode):
+    """The CUDA kernel reads the same source pixels as the reference on both rules (bitwise)."""
+    for src, size in [((13, 20), (7, 9)), ((13, 20), (26, 40)), ((375, 500), (64, 64)), ((3, 5), (7, 13)),
+                      ((2, 84), (7, 34)), ((13, 20), None)]:
+        lab = _labels(2, *src, 35, 255)
+        for fmt in FORMATS:
+            got = ops.one_hot(lab.cuda(), 35, dontcare=255, size=size, mode=mode, memory_format=fmt, impl="cuda")
+            _assert_same(got.cpu(), one_hot_ref(lab, 35, 255, size, memory_format=fmt, mode=mode))
 
 
 @pytest.mark.parametrize("impl", ["ref", "cpp", "auto"])

@@ -188,6 +188,25 @@ def test_out_of_range_label_raises_naming_value(bad):
         ops.onehot_conv2d(lab, torch.randn(4, 21, 3, 3), dontcare=255, size=(16, 16), impl="cpp")
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
+                    reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernels_match_reference(mode):
+    """The CUDA forward and backward on both rules against the reference (output, grad_weight, grad_bias)."""
+    k, dontcare = 35, 255
+    for src, size in [((11, 13), (6, 7)), ((9, 12), (14, 20)), ((3, 5), (7, 13))]:
+        lab = _labels(2, *src, k, dontcare)
+        weight = torch.randn(16, k + 1, 3, 3)
+        bias = torch.randn(16)
+        grad = torch.randn(2, 16, *size)
+        kw = dict(dontcare=dontcare, size=size, padding=1, mode=mode)
+        got = _run(lambda *a, **k_: ops.onehot_conv2d(*a, impl="cuda", **k_), lab.cuda(), weight.cuda(),
+                   bias.cuda(), grad.cuda(), **kw)
+        want = _run(lambda *a, **k_: ops.onehot_conv2d(*a, impl="ref", **k_), lab, weight, bias, grad, **kw)
+        for g, w, name in zip(got, want, ("output", "grad_weight", "grad_bias")):
+            _close(g.cpu(), w, torch.float32, f"{name} {src}->{size}")
+
+
 @pytest.mark.parametrize("impl", ["ref", "cpp", "auto"])
 def test_bad_mode_raises_naming_op_argument_and_values(impl):
     lab = _labels(1, 4, 4, 5)

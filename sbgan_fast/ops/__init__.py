@@ -16,6 +16,5 @@ from . import _fast  # noqa: E402,F401  registers the fast impls (lazy imports i
 __all__ = [
     "IMPLS", "ImplUnavailableError", "RESIZE_MODES", "SbganFallbackWarning", "argmax_one_hot", "double_backward",
     "explain", "gumbel_softmax_st", "gumbel_softmax_st_ref", "nearest_resize_labels", "nearest_source_indices",
-    "one_hot", "onehot_conv2d",
-    "reset_warnings", "sample_gumbel", "spade_norm", "use_impl",
+    "one_hot", "onehot_conv2d", "reset_warnings", "sample_gumbel", "spade_norm", "use_impl",
 ]

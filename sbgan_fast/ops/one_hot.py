@@ -8,10 +8,14 @@ nearest-neighbour rules (the ``mode`` argument; :func:`nearest_source_indices` g
   what SPADE's own in-network resizes do, so the one-hot of the resized labels equals the resized
   one-hot map.
 * ``"nearest-exact"``: PIL's ``Image.resize(size, Image.NEAREST)`` exactly: the centre of the block,
-  ``floor((i + 0.5) * in / out)``, computed as PIL computes it (a running sum in double precision).
-  torch's ``F.interpolate(mode='nearest-exact')`` uses the same rule in fp32 without the running
-  sum; the two agree on every power-of-two scale and most others, but differ where the centre falls
-  on (or within rounding of) a source pixel boundary (e.g. 2 -> 7, 84 -> 34). This rule follows PIL.
+  ``floor((i + 0.5) * in / out)``, computed as PIL computes it for 8-bit (``'L'``, ``'P'``: label
+  files) and 32-bit (``'I'``) images: a running sum in double precision (``x = a / 2``, then
+  ``x += a``, with ``a = in / out``). torch's ``F.interpolate(mode='nearest-exact')`` uses the same
+  rule in fp32 without the running sum; the two agree on power-of-two scales (e.g. 1024x2048 ->
+  4x8 ... 512x1024) and on most other sizes, but can differ by one pixel where a centre falls on (or
+  within rounding of) a source pixel boundary (e.g. 2 -> 7, 84 -> 34). This rule follows PIL there.
+  (PIL's 16-bit ``'I;16'`` path computes the product directly and can differ from its own 8-bit
+  path at those ties.)
 """
 from __future__ import annotations
 
