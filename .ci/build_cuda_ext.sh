@@ -93,6 +93,9 @@ from sbgan_fast.ops.one_hot import one_hot_ref
 lab = torch.randint(0, 7, (2, 5, 9))
 assert torch.equal(torch.ops.sbgan_fast.one_hot(lab, 7, None, [8, 4], torch.float32, False),
                    one_hot_ref(lab, 7, None, (8, 4)))
+for mode in ("nearest", "nearest-exact"):  # both resize rules reach the kernels
+    assert torch.equal(torch.ops.sbgan_fast.one_hot(lab, 7, None, [3, 13], torch.float32, False, mode),
+                       one_hot_ref(lab, 7, None, (3, 13), mode=mode)), mode
 print(f"sbgan_fast._C with CUDA kernels imports (torch {torch.__version__}, cuda {torch.version.cuda}, "
       f"GPU present: {torch.cuda.is_available()})")
 PY

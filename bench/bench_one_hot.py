@@ -17,7 +17,9 @@ Shapes (Cityscapes, 35 classes):
   onehot_conv2d  SPADE's ``mlp_shared``: the full (N, 256, 512) label map resized to the layer's size, 3x3 conv
                  35 -> 128 channels, padding 1, at 8x16 ... 256x512 (batch 8 up to 64x128, smaller above on
                  CPU). Baselines: ``F.conv2d(one_hot(resize(labels)), w, b, padding=1)`` eager and under
-                 ``torch.compile``; forward and forward+backward (grad of weight and bias).
+                 ``torch.compile``; forward and forward+backward (grad of weight and bias). The resize rule
+                 is a parameter (``mode``: 'nearest', SPADE's own; 'nearest-exact', PIL's NEAREST; the
+                 plain table takes ``--mode``).
 Every case first checks that the fast result equals the baseline (bitwise for one_hot).
 Needs the compiled extension (``pip install --no-build-isolation -e .``); CPU tensors.
 """
@@ -37,6 +39,7 @@ K = 35
 C_OUT = 128
 FULL = (256, 512)
 CONV_RES = [(8, 16), (16, 32), (32, 64), (64, 128), (128, 256), (256, 512)]
+MODES = ("nearest", "nearest-exact")
 
 
 def conv_batch(h: int, w: int) -> int:
@@ -55,28 +58,28 @@ def torch_one_hot(labels: torch.Tensor) -> torch.Tensor:
     return F.one_hot(labels, K).permute(0, 3, 1, 2).float()
 
 
-def ref_conv(labels, weight, bias, size):
-    return ops.onehot_conv2d(labels, weight, bias, size=size, padding=1, impl="ref")
+def ref_conv(labels, weight, bias, size, mode="nearest"):
+    return ops.onehot_conv2d(labels, weight, bias, size=size, mode=mode, padding=1, impl="ref")
 
 
-def cpp_conv(labels, weight, bias, size):
-    return ops.onehot_conv2d(labels, weight, bias, size=size, padding=1, impl="cpp")
+def cpp_conv(labels, weight, bias, size, mode="nearest"):
+    return ops.onehot_conv2d(labels, weight, bias, size=size, mode=mode, padding=1, impl="cpp")
 
 
 _compiled = {}
 
 
-def compiled_ref_conv(labels, weight, bias, size):
+def compiled_ref_conv(labels, weight, bias, size, mode="nearest"):
     """torch.compile of one-hot + conv2d (without the reference's label range check, whose host
     synchronisation would split the graph: this favours the baseline)."""
     fn = _compiled.get("conv")
     if fn is None:
         fn = _compiled["conv"] = torch.compile(_plain_conv, dynamic=False)
-    return fn(labels, weight, bias, size)
+    return fn(labels, weight, bias, size, mode)
 
 
-def _plain_conv(labels, weight, bias, size):
-    oh = F.one_hot(ops.nearest_resize_labels(labels, size), K).permute(0, 3, 1, 2).to(weight.dtype)
+def _plain_conv(labels, weight, bias, size, mode="nearest"):
+    oh = F.one_hot(ops.nearest_resize_labels(labels, size, mode), K).permute(0, 3, 1, 2).to(weight.dtype)
     return F.conv2d(oh, weight, bias, padding=1)
 
 
@@ -87,9 +90,9 @@ def conv_params(requires_grad=False):
     return w, b
 
 
-def fwd_bwd(fn, labels, weight, bias, size, grad):
+def fwd_bwd(fn, labels, weight, bias, size, grad, mode="nearest"):
     weight.grad = bias.grad = None
-    out = fn(labels, weight, bias, size)
+    out = fn(labels, weight, bias, size, mode)
     out.backward(grad)
     return out, weight.grad, bias.grad
 
@@ -123,18 +126,19 @@ def test_one_hot(benchmark, provider):
 CONV_PROVIDERS = {"ref": ref_conv, "ref_compiled": compiled_ref_conv, "cpp": cpp_conv}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("res", CONV_RES, ids=[f"{h}x{w}" for h, w in CONV_RES])
 @pytest.mark.parametrize("provider", list(CONV_PROVIDERS))
-def test_onehot_conv2d_forward(benchmark, provider, res):
+def test_onehot_conv2d_forward(benchmark, provider, res, mode):
     _need_ext()
     labels = make_labels(conv_batch(*res))
     weight, bias = conv_params()
     fn = CONV_PROVIDERS[provider]
     with torch.no_grad():
-        torch.testing.assert_close(fn(labels, weight, bias, res), ref_conv(labels, weight, bias, res),
+        torch.testing.assert_close(fn(labels, weight, bias, res, mode), ref_conv(labels, weight, bias, res, mode),
                                    atol=1e-4, rtol=1e-4)
-        benchmark.group = f"onehot_conv2d fwd N={labels.shape[0]} K={K}->{C_OUT} {res[0]}x{res[1]}"
-        benchmark.pedantic(fn, args=(labels, weight, bias, res), rounds=3, iterations=1, warmup_rounds=1)
+        benchmark.group = f"onehot_conv2d fwd N={labels.shape[0]} K={K}->{C_OUT} {res[0]}x{res[1]} {mode}"
+        benchmark.pedantic(fn, args=(labels, weight, bias, res, mode), rounds=3, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("res", CONV_RES[:-1], ids=[f"{h}x{w}" for h, w in CONV_RES[:-1]])
@@ -175,6 +179,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile, res <= 128x256")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--mode", choices=MODES, default="nearest",
+                        help="resize rule of onehot_conv2d (default: nearest, SPADE's own)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,8 +200,9 @@ def main() -> None:
 
     res_list = [r for r in CONV_RES if not args.quick or r[0] <= 128]
     use_compile = not (args.quick or args.no_compile)
+    mode = args.mode
     print(f"\nonehot_conv2d K={K} -> C_out={C_OUT}, 3x3, padding 1, labels {FULL[0]}x{FULL[1]} resized "
-          "(baseline: one_hot + F.conv2d, eager)")
+          f"(mode={mode}; baseline: one_hot + F.conv2d, eager)")
     print(f"  {'res':>8s} {'N':>2s} {'ref fwd':>10s} {'compiled':>10s} {'cpp fwd':>10s} {'speedup':>8s} "
           f"{'ref f+b':>10s} {'cpp f+b':>10s} {'speedup':>8s}")
     for res in res_list:
@@ -203,13 +210,14 @@ def main() -> None:
         labels = make_labels(n)
         w, b = conv_params()
         with torch.no_grad():
-            t_ref = _best_time(ref_conv, labels, w, b, res, repeat=repeat)
-            t_cmp = _best_time(compiled_ref_conv, labels, w, b, res, repeat=repeat) if use_compile else float("nan")
-            t_cpp = _best_time(cpp_conv, labels, w, b, res, repeat=repeat)
+            t_ref = _best_time(ref_conv, labels, w, b, res, mode, repeat=repeat)
+            t_cmp = (_best_time(compiled_ref_conv, labels, w, b, res, mode, repeat=repeat) if use_compile
+                     else float("nan"))
+            t_cpp = _best_time(cpp_conv, labels, w, b, res, mode, repeat=repeat)
         wg, bg = conv_params(requires_grad=True)
         grad = torch.randn(n, C_OUT, *res)
-        tb_ref = _best_time(fwd_bwd, ref_conv, labels, wg, bg, res, grad, repeat=repeat)
-        tb_cpp = _best_time(fwd_bwd, cpp_conv, labels, wg, bg, res, grad, repeat=repeat)
+        tb_ref = _best_time(fwd_bwd, ref_conv, labels, wg, bg, res, grad, mode, repeat=repeat)
+        tb_cpp = _best_time(fwd_bwd, cpp_conv, labels, wg, bg, res, grad, mode, repeat=repeat)
         print(f"  {res[0]:>3d}x{res[1]:<4d} {n:>2d} {t_ref * 1e3:8.2f}ms {t_cmp * 1e3:8.2f}ms {t_cpp * 1e3:8.2f}ms "
               f"{t_ref / t_cpp:7.2f}x {tb_ref * 1e3:8.2f}ms {tb_cpp * 1e3:8.2f}ms {tb_ref / tb_cpp:7.2f}x")
 

@@ -5,13 +5,26 @@
 //   v == dontcare (when given)  -> K (the extra last channel)
 //   0 <= v < K                  -> v
 //   anything else               -> -1 (bad: recorded, never written, reported after the pass)
-// The nearest resize uses torch's F.interpolate(mode='nearest') source-index rule exactly:
-//   src = dst                                  when out == in
-//   src = dst >> 1                             when out == 2 * in
-//   src = min(floor(float(dst) * scale), in-1) otherwise, scale = float(in) / float(out) in fp32.
+// The optional nearest resize to (H', W') takes, for output row / column `dst`, the source index
+// `src` given by one of two rules (the `mode` argument of the ops):
+//   "nearest"        torch's F.interpolate(mode='nearest') exactly (the top-left corner of the block):
+//                      src = dst                                  when out == in
+//                      src = dst >> 1                             when out == 2 * in
+//                      src = min(floor(float(dst) * scale), in-1) otherwise, scale = float(in) / float(out)
+//                                                                 in fp32.
+//   "nearest-exact"  PIL's Image.resize(..., Image.NEAREST) of 8-bit ('L', 'P') and 32-bit ('I')
+//                    images exactly (the centre of the block): with
+//                    a = double(in) / double(out), a running double sum x = a * 0.5, x += a for each
+//                    next index (PIL's ImagingScaleAffine), src = min(int(x), in-1). This equals
+//                    floor((dst + 0.5) * in / out) except where that value is an integer or within
+//                    rounding of one; there PIL's running sum decides, and torch's
+//                    F.interpolate(mode='nearest-exact') (fp32 scale, no running sum) can differ.
+// The source indices are computed once per call on the host (source_indices) and shared by the CPU
+// kernels, the CUDA kernels (copied to the device) and, in the same arithmetic, by the Python reference.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/string_view.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,16 +42,44 @@
 
 namespace sbgan_fast {
 
+// The two resize rules (see the file comment).
+enum class ResizeMode : int32_t { Nearest = 0, NearestExact = 1 };
+
+// Parse the `mode` argument of op `op`; a ValueError names the op, the argument and the allowed values
+// (the same message as the Python entry points).
+inline ResizeMode parse_resize_mode(const char* op, c10::string_view mode) {
+  if (mode == "nearest") return ResizeMode::Nearest;
+  if (mode == "nearest-exact") return ResizeMode::NearestExact;
+  TORCH_CHECK_VALUE(false, op, ": mode must be 'nearest' or 'nearest-exact', got '", std::string(mode), "'");
+  return ResizeMode::Nearest;  // unreachable
+}
+
 // torch's nearest source index (see the file comment). `scale` must be float(in) / float(out).
-SBGAN_HOST_DEVICE inline int64_t nearest_source_index(int64_t dst, int64_t in, int64_t out, float scale) {
+inline int64_t nearest_source_index(int64_t dst, int64_t in, int64_t out, float scale) {
   if (out == in) return dst;
   if (out == 2 * in) return dst >> 1;
-  const int64_t src = static_cast<int64_t>(floorf(static_cast<float>(dst) * scale));
+  const int64_t src = static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale));
   return src < in - 1 ? src : in - 1;
 }
 
-inline float nearest_scale(int64_t in, int64_t out) {
-  return static_cast<float>(in) / static_cast<float>(out);
+// Source index of every output index 0..out-1 of a resize from `in` to `out` by rule `mode` (host).
+// "nearest-exact" is PIL's running double sum (see the file comment); it must stay a plain sequence
+// of IEEE double additions (no reassociation, no fast-math), which it is on every target of this build.
+inline std::vector<int64_t> source_indices(int64_t in, int64_t out, ResizeMode mode) {
+  std::vector<int64_t> idx(static_cast<size_t>(out));
+  if (mode == ResizeMode::Nearest) {
+    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    for (int64_t d = 0; d < out; ++d) idx[static_cast<size_t>(d)] = nearest_source_index(d, in, out, scale);
+    return idx;
+  }
+  const double a = static_cast<double>(in) / static_cast<double>(out);
+  volatile double x = a * 0.5;  // volatile: each step is rounded to double, exactly as PIL's loop
+  for (int64_t d = 0; d < out; ++d) {
+    const int64_t src = static_cast<int64_t>(x);  // x >= 0: truncation is floor, as PIL's COORD
+    idx[static_cast<size_t>(d)] = src < in - 1 ? src : in - 1;
+    x = x + a;
+  }
+  return idx;
 }
 
 // Class index of label value v (see the file comment); -1 for a bad value.
@@ -55,12 +96,18 @@ struct LabelGeometry {
   int64_t N = 0, H = 0, W = 0;          // source label map
   int64_t sN = 0, sH = 0, sW = 0;       // its strides, in elements
   int64_t Hr = 0, Wr = 0;               // resized size (== H, W without `size`)
-  float scale_h = 1.f, scale_w = 1.f;   // float(H)/Hr, float(W)/Wr
+  ResizeMode mode = ResizeMode::Nearest;
+
+  // True when the map is resized (otherwise every source index is the output index).
+  bool resized() const { return Hr != H || Wr != W; }
+  std::vector<int64_t> source_rows() const { return source_indices(H, Hr, mode); }
+  std::vector<int64_t> source_cols() const { return source_indices(W, Wr, mode); }
 };
 
-// Check the label argument of op `op` and the optional target size; never copies the labels.
+// Check the label argument of op `op`, the optional target size and the resize rule; never copies
+// the labels.
 inline LabelGeometry label_geometry(const char* op, const at::Tensor& labels_in,
-                                    const at::OptionalIntArrayRef& size) {
+                                    const at::OptionalIntArrayRef& size, c10::string_view mode) {
   TORCH_CHECK_TYPE(at::isIntegralType(labels_in.scalar_type(), /*includeBool=*/false),
                    op, ": labels must have an integer dtype, got ", labels_in.scalar_type());
   at::Tensor labels = labels_in;
@@ -72,6 +119,7 @@ inline LabelGeometry label_geometry(const char* op, const at::Tensor& labels_in,
   TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must be (N,H,W) or (N,1,H,W), got shape ",
                     labels_in.sizes());
   LabelGeometry g;
+  g.mode = parse_resize_mode(op, mode);
   g.labels = labels;
   g.N = labels.size(0);
   g.H = labels.size(1);
@@ -89,16 +137,7 @@ inline LabelGeometry label_geometry(const char* op, const at::Tensor& labels_in,
     TORCH_CHECK_VALUE(g.H > 0 && g.W > 0, op, ": cannot resize an empty label map of shape ",
                       labels_in.sizes(), " to ", *size);
   }
-  g.scale_h = g.Hr > 0 ? nearest_scale(g.H, g.Hr) : 1.f;
-  g.scale_w = g.Wr > 0 ? nearest_scale(g.W, g.Wr) : 1.f;
   return g;
-}
-
-// Source row / column tables of the resize (host).
-inline std::vector<int64_t> source_indices(int64_t in, int64_t out, float scale) {
-  std::vector<int64_t> idx(static_cast<size_t>(out));
-  for (int64_t d = 0; d < out; ++d) idx[static_cast<size_t>(d)] = nearest_source_index(d, in, out, scale);
-  return idx;
 }
 
 // Smallest and largest bad label value seen in a pass. The error reports the smallest when it is

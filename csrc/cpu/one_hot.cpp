@@ -1,7 +1,8 @@
 // CPU kernel of sbgan_fast::one_hot (schema in csrc/sbgan_ops.cpp).
 //
 // One pass over the output, parallel over output rows (n, y) with at::parallel_for (OpenMP):
-// each row resolves its W' labels once (resize + dontcare + range check) into a small buffer,
+// each row resolves its W' labels once (resize by the rule `mode` through the source index tables
+// of ../common.h, dontcare, range check) into a small buffer,
 // then writes every output value of that row exactly once:
 //   NCHW:          for each channel k, out[n, k, y, :] = (cls == k)  (contiguous, vectorizable)
 //   channels-last: zero the row's W' x C block, then set one value per pixel.
@@ -23,8 +24,8 @@ void one_hot_rows(const LabelGeometry& g, int64_t num_classes, bool has_dc, int6
                   bool channels_last, out_t* out, BadLabels& bad) {
   const lab_t* lab = g.labels.data_ptr<lab_t>();
   const int64_t Hr = g.Hr, Wr = g.Wr;
-  const std::vector<int64_t> hs = source_indices(g.H, Hr, g.scale_h);
-  std::vector<int64_t> ws = source_indices(g.W, Wr, g.scale_w);
+  const std::vector<int64_t> hs = g.source_rows();
+  std::vector<int64_t> ws = g.source_cols();
   for (auto& x : ws) x *= g.sW;  // column offsets in elements
   const int64_t plane = Hr * Wr;
   const int64_t rows = g.N * Hr;
@@ -71,10 +72,11 @@ void one_hot_rows(const LabelGeometry& g, int64_t num_classes, bool has_dc, int6
 }
 
 at::Tensor one_hot_cpu(const at::Tensor& labels, int64_t num_classes, std::optional<int64_t> dontcare,
-                       at::OptionalIntArrayRef size, at::ScalarType dtype, bool channels_last) {
+                       at::OptionalIntArrayRef size, at::ScalarType dtype, bool channels_last,
+                       c10::string_view mode) {
   TORCH_CHECK(labels.device().is_cpu(), "sbgan_fast::one_hot (CPU kernel): labels must be a CPU tensor");
   TORCH_CHECK_VALUE(num_classes > 0, "one_hot: num_classes must be positive, got ", num_classes);
-  const LabelGeometry g = label_geometry("one_hot", labels, size);
+  const LabelGeometry g = label_geometry("one_hot", labels, size, mode);
   const int64_t C = num_classes + (dontcare.has_value() ? 1 : 0);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({g.N, C, g.Hr, g.Wr}, labels.options().dtype(dtype), fmt);

@@ -386,8 +386,8 @@ void forward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<i
   const acc_t* table = wt.data_ptr<acc_t>();
   const acc_t* bias = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
   scalar_t* o = out.data_ptr<scalar_t>();
-  const std::vector<int64_t> hs = source_indices(g.H, g.Hr, g.scale_h);
-  std::vector<int64_t> ws_off = source_indices(g.W, g.Wr, g.scale_w);
+  const std::vector<int64_t> hs = g.source_rows();
+  std::vector<int64_t> ws_off = g.source_cols();
   for (auto& x : ws_off) x *= g.sW;
   const bool has_dc = dontcare.has_value();
   const int64_t dc = dontcare.value_or(0);
@@ -443,12 +443,12 @@ void forward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<i
 
 at::Tensor onehot_conv2d_cpu(const at::Tensor& labels, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, std::optional<int64_t> dontcare,
-                             at::OptionalIntArrayRef size, at::IntArrayRef padding) {
+                             at::OptionalIntArrayRef size, at::IntArrayRef padding, c10::string_view mode) {
   TORCH_CHECK(labels.device().is_cpu() && weight.device().is_cpu(),
               "sbgan_fast::onehot_conv2d (CPU kernel): labels and weight must be CPU tensors");
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
                    "onehot_conv2d: weight must be a floating-point tensor, got ", weight.scalar_type());
-  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size);
+  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size, mode);
   const ConvGeometry c = conv_geometry("onehot_conv2d", g, weight.sizes(), dontcare, padding);
   const auto acc_type = at::toOpMathType(weight.scalar_type());
   // wt[i][j][class][o], contiguous, accumulation type, followed by one all-zero row of C_out.
@@ -486,8 +486,8 @@ void backward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<
   const scalar_t* go = grad_out.data_ptr<scalar_t>();
   const int64_t gsN = grad_out.stride(0), gsC = grad_out.stride(1), gsH = grad_out.stride(2),
                 gsW = grad_out.stride(3);
-  const std::vector<int64_t> hs = source_indices(g.H, g.Hr, g.scale_h);
-  std::vector<int64_t> ws_off = source_indices(g.W, g.Wr, g.scale_w);
+  const std::vector<int64_t> hs = g.source_rows();
+  std::vector<int64_t> ws_off = g.source_cols();
   for (auto& x : ws_off) x *= g.sW;
   const bool has_dc = dontcare.has_value();
   const int64_t dc = dontcare.value_or(0);
@@ -565,10 +565,10 @@ void backward_impl(const LabelGeometry& g, const ConvGeometry& c, std::optional<
 
 std::tuple<at::Tensor, at::Tensor> onehot_conv2d_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& labels, const at::Tensor& weight,
-    std::optional<int64_t> dontcare, at::OptionalIntArrayRef size, at::IntArrayRef padding) {
+    std::optional<int64_t> dontcare, at::OptionalIntArrayRef size, at::IntArrayRef padding, c10::string_view mode) {
   TORCH_CHECK(grad_out.device().is_cpu() && labels.device().is_cpu() && weight.device().is_cpu(),
               "sbgan_fast::onehot_conv2d_backward (CPU kernel): all tensors must be CPU tensors");
-  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size);
+  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size, mode);
   const ConvGeometry c = conv_geometry("onehot_conv2d", g, weight.sizes(), dontcare, padding);
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == c.Co &&
                         grad_out.size(2) == c.Ho && grad_out.size(3) == c.Wo,

@@ -54,17 +54,36 @@ inline void raise_if_bad_flags(const char* op, const at::Tensor& flags, int64_t 
   raise_if_bad(op, bad, num_classes, dontcare);
 }
 
+// Source row and column indices of the resize on the device: one int64 tensor of H' + W' values,
+// rows first, computed on the host by source_indices (../common.h, the same arithmetic as the CPU
+// kernels and the reference) and copied asynchronously from pinned memory on the current stream.
+// Undefined when the map is not resized (every source index is then the output index).
+inline at::Tensor device_source_indices(const LabelGeometry& g) {
+  if (!g.resized()) return at::Tensor();
+  const std::vector<int64_t> rows = g.source_rows();
+  const std::vector<int64_t> cols = g.source_cols();
+  at::Tensor host = at::empty({g.Hr + g.Wr}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* h = host.data_ptr<int64_t>();
+  std::copy(rows.begin(), rows.end(), h);
+  std::copy(cols.begin(), cols.end(), h + g.Hr);
+  return host.to(g.labels.device(), /*non_blocking=*/true);
+}
+
 // Label geometry passed by value to kernels.
 struct DeviceLabels {
   int64_t N, H, W, sN, sH, sW, Hr, Wr;
-  float scale_h, scale_w;
+  const int64_t* src_h;  // (H',) source rows, or nullptr: row y reads row y
+  const int64_t* src_w;  // (W',) source columns, or nullptr: column x reads column x
   int64_t K;
   bool has_dc;
   int64_t dc;
 };
 
-inline DeviceLabels device_labels(const LabelGeometry& g, int64_t num_classes, std::optional<int64_t> dontcare) {
-  return DeviceLabels{g.N, g.H, g.W, g.sN, g.sH, g.sW, g.Hr, g.Wr, g.scale_h, g.scale_w,
+// `src` from device_source_indices(g) (must stay alive until the kernels using it are enqueued).
+inline DeviceLabels device_labels(const LabelGeometry& g, const at::Tensor& src, int64_t num_classes,
+                                  std::optional<int64_t> dontcare) {
+  const int64_t* s = src.defined() ? src.data_ptr<int64_t>() : nullptr;
+  return DeviceLabels{g.N, g.H, g.W, g.sN, g.sH, g.sW, g.Hr, g.Wr, s, s != nullptr ? s + g.Hr : nullptr,
                       num_classes, dontcare.has_value(), dontcare.value_or(0)};
 }
 
@@ -72,8 +91,8 @@ inline DeviceLabels device_labels(const LabelGeometry& g, int64_t num_classes, s
 template <typename lab_t>
 __device__ __forceinline__ int32_t class_at(const lab_t* __restrict__ lab, const DeviceLabels& d, int64_t n,
                                             int64_t y, int64_t x, long long* flags) {
-  const int64_t sy = nearest_source_index(y, d.H, d.Hr, d.scale_h);
-  const int64_t sx = nearest_source_index(x, d.W, d.Wr, d.scale_w);
+  const int64_t sy = d.src_h != nullptr ? d.src_h[y] : y;
+  const int64_t sx = d.src_w != nullptr ? d.src_w[x] : x;
   const int64_t v = static_cast<int64_t>(lab[n * d.sN + sy * d.sH + sx * d.sW]);
   const int32_t c = resolve_label(v, d.K, d.has_dc, d.dc);
   if (c < 0) record_bad(flags, v);

@@ -1,7 +1,8 @@
 // CUDA kernel of sbgan_fast::one_hot (schema in csrc/sbgan_ops.cpp).
 //
-// One thread per output pixel (n, y, x) of the resized map: it resolves its label once (resize
-// with torch's nearest rule, dontcare, range check) and writes all C = K (+1) values of the pixel.
+// One thread per output pixel (n, y, x) of the resized map: it resolves its label once (resize by
+// the rule `mode` through the source index tables of cuda_common.cuh, dontcare, range check) and
+// writes all C = K (+1) values of the pixel.
 //   NCHW:          consecutive threads take consecutive x, so each channel's stores coalesce.
 //   channels-last: a thread writes its C contiguous values.
 // A bad label leaves its pixel all-zero and is recorded with 64-bit atomicMin/atomicMax in a
@@ -41,16 +42,18 @@ __global__ void one_hot_kernel(const lab_t* __restrict__ lab, DeviceLabels d, in
 }
 
 at::Tensor one_hot_cuda(const at::Tensor& labels, int64_t num_classes, std::optional<int64_t> dontcare,
-                        at::OptionalIntArrayRef size, at::ScalarType dtype, bool channels_last) {
+                        at::OptionalIntArrayRef size, at::ScalarType dtype, bool channels_last,
+                        c10::string_view mode) {
   TORCH_CHECK(labels.is_cuda(), "sbgan_fast::one_hot (CUDA kernel): labels must be a CUDA tensor");
   TORCH_CHECK_VALUE(num_classes > 0, "one_hot: num_classes must be positive, got ", num_classes);
   const c10::cuda::CUDAGuard guard(labels.device());
-  const LabelGeometry g = label_geometry("one_hot", labels, size);
+  const LabelGeometry g = label_geometry("one_hot", labels, size, mode);
   const int64_t C = num_classes + (dontcare.has_value() ? 1 : 0);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({g.N, C, g.Hr, g.Wr}, labels.options().dtype(dtype), fmt);
   if (out.numel() == 0) return out;
-  const DeviceLabels d = device_labels(g, num_classes, dontcare);
+  const at::Tensor src = device_source_indices(g);
+  const DeviceLabels d = device_labels(g, src, num_classes, dontcare);
   at::Tensor flags = make_bad_flags(labels);
   long long* f = reinterpret_cast<long long*>(flags.data_ptr<int64_t>());
   const int64_t pixels = g.N * g.Hr * g.Wr;

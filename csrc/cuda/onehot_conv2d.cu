@@ -1,7 +1,8 @@
 // CUDA kernels of sbgan_fast::onehot_conv2d and its backward (schemas in csrc/sbgan_ops.cpp).
 //
-// 1. resolve_kernel: one thread per pixel of the resized label map writes its class index (int32,
-//    (N, H', W'), -1 for a bad label, which is also recorded for the error raised afterwards).
+// 1. resolve_kernel: one thread per pixel of the resized label map (its source pixel from the resize
+//    tables of rule `mode`, see cuda_common.cuh) writes its class index (int32, (N, H', W'), -1 for
+//    a bad label, which is also recorded for the error raised afterwards).
 //    This small map (1/C_out of the output) is read by the taps of the next kernels.
 // 2. forward_kernel: one thread per output value out[n, o, y, x] = bias[o] + sum over in-bounds taps
 //    of wt[i][j][cls(n, y+i-ph, x+j-pw)][o], with wt = weight pre-transposed to (kh, kw, C, C_out) in
@@ -121,7 +122,8 @@ at::Tensor resolve_classes(const char* op, const LabelGeometry& g, int64_t num_c
                            std::optional<int64_t> dontcare) {
   at::Tensor cls = at::empty({g.N, g.Hr, g.Wr}, g.labels.options().dtype(at::kInt));
   if (cls.numel() == 0) return cls;
-  const DeviceLabels d = device_labels(g, num_classes, dontcare);
+  const at::Tensor src = device_source_indices(g);
+  const DeviceLabels d = device_labels(g, src, num_classes, dontcare);
   at::Tensor flags = make_bad_flags(g.labels);
   long long* f = reinterpret_cast<long long*>(flags.data_ptr<int64_t>());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -136,14 +138,15 @@ at::Tensor resolve_classes(const char* op, const LabelGeometry& g, int64_t num_c
 
 at::Tensor onehot_conv2d_cuda(const at::Tensor& labels, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, std::optional<int64_t> dontcare,
-                              at::OptionalIntArrayRef size, at::IntArrayRef padding) {
+                              at::OptionalIntArrayRef size, at::IntArrayRef padding,
+                              c10::string_view mode) {
   TORCH_CHECK(labels.is_cuda() && weight.is_cuda() && labels.device() == weight.device(),
               "sbgan_fast::onehot_conv2d (CUDA kernel): labels and weight must be on the same CUDA device, "
               "got ", labels.device(), " and ", weight.device());
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
                    "onehot_conv2d: weight must be a floating-point tensor, got ", weight.scalar_type());
   const c10::cuda::CUDAGuard guard(weight.device());
-  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size);
+  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size, mode);
   const ConvGeometry c = conv_geometry("onehot_conv2d", g, weight.sizes(), dontcare, padding);
   const auto acc_type = at::toOpMathType(weight.scalar_type());
   const at::Tensor wt = weight.permute({2, 3, 1, 0}).to(acc_type).contiguous();
@@ -174,12 +177,13 @@ at::Tensor onehot_conv2d_cuda(const at::Tensor& labels, const at::Tensor& weight
 
 std::tuple<at::Tensor, at::Tensor> onehot_conv2d_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& labels, const at::Tensor& weight,
-    std::optional<int64_t> dontcare, at::OptionalIntArrayRef size, at::IntArrayRef padding) {
+    std::optional<int64_t> dontcare, at::OptionalIntArrayRef size, at::IntArrayRef padding,
+                              c10::string_view mode) {
   TORCH_CHECK(grad_out.is_cuda() && labels.is_cuda() && weight.is_cuda() &&
                   grad_out.device() == weight.device() && labels.device() == weight.device(),
               "sbgan_fast::onehot_conv2d_backward (CUDA kernel): all tensors must be on the same CUDA device");
   const c10::cuda::CUDAGuard guard(weight.device());
-  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size);
+  const LabelGeometry g = label_geometry("onehot_conv2d", labels, size, mode);
   const ConvGeometry c = conv_geometry("onehot_conv2d", g, weight.sizes(), dontcare, padding);
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == c.Co &&
                         grad_out.size(2) == c.Ho && grad_out.size(3) == c.Wo,

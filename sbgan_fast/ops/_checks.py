@@ -7,6 +7,8 @@ import torch
 
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: Resize rules of the ops that resize integer label maps (see :func:`sbgan_fast.ops.nearest_source_indices`).
+RESIZE_MODES = ("nearest", "nearest-exact")
 
 
 def check_labels(op: str, labels: torch.Tensor) -> torch.Tensor:
@@ -33,6 +35,13 @@ def check_size(op: str, size) -> Optional[Tuple[int, int]]:
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"{op}: size must be a pair of positive ints (H', W'), got {size}")
     return size
+
+
+def check_mode(op: str, mode) -> str:
+    """Return ``mode`` when it is one of :data:`RESIZE_MODES`, else raise a ValueError naming the op."""
+    if not isinstance(mode, str) or mode not in RESIZE_MODES:
+        raise ValueError(f"{op}: mode must be 'nearest' or 'nearest-exact', got {mode!r}")
+    return mode
 
 
 def check_label_range(op: str, labels: torch.Tensor, num_classes: int, dontcare: Optional[int]) -> None:

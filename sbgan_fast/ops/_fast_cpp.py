@@ -3,7 +3,9 @@
 Impls registered here (see :mod:`sbgan_fast.ops._dispatch`):
 
 * ``one_hot``: ``cpp`` (CPU tensors, OpenMP) and ``cuda`` (CUDA tensors; needs a build with nvcc).
-  Bitwise equal to the reference path; the output is written directly in the requested memory format.
+  Bitwise equal to the reference path on both resize rules (``mode``; the kernels compute the same
+  source indices as :func:`sbgan_fast.ops.nearest_source_indices`); the output is written directly in
+  the requested memory format.
 * ``onehot_conv2d``: ``cpp`` and ``cuda``, wrapped in :class:`OneHotConv2dFunction` (first-order
   gradients for weight and bias; registered with ``supports_double_backward=False``).
 
@@ -20,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _dispatch
-from ._checks import INT_DTYPES, check_labels, check_size
+from ._checks import INT_DTYPES, check_labels, check_mode, check_size
 from ._dispatch import Verdict
 
 BUILD_FIX = "pip install --no-build-isolation -e . (needs a C++ compiler)"
@@ -65,7 +67,7 @@ def _register_fakes() -> None:
     """Shape-only (fake tensor) kernels, so torch.compile can trace through the ops."""
     lib = "sbgan_fast::"
 
-    def _fake_one_hot(labels, num_classes, dontcare, size, dtype, channels_last):
+    def _fake_one_hot(labels, num_classes, dontcare, size, dtype, channels_last, mode="nearest"):
         n, h, w = labels.shape[0], labels.shape[-2], labels.shape[-1]
         if size is not None:
             h, w = size
@@ -78,13 +80,13 @@ def _register_fakes() -> None:
         return (labels.shape[0], weight.shape[0], h + 2 * padding[0] - weight.shape[2] + 1,
                 w + 2 * padding[1] - weight.shape[3] + 1)
 
-    def _fake_conv(labels, weight, bias, dontcare, size, padding):
+    def _fake_conv(labels, weight, bias, dontcare, size, padding, mode="nearest"):
         out = weight.new_empty(_conv_out(labels, weight, size, padding))
         if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
-    def _fake_conv_backward(grad_out, labels, weight, dontcare, size, padding):
+    def _fake_conv_backward(grad_out, labels, weight, dontcare, size, padding, mode="nearest"):
         return torch.empty_like(weight), weight.new_empty((weight.shape[0],))
 
     for name, fn in (("one_hot", _fake_one_hot), ("onehot_conv2d", _fake_conv),
@@ -137,7 +139,7 @@ def _labels_ok(labels) -> bool:
 
 def _make_one_hot_check(impl: str):
     def check(labels, num_classes, dontcare=None, size=None, dtype=torch.float32,
-              memory_format=torch.contiguous_format) -> Optional[Verdict]:
+              memory_format=torch.contiguous_format, mode="nearest") -> Optional[Verdict]:
         if not _labels_ok(labels):
             return None
         v = _device_verdict(labels.device, impl)
@@ -154,7 +156,7 @@ def _make_one_hot_check(impl: str):
 
 
 def _make_conv_check(impl: str):
-    def check(labels, weight, bias=None, dontcare=None, size=None, padding=1) -> Optional[Verdict]:
+    def check(labels, weight, bias=None, dontcare=None, size=None, padding=1, mode="nearest") -> Optional[Verdict]:
         if not _labels_ok(labels) or not isinstance(weight, torch.Tensor) or weight.dim() != 4:
             return None
         devices = {labels.device, weight.device} | ({bias.device} if isinstance(bias, torch.Tensor) else set())
@@ -179,21 +181,24 @@ def _make_conv_check(impl: str):
 # ------------------------------------------------------------------------------------------------ impls
 
 def one_hot_cpp(labels: torch.Tensor, num_classes: int, dontcare: Optional[int] = None, size=None,
-                dtype: torch.dtype = torch.float32, memory_format=torch.contiguous_format) -> torch.Tensor:
+                dtype: torch.dtype = torch.float32, memory_format=torch.contiguous_format,
+                mode: str = "nearest") -> torch.Tensor:
     """One-hot through ``torch.ops.sbgan_fast.one_hot`` (CPU or CUDA kernel, by the labels' device).
 
     labels: int (N,H,W) or (N,1,H,W), any strides. Returns (N, K (+1), H', W') in ``dtype`` and
     ``memory_format``, exact 0/1, bitwise equal to the reference. Raises ValueError naming a label
     value outside [0, K) that is not ``dontcare``. Labels that the nearest downsampling skips are not
     read, so not checked (the reference checks the whole map; the data loaders validate it).
+    ``mode``: the resize rule, ``"nearest"`` or ``"nearest-exact"`` (see :func:`sbgan_fast.ops.one_hot`).
     """
+    mode = check_mode("one_hot", mode)
     labels = check_labels("one_hot", labels)
     size = check_size("one_hot", size)
     if load_extension() is None:
         raise _dispatch.ImplUnavailableError(f"sbgan_fast.ops.one_hot: {_ext_error}. Fix: {BUILD_FIX}.")
     return torch.ops.sbgan_fast.one_hot(labels, int(num_classes), None if dontcare is None else int(dontcare),
                                         None if size is None else list(size), dtype,
-                                        memory_format == torch.channels_last)
+                                        memory_format == torch.channels_last, mode)
 
 
 class OneHotConv2dFunction(torch.autograd.Function):
@@ -201,11 +206,11 @@ class OneHotConv2dFunction(torch.autograd.Function):
     weight and bias (labels are integers: no gradient)."""
 
     @staticmethod
-    def forward(ctx, labels, weight, bias, dontcare, size, padding):
+    def forward(ctx, labels, weight, bias, dontcare, size, padding, mode):
         ctx.save_for_backward(labels, weight)
-        ctx.dontcare, ctx.size, ctx.padding = dontcare, size, padding
+        ctx.dontcare, ctx.size, ctx.padding, ctx.mode = dontcare, size, padding, mode
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return torch.ops.sbgan_fast.onehot_conv2d(labels, weight, bias, dontcare, size, padding)
+        return torch.ops.sbgan_fast.onehot_conv2d(labels, weight, bias, dontcare, size, padding, mode)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -213,23 +218,25 @@ class OneHotConv2dFunction(torch.autograd.Function):
         labels, weight = ctx.saved_tensors
         need_w, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if not (need_w or need_b):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         grad_w, grad_b = torch.ops.sbgan_fast.onehot_conv2d_backward(
-            grad_out, labels, weight, ctx.dontcare, ctx.size, ctx.padding)
+            grad_out, labels, weight, ctx.dontcare, ctx.size, ctx.padding, ctx.mode)
         return (None, grad_w if need_w else None,
-                grad_b.to(ctx.bias_dtype) if need_b else None, None, None, None)
+                grad_b.to(ctx.bias_dtype) if need_b else None, None, None, None, None)
 
 
 def onehot_conv2d_cpp(labels: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                      dontcare: Optional[int] = None, size=None, padding=1) -> torch.Tensor:
-    """``F.conv2d(one_hot(resize(labels, size)), weight, bias, padding=padding)`` as a gather.
+                      dontcare: Optional[int] = None, size=None, padding=1, mode: str = "nearest") -> torch.Tensor:
+    """``F.conv2d(one_hot(resize(labels, size, mode)), weight, bias, padding=padding)`` as a gather.
 
     labels: int (N,H,W) or (N,1,H,W). weight: (C_out, K (+1 with dontcare), kh, kw), fp32/fp64/fp16/
-    bf16; any kh, kw; stride 1. bias: (C_out,) or None. padding: int or (ph, pw).
+    bf16; any kh, kw; stride 1. bias: (C_out,) or None. padding: int or (ph, pw). mode: the resize
+    rule, ``"nearest"`` or ``"nearest-exact"`` (see :func:`sbgan_fast.ops.one_hot`).
     Returns (N, C_out, H'+2ph-kh+1, W'+2pw-kw+1) in weight's dtype, accumulated in fp32 (fp64 for fp64
     weights); channels-last when weight is channels-last (as F.conv2d), else NCHW-contiguous.
     Gradients: weight and bias, first order only (deterministic on CPU; fp32 atomics on CUDA).
     """
+    mode = check_mode("onehot_conv2d", mode)
     labels = check_labels("onehot_conv2d", labels)
     size = check_size("onehot_conv2d", size)
     if load_extension() is None:
@@ -238,7 +245,7 @@ def onehot_conv2d_cpp(labels: torch.Tensor, weight: torch.Tensor, bias: Optional
     if pad is None:
         raise ValueError(f"onehot_conv2d: padding must be a non-negative int or a pair of them, got {padding!r}")
     return OneHotConv2dFunction.apply(labels, weight, bias, None if dontcare is None else int(dontcare),
-                                      None if size is None else list(size), list(pad))
+                                      None if size is None else list(size), list(pad), mode)
 
 
 for _impl in ("cpp", "cuda"):
