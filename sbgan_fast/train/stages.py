@@ -211,7 +211,9 @@ class SegStage(Stage):
         labels, _ = self.real_batch(step, batch, need_image=False)
         n = labels.shape[0]
         size = (ph.res, int(ph.res * c.aspect_ratio))
-        real = t.fmt(t.onehot(labels, size=size))
+        # (code) each real map resized to the phase's resolution with PIL's NEAREST rule (the centre of each
+        # source block), as the authors' progressive trainer resizes the label files
+        real = t.fmt(t.onehot(labels, size=size, mode="nearest-exact"))
         G, D = t.G_seg, t.D_seg
         parts = self.micro(n)
         k = len(parts)

@@ -198,12 +198,13 @@ class Trainer:
             return self.__dict__["nets"][name]
         raise AttributeError(name)
 
-    def onehot(self, labels: torch.Tensor, size=None) -> torch.Tensor:
+    def onehot(self, labels: torch.Tensor, size=None, mode: str = "nearest") -> torch.Tensor:
         """Int (N,H,W) labels -> float one-hot with ``num_classes`` channels (the don't-care value, if
-        configured, maps to the last channel), optionally nearest-resized."""
+        configured, maps to the last channel), optionally resized to ``size`` with the rule ``mode``
+        ('nearest': torch's, the corner of each source block; 'nearest-exact': its centre, as PIL's NEAREST)."""
         dc = self.cfg.data.dontcare
         k = self.num_classes - (1 if dc is not None else 0)
-        return ops.one_hot(labels, k, dontcare=dc, size=size, impl=self.cfg.impl)
+        return ops.one_hot(labels, k, dontcare=dc, size=size, mode=mode, impl=self.cfg.impl)
 
     def label_ids(self, labels: torch.Tensor) -> torch.Tensor:
         """Int (N,H,W) labels as channel indices in [0, num_classes): the don't-care value, if
