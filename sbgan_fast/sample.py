@@ -114,10 +114,10 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     for i, name in enumerate(names):
         paths = (os.path.join(out, f"{name}_label.png"), os.path.join(out, f"{name}_label_color.png"),
                  os.path.join(out, f"{name}_image.png"))
-        if k <= 256:
-            _write_png(lab[i].numpy().astype(np.uint8), paths[0])
-        else:
-            _write_png(lab[i].numpy().astype(np.uint16), paths[0])
+        ids = lab[i]
+        if dc is not None:   # the label file holds the dataset's don't-care value, as its own files do
+            ids = torch.where(ids == k - 1, torch.full_like(ids, dc), ids)
+        _write_png(ids.numpy().astype(np.uint8 if max(k - 1, dc or 0) < 256 else np.uint16), paths[0])
         _write_png(np.ascontiguousarray(np.asarray(col[i]).transpose(1, 2, 0)), paths[1])
         _write_png(np.ascontiguousarray(img_u8[i].permute(1, 2, 0).numpy()), paths[2])
         written.extend(paths)

@@ -109,9 +109,15 @@ def _finish(ds, cfg):
 
 
 def palette_for(cfg, num_classes: int) -> np.ndarray:
-    """uint8 (num_classes, 3) palette of the config's dataset (fallback colours for other datasets)."""
-    from .palettes import get_palette
+    """uint8 (num_classes, 3) palette of the config's dataset (fallback colours for other datasets). With a
+    don't-care value (``data.dontcare``) its channel, the last, is :data:`~.palettes.DONTCARE_COLOR`: the colour
+    :func:`~.palettes.colorize` gives the don't-care value itself, so a map drawn before or after the value
+    becomes channel K-1 looks the same."""
+    from .palettes import DONTCARE_COLOR, get_palette
     name = {"synthetic": "synthetic", "ade20k": "ade150", "ade_indoor": "ade_indoor95"}.get(cfg.data.dataset)
     if cfg.data.dataset == "cityscapes":
         name = "cityscapes20" if num_classes == 20 else "cityscapes35"
-    return get_palette(name, num_classes)
+    palette = get_palette(name, num_classes)
+    if cfg.data.dontcare is not None:
+        palette[num_classes - 1] = DONTCARE_COLOR
+    return palette

@@ -437,9 +437,10 @@ class Trainer:
         if labels is None:
             return None
         path = os.path.join(self.out, "samples", f"{stage.name}-{step:07d}.png")
-        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path)
+        dc = self.cfg.data.dontcare   # real maps hold the value itself, generated ones its channel (same colour)
+        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path, dontcare=dc)
         self.logger.image(f"{stage.name}/samples", make_grid_array(
-            labels.cpu(), None if images is None else images.cpu(), self.palette), step)
+            labels.cpu(), None if images is None else images.cpu(), self.palette, dontcare=dc), step)
         return path
 
 
