@@ -227,20 +227,11 @@ def cmd_check_data(args) -> int:
     problems: List[str] = []
     n = 0
     try:
-        if d.dataset in ("cityscapes", "ade20k", "ade_indoor"):
+        if d.dataset in ("cityscapes", "ade20k", "ade_indoor", "folder"):
             from .data.factory import build_real_dataset
             ds = build_real_dataset(cfg, check=False, report_unpaired=True)
             n = len(ds) + len(ds.unpaired)
             problems = [str(e) for e in ds.unpaired] + [str(e) for e in ds.scan(decode=not args.headers_only)]
-        elif d.dataset == "folder":
-            from .data.factory import build_dataset
-            ds, _ = build_dataset(cfg)
-            n = len(ds)
-            for i in range(n):
-                try:
-                    ds.load(i)
-                except DataError as e:
-                    problems.append(str(e))
         else:
             print(f"dataset {d.dataset!r} is generated in memory; nothing to check")
             return 0

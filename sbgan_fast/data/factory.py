@@ -14,7 +14,8 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
 
     Items are dicts with ``label`` int64 (H,W) and ``image`` uint8 (3,H,W), at the config's
     ``data.height x data.width``. The don't-care value (``data.dontcare``), when set, is the last of the
-    K channels."""
+    K channels. File datasets (official layouts and folders) are header-scanned first
+    (:func:`build_real_dataset`)."""
     d = cfg.data
     if d.dataset == "synthetic":
         from .synthetic import SyntheticScenes
@@ -22,16 +23,8 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
         ds = SyntheticScenes(d.synthetic_size, height=d.height, width=d.width, seed=cfg.seed, num_classes=k)
         return ds, {"num_classes": k}
     if d.dataset == "folder":
-        from .datasets import PairedFolderDataset
-        if not (d.image_dir and d.label_dir):
-            raise ValueError("dataset 'folder' needs data.image_dir and data.label_dir (images and label PNGs "
-                             "with the same file stems)")
-        if d.num_classes <= 0:
-            raise ValueError("dataset 'folder' needs data.num_classes (the number of label channels)")
-        k_real = d.num_classes - (1 if d.dontcare is not None else 0)
-        ds = PairedFolderDataset(d.image_dir, d.label_dir, k_real, height=d.height, width=d.width, hflip=False,
-                                 seed=cfg.seed, dontcare=d.dontcare)
-        return ds, {"num_classes": d.num_classes}
+        ds = build_real_dataset(cfg)
+        return _finish(ds, cfg), {"num_classes": d.num_classes}
     if d.dataset in ("cityscapes", "ade20k", "ade_indoor"):
         ds = build_real_dataset(cfg)
         if d.num_classes and d.num_classes != ds.num_classes:
@@ -47,22 +40,33 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
 
 
 def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bool = False):
-    """The official-layout dataset of ``cfg`` (a :class:`~sbgan_fast.data.real.RealPairsDataset`, no cache).
+    """The file dataset of ``cfg``, official layout or folder (a :class:`~sbgan_fast.data.real.RealPairsDataset`,
+    no cache).
 
     With ``check`` the cheap up-front scan runs (file headers: missing or unreadable files, size mismatches,
     label image modes): problems raise one DataError listing them, or with ``data.skip_bad_files`` the bad pairs
     are dropped (logged, counted in ``dataset.skipped``). ``report_unpaired``: files without a partner are left
     out and listed in ``dataset.unpaired`` instead of raising (what ``check-data`` reports)."""
     from .datasets import DataError
-    from .real import dataset_from_name
+    from .real import dataset_from_name, folder
     d = cfg.data
-    if not d.root:
-        raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
     log = log or (lambda msg: print(f"[sbgan_fast] {msg}", file=sys.stderr))
-    kw = dict(split=d.split, height=d.height, width=d.width, seed=cfg.seed, image_interp=d.image_interp,
+    kw = dict(height=d.height, width=d.width, seed=cfg.seed, image_interp=d.image_interp,
               skip_bad_files=d.skip_bad_files, report_unpaired=report_unpaired)
     if d.crop != "auto":
         kw["crop"] = d.crop
+    if d.dataset == "folder":
+        if not (d.image_dir and d.label_dir):
+            raise ValueError("dataset 'folder' needs data.image_dir and data.label_dir (images and label PNGs "
+                             "with the same file stems)")
+        if d.num_classes <= 0:
+            raise ValueError("dataset 'folder' needs data.num_classes (the number of label channels)")
+        ds = folder(d.image_dir, d.label_dir, d.num_classes, dontcare=d.dontcare, image_suffix=d.image_suffix,
+                    label_suffix=d.label_suffix, **kw)
+        return _checked(ds, cfg, check, log)
+    if not d.root:
+        raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
+    kw["split"] = d.split
     if d.dataset == "cityscapes":
         kind = d.label_kind
         if kind == "auto":
@@ -72,6 +76,13 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
     elif d.dataset == "ade_indoor":
         kw.update(list_dir=d.list_dir, class_map=d.class_map)
     ds = dataset_from_name(d.dataset, d.root, **kw)
+    return _checked(ds, cfg, check, log)
+
+
+def _checked(ds, cfg, check: bool, log):
+    """``ds`` after the header scan of :func:`build_real_dataset` (unpaired files logged when skipped)."""
+    from .datasets import DataError
+    d = cfg.data
     if d.skip_bad_files:
         for e in ds.unpaired:
             log(f"skipping: {e}")

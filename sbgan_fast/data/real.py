@@ -20,6 +20,12 @@ Layouts (``root`` is what ``--data-root`` names):
   (ADE20K-150 value -> indoor value) and the split lists ``ade_indoor_{im,lbl}_info_{train,val}.txt`` that select
   the images. With the archive layout the lists are optional (they restrict the files to the listed ones).
 
+* **Folder** (``data.dataset=folder``, :func:`folder`): ``image_dir/<path>/<stem><image suffix>.{jpg,jpeg,png}``
+  paired with ``label_dir/<path>/<stem><label suffix>.png`` (any folder depth; e.g. COCO-Stuff's ``train2017``
+  images with ``stuffthingmaps_trainval2017/train2017`` label maps). Label values must lie in ``[0, K)`` (K label
+  channels, the don't-care channel not counted) or equal the don't-care value. No crop by default (images
+  are resized to ``height x width``, whatever their aspect); ``crop="long_edge"`` takes the square crop below.
+
 Class-mapping file (:func:`read_class_map`): text lines ``<ade150 value> <indoor value>`` (``#`` starts a
 comment; values of ADE20K-150 not listed map to 0), or JSON: an object ``{"ade150 value": indoor value}`` or a list
 of 151 indoor values.
@@ -50,14 +56,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import (DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _pair_files, _read_image,
-                       _read_label_raw)
+from .datasets import (DataError, _check_dir, _check_size, _FolderBase, _LABEL_MODES, _list_files,
+                       _normalise_exts, _pair_files, _read_image, _read_label_raw)
 
 __all__ = [
     "RealPairsDataset",
     "cityscapes",
     "ade20k",
     "ade_indoor",
+    "folder",
     "read_class_map",
     "read_split_list",
     "crop_offset",
@@ -152,10 +159,13 @@ class RealPairsDataset(_FolderBase):
             raise ValueError(f"{self.name}: num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.dontcare = None if dontcare is None else int(dontcare)
+        allowed_text = None
         if lut is None:
             valid = list(range(self.num_classes - (1 if self.dontcare is not None else 0)))
             top = max(valid + [self.dontcare or 0]) + 1
             lut = _lut(valid + ([self.dontcare] if self.dontcare is not None else []), size=max(256, top))
+            allowed_text = f"[0, {len(valid)})" + (f" and the don't-care value {self.dontcare}"
+                                                   if self.dontcare is not None else "")
         self.lut = np.asarray(lut, dtype=np.int32)
         self.height, self.width = _check_size(self.name, height, width)
         self.crop = crop
@@ -167,7 +177,7 @@ class RealPairsDataset(_FolderBase):
         self.skipped: List[str] = []     # files dropped up front (see drop) or passed over while loading
         self.unpaired: List[DataError] = []  # files without a partner, left out (builders' lenient mode)
         allowed = sorted(int(v) for v in np.flatnonzero(self.lut >= 0))
-        self._allowed = (f"the values this dataset allows ({_short(allowed)})")
+        self._allowed = allowed_text or f"the values this dataset allows ({_short(allowed)})"
 
     # -- views ------------------------------------------------------------------------------------
     @property
@@ -604,6 +614,32 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
     pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired)
     return _with_unpaired(RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width,
                                            crop=crop, name=f"ade_indoor {split}", **kw), unpaired)
+
+
+def folder(image_dir: str, label_dir: str, num_classes: int, *, height: Optional[int], width: Optional[int],
+           dontcare: Optional[int] = None, image_suffix: str = "", label_suffix: str = "",
+           image_exts: Sequence[str] = IMAGE_EXTS, crop: str = "none", **kw) -> RealPairsDataset:
+    """Image/label pairs from two folders (``data.dataset=folder``; layout in the module docstring).
+
+    ``num_classes``: label channels K seen by the networks, the don't-care channel included (values
+    ``[0, K-1)`` and ``dontcare`` when it is set, else ``[0, K)``). Other keyword arguments go to
+    :class:`RealPairsDataset` (``skip_bad_files``, ``image_interp``, ``report_unpaired``, ...)."""
+    if dontcare is not None and (isinstance(dontcare, bool) or not isinstance(dontcare, (int, np.integer))
+                                 or dontcare < 0):
+        raise ValueError(f"folder dataset: dontcare must be a label value >= 0 or None, got {dontcare!r}")
+    if dontcare is not None and num_classes < 2:
+        raise ValueError(f"folder dataset: num_classes={num_classes} with a don't-care value leaves no class "
+                         "(num_classes counts the don't-care channel)")
+    img_dir = _check_dir("folder dataset", "data.image_dir", image_dir)
+    lab_dir = _check_dir("folder dataset", "data.label_dir", label_dir)
+    exts = _normalise_exts("image_exts", image_exts)
+    images = _list_files(img_dir, exts, recursive=True, suffix=str(image_suffix))
+    labels = _list_files(lab_dir, (".png",), recursive=True, suffix=str(label_suffix))
+    unpaired = _unpaired_list(kw)
+    pairs = _pair_files(images, labels, "folder dataset", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern=f"*{image_suffix}{{{','.join(exts)}}}", label_pattern=f"*{label_suffix}.png")
+    return _with_unpaired(RealPairsDataset(pairs, num_classes, dontcare=dontcare, height=height, width=width,
+                                           crop=crop, name="folder", **kw), unpaired)
 
 
 def dataset_from_name(name: str, root: str, **kw) -> RealPairsDataset:
