@@ -71,8 +71,9 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
         kind = d.label_kind
         if kind == "auto":
             kind = "labelTrainIds" if d.num_classes == 20 else "labelIds"
-        kw.update(label_kind=kind, extra_image_dir=d.extra_image_dir, extra_label_dir=d.extra_label_dir,
-                  extra_list=d.extra_list)
+        kw.update(label_kind=kind)
+        if d.split == "train":   # Cityscapes-25K's extra images are training images
+            kw.update(extra_image_dir=d.extra_image_dir, extra_label_dir=d.extra_label_dir, extra_list=d.extra_list)
     elif d.dataset == "ade_indoor":
         kw.update(list_dir=d.list_dir, class_map=d.class_map)
     ds = dataset_from_name(d.dataset, d.root, **kw)
