@@ -96,7 +96,13 @@ def _add_sample(sub) -> None:
                    "e2e, else seg + spade checkpoints)")
     p.add_argument("--n", type=int, default=16, help="number of pairs (unconditional) or maximum label maps used")
     p.add_argument("--out", required=True, help="output folder for PNGs")
-    p.add_argument("--labels", help="folder of label-map PNGs: synthesise images from them with G_spd alone")
+    p.add_argument("--labels", help="folder of label maps: synthesise images from them with G_spd alone. The maps "
+                   "are read as training reads the run's dataset: its label files only (Cityscapes: "
+                   "*_labelIds.png or *_labelTrainIds.png; folders: *<data.label_suffix>.png; else *.png; "
+                   "searched recursively), its value table, crop and resize; other and bad files are skipped and "
+                   "reported")
+    p.add_argument("--label-pattern", metavar="GLOB", help="read the files whose names match GLOB instead of the "
+                   "dataset's label files (e.g. '*.png')")
     p.add_argument("--seed", type=int, default=0, help="random seed of z (fixed: same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
@@ -105,7 +111,7 @@ def _add_sample(sub) -> None:
 def cmd_sample(args) -> int:
     from .sample import sample_main
     paths = sample_main(checkpoint=args.checkpoint, n=args.n, out=args.out, labels=args.labels, seed=args.seed,
-                        batch_size=args.batch_size, device=args.device)
+                        batch_size=args.batch_size, device=args.device, label_pattern=args.label_pattern)
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}")
     return 0
 

@@ -1,9 +1,10 @@
 """Build the dataset a training config names, with its class count and palette."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
-
+import fnmatch
+import os
 import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -68,10 +69,7 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
         raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
     kw["split"] = d.split
     if d.dataset == "cityscapes":
-        kind = d.label_kind
-        if kind == "auto":
-            kind = "labelTrainIds" if d.num_classes == 20 else "labelIds"
-        kw.update(label_kind=kind)
+        kw.update(label_kind=_cityscapes_kind(d, d.num_classes))
         if d.split == "train":   # Cityscapes-25K's extra images are training images
             kw.update(extra_image_dir=d.extra_image_dir, extra_label_dir=d.extra_label_dir, extra_list=d.extra_list)
     elif d.dataset == "ade_indoor":
@@ -133,3 +131,87 @@ def palette_for(cfg, num_classes: int) -> np.ndarray:
     if cfg.data.dontcare is not None:
         palette[num_classes - 1] = DONTCARE_COLOR
     return palette
+
+
+def _cityscapes_kind(d, num_classes: int) -> str:
+    """``labelIds`` or ``labelTrainIds``: ``data.label_kind``, or from the class count when it is ``auto``."""
+    if d.label_kind != "auto":
+        return d.label_kind
+    return "labelTrainIds" if num_classes == 20 else "labelIds"
+
+
+def label_decoding(cfg, num_classes: int) -> Tuple[Optional[np.ndarray], Optional[int], str, str]:
+    """How training reads the label files of the config's dataset: ``(value table or None, don't-care value,
+    file-name pattern, crop)``. The value table maps raw file values to label values (-1: not allowed; None:
+    values in ``[0, K)``, or ``[0, K-1)`` and the don't-care value); the pattern is a glob on file names that
+    selects the dataset's label files (Cityscapes: ``*_labelIds.png`` or ``*_labelTrainIds.png``, not the
+    instance or colour PNGs beside them)."""
+    from .real import CITYSCAPES_IDS_LUT, CITYSCAPES_TRAIN_LUT, _lut, read_class_map
+    d = cfg.data
+    if d.dataset == "cityscapes":
+        crop = "none" if d.crop == "auto" else d.crop
+        if _cityscapes_kind(d, num_classes) == "labelIds":
+            return CITYSCAPES_IDS_LUT, None, "*_labelIds.png", crop
+        return CITYSCAPES_TRAIN_LUT, 255, "*_labelTrainIds.png", crop
+    if d.dataset in ("ade20k", "ade_indoor"):
+        crop = "long_edge" if d.crop == "auto" else d.crop
+        if d.dataset == "ade20k":
+            return _lut(range(151)), None, "*.png", crop
+        return (read_class_map(d.class_map) if d.class_map else _lut(range(95))), None, "*.png", crop
+    crop = "none" if d.crop == "auto" else d.crop
+    return None, d.dontcare, f"*{d.label_suffix if d.dataset == 'folder' else ''}.png", crop
+
+
+def label_file_values(cfg, num_classes: int) -> Optional[np.ndarray]:
+    """int64 (K,) value of each label channel in the dataset's label files (Cityscapes ids: channel 34 -> 255;
+    train ids and folders with ``data.dontcare``: the last channel -> the don't-care value; identity
+    elsewhere), so that written maps read back as the same channels; None where the files' values do not
+    map one-to-one onto the channels (ADE-Indoor read through a class-mapping file)."""
+    if cfg.data.dataset == "ade_indoor" and cfg.data.class_map:
+        return None
+    lut, dc, _, _ = label_decoding(cfg, num_classes)
+    k = num_classes
+    if lut is None:
+        valid = list(range(k - (1 if dc is not None else 0)))
+        raw = np.arange(max(valid + [dc or 0]) + 1)
+        lut = np.where(np.isin(raw, valid + ([dc] if dc is not None else [])), raw, -1)
+    channel = np.where(lut == dc, k - 1, lut) if dc is not None else lut
+    out = np.full(k, -1, np.int64)
+    for c in range(k):
+        raws = np.flatnonzero(channel == c)
+        if raws.size != 1:
+            return None
+        out[c] = raws[0]
+    return out
+
+
+def build_label_dataset(cfg, num_classes: int, label_dir: str, *,
+                        pattern: Optional[str] = None) -> Tuple[Any, List[str]]:
+    """The label maps in ``label_dir`` (searched recursively), read as training reads the config's dataset
+    (:func:`label_decoding`: its file pattern, value table, crop of epoch 0 and nearest resize to
+    ``data.height x data.width``). ``pattern`` replaces the dataset's file pattern.
+
+    Returns ``(dataset, ignored)``: a label-only :class:`~sbgan_fast.data.real.RealPairsDataset` of the
+    matching files in path order (``dataset.load(i)`` raises DataError naming a bad file), and the paths of
+    the other files. DataError when no file matches."""
+    from .datasets import DataError, _check_dir
+    from .real import RealPairsDataset
+    d = cfg.data
+    lut, dc, default, crop = label_decoding(cfg, num_classes)
+    pattern = pattern or default
+    root = _check_dir("label maps", "folder", label_dir)
+    matched: List[str] = []
+    ignored: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith("."):
+                (matched if fnmatch.fnmatchcase(fn, pattern) else ignored).append(os.path.join(dirpath, fn))
+    if not matched:
+        raise DataError(f"no label maps matching {pattern!r} found in {root}"
+                        + (f" ({len(ignored)} other file(s), e.g. {os.path.basename(ignored[0])}; "
+                           "--label-pattern GLOB reads other files)" if ignored else ""), root)
+    ds = RealPairsDataset([(None, p) for p in matched], num_classes, lut=lut, dontcare=dc, height=d.height,
+                          width=d.width, crop=crop, labels_only=True, seed=cfg.seed,
+                          name=f"{d.dataset} label maps")
+    return ds, ignored
