@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 
-def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
+def build_dataset(cfg, *, images: Optional[bool] = None) -> Tuple[Any, Dict[str, Any]]:
     """Return (dataset, {"num_classes": K label channels seen by the networks}).
 
     Items are dicts with ``label`` int64 (H,W) and ``image`` uint8 (3,H,W), at the config's
     ``data.height x data.width``. The don't-care value (``data.dontcare``), when set, is the last of the
     K channels. File datasets (official layouts and folders) are header-scanned first
-    (:func:`build_real_dataset`)."""
+    (:func:`build_real_dataset`); ``images``: whether the scan includes the images (default: when one of the
+    config's stages reads them; the label-map stage alone does not)."""
     d = cfg.data
     if d.dataset == "synthetic":
         from .synthetic import SyntheticScenes
@@ -24,10 +25,10 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
         ds = SyntheticScenes(d.synthetic_size, height=d.height, width=d.width, seed=cfg.seed, num_classes=k)
         return ds, {"num_classes": k}
     if d.dataset == "folder":
-        ds = build_real_dataset(cfg)
+        ds = build_real_dataset(cfg, images=images)
         return _finish(ds, cfg), {"num_classes": d.num_classes}
     if d.dataset in ("cityscapes", "ade20k", "ade_indoor"):
-        ds = build_real_dataset(cfg)
+        ds = build_real_dataset(cfg, images=images)
         if d.num_classes and d.num_classes != ds.num_classes:
             raise ValueError(f"data.num_classes={d.num_classes} but {ds.name} has {ds.num_classes} label channels"
                              + (" (Cityscapes: 35 for labelIds, 20 for labelTrainIds; see data.label_kind)"
@@ -40,14 +41,21 @@ def build_dataset(cfg) -> Tuple[Any, Dict[str, Any]]:
     raise ValueError(f"data.dataset={d.dataset!r} is not one of synthetic, folder, cityscapes, ade20k, ade_indoor")
 
 
-def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bool = False):
+def reads_images(cfg) -> bool:
+    """Whether a run of ``cfg`` reads images (its spade or e2e stage); the seg stage reads label maps only."""
+    return any(s in ("spade", "e2e") for s in cfg.stages)
+
+
+def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bool = False,
+                       images: Optional[bool] = None):
     """The file dataset of ``cfg``, official layout or folder (a :class:`~sbgan_fast.data.real.RealPairsDataset`,
     no cache).
 
     With ``check`` the cheap up-front scan runs (file headers: missing or unreadable files, size mismatches,
     label image modes): problems raise one DataError listing them, or with ``data.skip_bad_files`` the bad pairs
-    are dropped (logged, counted in ``dataset.skipped``). ``report_unpaired``: files without a partner are left
-    out and listed in ``dataset.unpaired`` instead of raising (what ``check-data`` reports)."""
+    are dropped (logged, counted in ``dataset.skipped``); ``images=False`` scans the label maps only (default:
+    :func:`reads_images`), so a bad photo cannot stop a label-only run. ``report_unpaired``: files without a
+    partner are left out and listed in ``dataset.unpaired`` instead of raising (what ``check-data`` reports)."""
     from .datasets import DataError
     from .real import dataset_from_name, folder
     d = cfg.data
@@ -64,7 +72,7 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
             raise ValueError("dataset 'folder' needs data.num_classes (the number of label channels)")
         ds = folder(d.image_dir, d.label_dir, d.num_classes, dontcare=d.dontcare, image_suffix=d.image_suffix,
                     label_suffix=d.label_suffix, **kw)
-        return _checked(ds, cfg, check, log)
+        return _checked(ds, cfg, check, log, images)
     if not d.root:
         raise ValueError(f"dataset {d.dataset!r} needs data.root (--data-root)")
     kw["split"] = d.split
@@ -75,10 +83,10 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
     elif d.dataset == "ade_indoor":
         kw.update(list_dir=d.list_dir, class_map=d.class_map)
     ds = dataset_from_name(d.dataset, d.root, **kw)
-    return _checked(ds, cfg, check, log)
+    return _checked(ds, cfg, check, log, images)
 
 
-def _checked(ds, cfg, check: bool, log):
+def _checked(ds, cfg, check: bool, log, images: Optional[bool]):
     """``ds`` after the header scan of :func:`build_real_dataset` (unpaired files logged when skipped)."""
     from .datasets import DataError
     d = cfg.data
@@ -86,7 +94,8 @@ def _checked(ds, cfg, check: bool, log):
         for e in ds.unpaired:
             log(f"skipping: {e}")
     if check:
-        problems = ds.scan(decode=False)
+        images = reads_images(cfg) if images is None else images
+        problems = (ds if images else ds.label_view()).scan(decode=False)
         if problems and not d.skip_bad_files:
             raise DataError(f"{ds.name}: {len(problems)} bad file(s) (run `sbgan-fast check-data` for a full "
                             "report, or set data.skip_bad_files=true to skip them):\n"
@@ -215,3 +224,10 @@ def build_label_dataset(cfg, num_classes: int, label_dir: str, *,
                           width=d.width, crop=crop, labels_only=True, seed=cfg.seed,
                           name=f"{d.dataset} label maps")
     return ds, ignored
+
+
+def preview_label_maps(dataset, n: int) -> "torch.Tensor":
+    """int64 (min(n, len), H, W): the first label maps of ``dataset`` (items 0, 1, ...), read label-only (no
+    image is decoded) where the dataset has a label view."""
+    view = dataset.label_view() if hasattr(dataset, "label_view") else dataset
+    return torch.stack([torch.as_tensor(view[i]["label"]) for i in range(min(n, len(view)))]).long()

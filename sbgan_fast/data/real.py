@@ -372,7 +372,8 @@ def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds",
     images = _list_files(img_dir, (".png",), recursive=True, suffix="_leftImg8bit")
     labels = _list_files(lab_dir, (".png",), recursive=True, suffix=f"_gtFine_{label_kind}")
     unpaired = _unpaired_list(kw)
-    pairs = _pair_files(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired=unpaired)
+    pairs = _pair_files(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern="*_leftImg8bit.png", label_pattern=f"*_gtFine_{label_kind}.png")
     extra = [extra_image_dir, extra_label_dir, extra_list]
     if any(extra):
         if not all(extra):
@@ -444,6 +445,11 @@ def _cityscapes_extra(image_dir: str, label_dir: str, list_file: str) -> List[Pa
     return pairs
 
 
+def _ext_pattern(exts: Sequence[str], suffix: str = "") -> str:
+    """The file names searched, for messages: ``*<suffix>{.jpg,.jpeg,.png}``."""
+    return f"*{suffix}{{{','.join(exts)}}}" if len(exts) > 1 else f"*{suffix}{exts[0]}"
+
+
 def _ade_challenge_root(root: str) -> Optional[str]:
     for cand in (root, os.path.join(root, "ADEChallengeData2016")):
         if os.path.isdir(os.path.join(cand, "images")) and os.path.isdir(os.path.join(cand, "annotations")):
@@ -466,7 +472,8 @@ def _ade_challenge_pairs(root: str, split: str, unpaired=None) -> Tuple[List[Pai
     lab_dir = _need_dir(os.path.join(base, "annotations", s), "label folder", hint)
     images = _list_files(img_dir, IMAGE_EXTS, recursive=False)
     labels = _list_files(lab_dir, (".png",), recursive=False)
-    return _pair_files(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired=unpaired), base
+    return _pair_files(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired=unpaired,
+                       image_pattern=_ext_pattern(IMAGE_EXTS), label_pattern="*.png"), base
 
 
 def ade20k(root: str, *, split: str = "train", height: Optional[int], width: Optional[int],
@@ -611,7 +618,8 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
         if missing:
             raise DataError(f"ade_indoor {split}: {len(missing)} listed image(s) missing under {img_dir}: "
                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), img_dir)
-    pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired)
+    pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern=_ext_pattern((".jpg", ".jpeg")), label_pattern="*.png")
     return _with_unpaired(RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width,
                                            crop=crop, name=f"ade_indoor {split}", **kw), unpaired)
 
@@ -637,7 +645,7 @@ def folder(image_dir: str, label_dir: str, num_classes: int, *, height: Optional
     labels = _list_files(lab_dir, (".png",), recursive=True, suffix=str(label_suffix))
     unpaired = _unpaired_list(kw)
     pairs = _pair_files(images, labels, "folder dataset", img_dir, lab_dir, unpaired=unpaired,
-                        image_pattern=f"*{image_suffix}{{{','.join(exts)}}}", label_pattern=f"*{label_suffix}.png")
+                        image_pattern=_ext_pattern(exts, image_suffix), label_pattern=f"*{label_suffix}.png")
     return _with_unpaired(RealPairsDataset(pairs, num_classes, dontcare=dontcare, height=height, width=width,
                                            crop=crop, name="folder", **kw), unpaired)
 

@@ -73,7 +73,7 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
                 f"{img_dir} and {lab_dir}")
         c = copy.deepcopy(cfg)
         c.data.image_dir, c.data.label_dir, c.data.cache = img_dir, lab_dir, None
-        ds, _ = build_dataset(c)
+        ds, _ = build_dataset(c, images=True)
         desc.update(image_dir=os.path.abspath(img_dir), label_dir=os.path.abspath(lab_dir),
                     image_suffix=d.image_suffix, label_suffix=d.label_suffix, crop=d.crop,
                     image_interp=d.image_interp, size=len(ds))
@@ -88,7 +88,7 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
     if not c.data.root:
         raise FileNotFoundError(f"evaluating {d.dataset} needs the dataset root: --data-root DIR")
     try:
-        ds, _ = build_dataset(c)
+        ds, _ = build_dataset(c, images=True)
     except ValueError as e:
         raise FileNotFoundError(f"cannot load the {split} split of {d.dataset} at {c.data.root}: {e}") from None
     desc.update(root=os.path.abspath(c.data.root), crop=c.data.crop, image_interp=c.data.image_interp,
