@@ -178,3 +178,21 @@ def test_folder_eval_set_has_the_training_preprocessing(tmp_path):
         assert torch.equal(val[i]["image"], train_ds[(i, 0)]["image"])
         assert torch.equal(val[i]["label"], train_ds[(i, 0)]["label"])
     assert desc["crop"] == "long_edge" and desc["image_interp"] == "bilinear"
+
+
+def test_folder_image_modes_dali_parity(tmp_path):
+    """Folder images come in every mode (COCO has grayscale JPEGs): both loaders give the same RGB pictures."""
+    if not DALI_OK:
+        pytest.skip(f"DALI unavailable: {DALI_WHY}")
+    os.makedirs(tmp_path / "img")
+    os.makedirs(tmp_path / "lab")
+    rgb = smooth_image(40, 60, 1)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "img" / "0.jpg", quality=95)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "img" / "1.jpg", quality=95)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "img" / "2.png")
+    Image.fromarray(np.dstack([rgb, np.full((40, 60), 128, np.uint8)])).save(tmp_path / "img" / "3.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "img" / "4.png")
+    for i in range(5):
+        Image.fromarray(label_blocks(40, 60, [0, 1, 2], i), mode="L").save(tmp_path / "lab" / f"{i}.png")
+    ds, _ = build_dataset(folder_cfg(tmp_path, k=3))
+    _parity(ds, [[0, 1, 2, 3, 4]])
