@@ -7,8 +7,9 @@ with random crops each index comes with the epoch of its stream position, ``(ind
 "skipped": int64 (N,), "skipped_files": int}``, where ``skipped_files`` is the number of distinct bad files
 passed over so far (found up front or while loading; see ``data.skip_bad_files``).
 
-``loader="auto"`` picks DALI for image stages of the file datasets (official layouts, folders) on a GPU, and the torch loader
-otherwise (one message says why); label-only stages always use the torch loader (no image decoding to speed up).
+``loader="auto"`` picks DALI for image stages of the file datasets (official layouts, folders) on a GPU, and the
+torch loader otherwise (one message says why); label-only stages always use the torch loader (no image decoding to
+speed up).
 """
 from __future__ import annotations
 
