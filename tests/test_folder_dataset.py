@@ -97,7 +97,7 @@ def test_check_data_folder_lists_every_missing_pair(tmp_path, capsys):
     assert "6 pair(s) checked, 4 problem(s)" in out
 
 
-def test_folder_long_edge_crop(tmp_path):
+def test_folder_long_edge_crop(tmp_path, capsys):
     sizes = [(40, 60), (50, 30), (36, 36)]
     imgs, labs = make_folder(tmp_path, n=3, sizes=sizes)
     cfg = folder_cfg(tmp_path, "data.crop=long_edge", h=32, w=32)
@@ -125,8 +125,9 @@ def test_folder_long_edge_crop(tmp_path):
             return [(offset + j) % 3 for j in range(bs)]
     b = list(build_loader(ds, EpochTaggedBatches(Stream(), lambda s: (3 * s, 3), 0, 2), loader="torch"))
     assert torch.equal(b[1]["label"][0], ds[(0, 1)]["label"])
-    # default: no crop (squashed, as before); a crop mode that does not exist is named
+    # default: no crop (resized whatever the aspect, as before, and said); a crop mode that does not exist is named
     ds0, _ = build_dataset(folder_cfg(tmp_path, h=32, w=32))
+    assert "2 of 3 pair(s) are not of the output aspect 32x32" in capsys.readouterr().err
     assert not ds0.wants_epoch
     lab = Image.open(labs[0]).resize((32, 32), Image.NEAREST)
     assert torch.equal(ds0[0]["label"], torch.from_numpy(np.asarray(lab).astype(np.int64)))

@@ -95,7 +95,10 @@ def _checked(ds, cfg, check: bool, log, images: Optional[bool]):
             log(f"skipping: {e}")
     if check:
         images = reads_images(cfg) if images is None else images
-        problems = (ds if images else ds.label_view()).scan(decode=False)
+        sizes: list = []
+        problems = (ds if images else ds.label_view()).scan(decode=False, sizes=sizes)
+        if d.dataset == "folder" and ds.crop == "none":
+            _note_aspect(ds, sizes, log)
         if problems and not d.skip_bad_files:
             raise DataError(f"{ds.name}: {len(problems)} bad file(s) (run `sbgan-fast check-data` for a full "
                             "report, or set data.skip_bad_files=true to skip them):\n"
@@ -224,6 +227,19 @@ def build_label_dataset(cfg, num_classes: int, label_dir: str, *,
                           width=d.width, crop=crop, labels_only=True, seed=cfg.seed,
                           name=f"{d.dataset} label maps")
     return ds, ignored
+
+
+def _note_aspect(ds, sizes, log) -> None:
+    """Say when pairs of a folder dataset without a crop are not of the output aspect (they are resized to it)."""
+    if ds.height is None or ds.width is None:
+        return
+    want = ds.width / ds.height
+    off = [(i, wh) for i, wh in sizes if abs(wh[0] / wh[1] - want) > 0.01 * want]
+    if off:
+        i, (w, h) = off[0]
+        log(f"{len(off)} of {len(ds)} pair(s) are not of the output aspect {ds.width}x{ds.height} (e.g. "
+            f"{ds.label_paths[i]} is {w}x{h}): they are resized to it, not cropped; data.crop=long_edge takes a "
+            "random square crop along the long edge first")
 
 
 def preview_label_maps(dataset, n: int) -> "torch.Tensor":

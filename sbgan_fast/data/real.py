@@ -283,15 +283,17 @@ class RealPairsDataset(_FolderBase):
         raise DataError(f"{self.name}: no loadable item found (every file failed; see the log)")
 
     # -- checking ---------------------------------------------------------------------------------
-    def scan(self, decode: bool = False, progress=None) -> List[DataError]:
+    def scan(self, decode: bool = False, progress=None, sizes: Optional[list] = None) -> List[DataError]:
         """Check every pair; return the problems found (one DataError per bad file, ``error.index`` set).
 
         ``decode=False`` reads headers only (missing files, unreadable headers, image/label size mismatch, label
         image modes): seconds for Cityscapes. ``decode=True`` also decodes every file (truncated data) and checks
-        the label values against the dataset's value table."""
+        the label values against the dataset's value table. ``sizes``: a list that receives each good pair's
+        ``(index, (width, height))``."""
         problems: List[DataError] = []
         for i in range(len(self)):
             ip, lp = self.image_paths[i], self.label_paths[i]
+            lsize = None
             try:
                 if decode:
                     lab = self._label_full(i)
@@ -309,6 +311,9 @@ class RealPairsDataset(_FolderBase):
             except DataError as e:
                 e.index = i
                 problems.append(e)
+            else:
+                if sizes is not None:
+                    sizes.append((i, lsize))
             if progress is not None:
                 progress(i + 1, len(self))
         return problems
