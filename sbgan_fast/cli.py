@@ -96,7 +96,13 @@ def _add_sample(sub) -> None:
                    "e2e, else seg + spade checkpoints)")
     p.add_argument("--n", type=int, default=16, help="number of pairs (unconditional) or maximum label maps used")
     p.add_argument("--out", required=True, help="output folder for PNGs")
-    p.add_argument("--labels", help="folder of label-map PNGs: synthesise images from them with G_spd alone")
+    p.add_argument("--labels", help="folder of label maps: synthesise images from them with G_spd alone. The maps "
+                   "are read as training reads the run's dataset: its label files only (Cityscapes: "
+                   "*_labelIds.png or *_labelTrainIds.png; folders: *<data.label_suffix>.png; else *.png; "
+                   "searched recursively), its value table, crop and resize; other and bad files are skipped and "
+                   "reported")
+    p.add_argument("--label-pattern", metavar="GLOB", help="read the files whose names match GLOB instead of the "
+                   "dataset's label files (e.g. '*.png')")
     p.add_argument("--seed", type=int, default=0, help="random seed of z (fixed: same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
@@ -105,7 +111,7 @@ def _add_sample(sub) -> None:
 def cmd_sample(args) -> int:
     from .sample import sample_main
     paths = sample_main(checkpoint=args.checkpoint, n=args.n, out=args.out, labels=args.labels, seed=args.seed,
-                        batch_size=args.batch_size, device=args.device)
+                        batch_size=args.batch_size, device=args.device, label_pattern=args.label_pattern)
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}")
     return 0
 
@@ -208,48 +214,63 @@ def _add_check_data(sub) -> None:
                        description="Decode every image and label map of a preset's dataset and report each problem "
                                    "(wrong layout, empty folder, missing pair, unreadable or truncated file, label "
                                    "value outside the class count, image/label size mismatch), naming the file. "
-                                   "Exit status 0: no problem; 1: problems found.")
+                                   "Checks every split the configuration reads: the training split, and the "
+                                   "validation split that `eval` and --fid-every read (a missing validation split "
+                                   "is an error only with --fid-every). Exit status 0: no problem; 1: problems "
+                                   "found.")
     p.add_argument("--preset", default="demo", help="cityscapes | cityscapes25k | ade_indoor | demo")
     p.add_argument("--config", help="YAML or JSON file of config keys")
     p.add_argument("--data-root", help="dataset root folder (official layout of the preset's dataset)")
-    p.add_argument("--split", help="dataset split (default: the config's, train)")
+    p.add_argument("--split", help="check this split only (default: the config's training split, train, and "
+                                    "the validation split, val)")
+    p.add_argument("--fid-every", type=int, metavar="K", help="as for train: the run reads the validation split "
+                   "during training, so it must exist")
     p.add_argument("--headers-only", action="store_true", help="read file headers only (fast; finds missing and "
                    "unreadable files and size mismatches, not truncated data or label values)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.dataset=ade20k")
 
 
 def cmd_check_data(args) -> int:
+    import copy
+
     from .data.datasets import DataError
+    from .data.factory import build_real_dataset
     from .train.config import build_config
     cfg = build_config(args.preset, args.config, args.overrides,
-                       **{"data.root": args.data_root, "data.split": args.split})
+                       **{"data.root": args.data_root, "data.split": args.split, "fid_every": args.fid_every})
     d = cfg.data
-    problems: List[str] = []
-    n = 0
-    try:
-        if d.dataset in ("cityscapes", "ade20k", "ade_indoor"):
-            from .data.factory import build_real_dataset
-            ds = build_real_dataset(cfg, check=False, report_unpaired=True)
+    if d.dataset not in ("cityscapes", "ade20k", "ade_indoor", "folder"):
+        print(f"dataset {d.dataset!r} is generated in memory; nothing to check")
+        return 0
+    # (split, whether a missing split is a problem): the training split; the validation split, read by `eval`
+    # and by periodic FID (folder datasets: eval reads the folders given to it, else the training folders)
+    splits = [(d.split, True)]
+    if not args.split and d.dataset != "folder" and d.split != "val":
+        splits.append(("val", cfg.fid_every > 0))
+    checked, total = [], 0
+    for split, required in splits:
+        c = copy.deepcopy(cfg)
+        c.data.split = split
+        problems: List[str] = []
+        n = 0
+        try:
+            ds = build_real_dataset(c, check=False, report_unpaired=True)
             n = len(ds) + len(ds.unpaired)
             problems = [str(e) for e in ds.unpaired] + [str(e) for e in ds.scan(decode=not args.headers_only)]
-        elif d.dataset == "folder":
-            from .data.factory import build_dataset
-            ds, _ = build_dataset(cfg)
-            n = len(ds)
-            for i in range(n):
-                try:
-                    ds.load(i)
-                except DataError as e:
-                    problems.append(str(e))
-        else:
-            print(f"dataset {d.dataset!r} is generated in memory; nothing to check")
-            return 0
-    except DataError as e:
-        problems.append(str(e))
-    for msg in problems:
-        print(f"BAD {msg}")
-    print(f"{d.dataset} {d.split} at {d.root or d.image_dir}: {n} pair(s) checked, {len(problems)} problem(s)")
-    return 1 if problems else 0
+        except DataError as e:
+            if not required:
+                print(f"WARN {split} split not checked: {e} (`sbgan-fast eval` and training with --fid-every "
+                      "read it)")
+                continue
+            problems.append(str(e))
+        for msg in problems:
+            print(f"BAD {msg}")
+        where = d.image_dir if d.dataset == "folder" else d.root
+        print(f"{d.dataset} {split} at {where}: {n} pair(s) checked, {len(problems)} problem(s)")
+        checked.append(split)
+        total += len(problems)
+    print(f"split(s) checked: {', '.join(checked)}; {total} problem(s)")
+    return 1 if total else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

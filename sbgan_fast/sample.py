@@ -3,7 +3,8 @@ label maps with the SPADE generator alone."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,10 +74,63 @@ def generated_label_maps(G_seg, n: int, seed: int, batch_size: int, device, *,
         yield lab
 
 
+def _log_stderr(msg: str) -> None:
+    print(f"[sbgan_fast] {msg}", file=sys.stderr, flush=True)
+
+
+def read_label_maps(cfg, num_classes: int, folder: str, n: int, *, pattern: Optional[str] = None,
+                    log: Callable[[str], None] = _log_stderr) -> Tuple[torch.Tensor, List[str]]:
+    """Up to ``n`` label maps of ``folder``, read as training reads the run's dataset (its file pattern, value
+    table, crop and resize; :func:`sbgan_fast.data.factory.build_label_dataset`), as channel indices.
+
+    Returns (int64 (N, H, W) in ``[0, K)``, the don't-care value as channel K-1; output names: the files'
+    paths below ``folder`` without extension, ``/`` -> ``_``). Files that do not match the pattern, and files
+    that fail to decode or hold values the dataset does not allow, are skipped and reported through ``log``;
+    DataError when no map is left."""
+    from .data.datasets import DataError
+    from .data.factory import build_label_dataset, label_decoding
+    pattern = pattern or label_decoding(cfg, num_classes)[2]
+    ds, ignored = build_label_dataset(cfg, num_classes, folder, pattern=pattern)
+    if ignored:
+        log(f"sample: {len(ignored)} file(s) in {folder} do not match {pattern!r} (the {cfg.data.dataset} label "
+            "files) and are not read: " + ", ".join(os.path.basename(p) for p in ignored[:5])
+            + (" ..." if len(ignored) > 5 else ""))
+    maps: List[np.ndarray] = []
+    names: List[str] = []
+    bad: List[DataError] = []
+    for i in range(len(ds)):
+        if len(maps) == n:
+            break
+        try:
+            _, lab = ds.load(i, 0)
+        except DataError as e:
+            bad.append(e)
+            log(f"sample: skipping {e}")
+            continue
+        maps.append(lab)
+        rel = os.path.splitext(os.path.relpath(ds.label_paths[i], folder))[0]
+        names.append(rel.replace(os.sep, "_"))
+    if not maps:
+        raise DataError(f"no readable label map in {folder}: {len(bad)} file(s) skipped (first: {bad[0]})",
+                        bad[0].path)
+    if bad:
+        log(f"sample: skipped {len(bad)} label file(s) of {folder} (see above)")
+    lab = torch.from_numpy(np.stack(maps))
+    dc = ds.dontcare
+    if dc is not None:
+        lab = torch.where(lab == dc, torch.full_like(lab, num_classes - 1), lab)
+    return lab, names
+
+
 @torch.no_grad()
 def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = None, seed: int = 0,
-                batch_size: int = 8, device: str = "auto") -> List[str]:
-    from .data.factory import palette_for
+                batch_size: int = 8, device: str = "auto", label_pattern: Optional[str] = None,
+                log: Callable[[str], None] = _log_stderr) -> List[str]:
+    """Write ``n`` unconditional (label map, image) pairs, or images of the label maps in ``labels`` (read as
+    training reads the run's dataset; ``label_pattern`` replaces its file pattern), to ``out``: per sample
+    ``<name>_label.png`` (the map in the dataset's label-file values where they map one-to-one onto the
+    channels, else channel indices), ``<name>_label_color.png``, ``<name>_image.png``; and ``grid.png``."""
+    from .data.factory import label_file_values, palette_for
     from .data.palettes import colorize
     from .metrics.grids import save_pairs_grid
     if n <= 0:
@@ -84,10 +138,7 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     dev = resolve_device(device)
     cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None)
     palette = palette_for(cfg, k)
-    os.makedirs(out, exist_ok=True)
-    written: List[str] = []
-    dc = cfg.data.dontcare
-    k_real = k - (1 if dc is not None else 0)
+    values = label_file_values(cfg, k)
     all_labels, all_images = [], []
     if labels is None:
         for lab in generated_label_maps(nets["G_seg"], n, seed, batch_size, dev, upsample2=cfg.e2e.seg_half_res):
@@ -95,29 +146,24 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
             all_labels.append(lab.cpu())
         names = [f"{i:05d}" for i in range(n)]
     else:
-        from .data.datasets import LabelFolderDataset
-        ds = LabelFolderDataset(labels, k_real, height=cfg.data.height, width=cfg.data.width, dontcare=dc)
-        count = min(n, len(ds))
-        names = []
-        for i in range(0, count, batch_size):
-            items = [ds[j] for j in range(i, min(count, i + batch_size))]
-            lab = torch.stack([it["label"] for it in items]).long().to(dev)
-            names += [os.path.splitext(os.path.basename(it["path"]))[0] for it in items]
-            if dc is not None:
-                lab = torch.where(lab == dc, torch.full_like(lab, k - 1), lab)
+        ids, names = read_label_maps(cfg, k, labels, n, pattern=label_pattern, log=log)
+        for i in range(0, len(ids), batch_size):
+            lab = ids[i:i + batch_size].to(dev)
             all_images.append(nets["G_spd"](lab).cpu())
             all_labels.append(lab.cpu())
+    os.makedirs(out, exist_ok=True)
+    written: List[str] = []
     lab = torch.cat(all_labels)
     img = torch.cat(all_images)
     img_u8 = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     col = colorize(lab, palette)
+    label_dtype = np.uint8 if (int(values.max()) if values is not None else k - 1) < 256 else np.uint16
     for i, name in enumerate(names):
         paths = (os.path.join(out, f"{name}_label.png"), os.path.join(out, f"{name}_label_color.png"),
                  os.path.join(out, f"{name}_image.png"))
-        if k <= 256:
-            _write_png(lab[i].numpy().astype(np.uint8), paths[0])
-        else:
-            _write_png(lab[i].numpy().astype(np.uint16), paths[0])
+        ids_i = lab[i].numpy()
+        file_map = values[ids_i] if values is not None else ids_i
+        _write_png(file_map.astype(label_dtype), paths[0])
         _write_png(np.ascontiguousarray(np.asarray(col[i]).transpose(1, 2, 0)), paths[1])
         _write_png(np.ascontiguousarray(img_u8[i].permute(1, 2, 0).numpy()), paths[2])
         written.extend(paths)
@@ -125,5 +171,3 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     save_pairs_grid(lab, img, palette, grid)
     written.append(grid)
     return written
-
-

@@ -314,6 +314,9 @@ class _FolderBase(Dataset):
 class PairedFolderDataset(_FolderBase):
     """Image + label-map pairs from two folders, paired by relative path without extension and suffix.
 
+    (Training's ``data.dataset=folder`` reads the same pairs through :func:`sbgan_fast.data.real.folder`, with
+    the header scan, crop, cache, DALI and bad-file policy of the official layouts.)
+
     ``image_dir/a/b.jpg`` pairs with ``label_dir/a/b.png``; with ``image_suffix="_leftImg8bit"`` and
     ``label_suffix="_gtFine_labelIds"``, ``city/x_leftImg8bit.png`` pairs with ``city/x_gtFine_labelIds.png`` and
     the folder's other PNGs are ignored.

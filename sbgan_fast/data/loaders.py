@@ -7,8 +7,9 @@ with random crops each index comes with the epoch of its stream position, ``(ind
 "skipped": int64 (N,), "skipped_files": int}``, where ``skipped_files`` is the number of distinct bad files
 passed over so far (found up front or while loading; see ``data.skip_bad_files``).
 
-``loader="auto"`` picks DALI for image stages of the official-layout datasets on a GPU, and the torch loader
-otherwise (one message says why); label-only stages always use the torch loader (no image decoding to speed up).
+``loader="auto"`` picks DALI for image stages of the file datasets (official layouts, folders) on a GPU, and the
+torch loader otherwise (one message says why); label-only stages always use the torch loader (no image decoding to
+speed up).
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def choose_loader(requested: str, dataset, device: torch.device, need_image: boo
     ok, why = dali_status()
     if not isinstance(dataset, RealPairsDataset):
         if requested == "dali":
-            raise ValueError(f"data.loader=dali needs an official-layout dataset (cityscapes, ade20k, ade_indoor); "
-                             f"this one is {type(dataset).__name__}")
+            raise ValueError("data.loader=dali needs an official-layout or folder dataset (cityscapes, ade20k, "
+                             f"ade_indoor, folder); this one is {type(dataset).__name__}")
         return "torch"
     if requested == "dali":
         if not ok:

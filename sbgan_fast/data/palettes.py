@@ -38,6 +38,7 @@ import torch
 
 __all__ = [
     "CITYSCAPES_LABELS",
+    "DONTCARE_COLOR",
     "PALETTE_NAMES",
     "get_palette",
     "get_class_names",
@@ -84,6 +85,10 @@ CITYSCAPES_LABELS: Tuple[Tuple[str, int, int, Tuple[int, int, int]], ...] = (
     ("bicycle", 33, 18, (119, 11, 32)),
     ("license plate", -1, -1, (0, 0, 142)),
 )
+
+#: The colour of don't-care pixels in every colourised label map (grids, ``sample`` output): black, as the
+#: Cityscapes void classes and the don't-care row of ``cityscapes20``.
+DONTCARE_COLOR: Tuple[int, int, int] = (0, 0, 0)
 
 PALETTE_NAMES: Tuple[str, ...] = ("synthetic", "cityscapes35", "cityscapes20", "ade150", "ade_indoor95")
 
@@ -200,13 +205,14 @@ LabelArray = Union[np.ndarray, torch.Tensor]
 
 def colorize(labels: LabelArray, palette: Union[np.ndarray, Sequence[Sequence[int]], torch.Tensor], *,
              dontcare: Optional[int] = None,
-             dontcare_color: Tuple[int, int, int] = (0, 0, 0)) -> LabelArray:
+             dontcare_color: Tuple[int, int, int] = DONTCARE_COLOR) -> LabelArray:
     """Colourise integer label maps.
 
     Args:
         labels: integer (H, W) or (N, H, W) numpy array or torch tensor (any device).
         palette: (K, 3) colours in 0..255 (e.g. from :func:`get_palette`).
-        dontcare: a label value outside [0, K) (e.g. 255) drawn in ``dontcare_color`` instead of raising.
+        dontcare: a label value outside [0, K) (e.g. 255) drawn in ``dontcare_color`` (default
+            :data:`DONTCARE_COLOR`) instead of raising.
 
     Returns:
         uint8 channels-first colour images: (3, H, W) for an (H, W) input, (N, 3, H, W) for (N, H, W); the same

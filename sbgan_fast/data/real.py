@@ -20,6 +20,12 @@ Layouts (``root`` is what ``--data-root`` names):
   (ADE20K-150 value -> indoor value) and the split lists ``ade_indoor_{im,lbl}_info_{train,val}.txt`` that select
   the images. With the archive layout the lists are optional (they restrict the files to the listed ones).
 
+* **Folder** (``data.dataset=folder``, :func:`folder`): ``image_dir/<path>/<stem><image suffix>.{jpg,jpeg,png}``
+  paired with ``label_dir/<path>/<stem><label suffix>.png`` (any folder depth; e.g. COCO-Stuff's ``train2017``
+  images with ``stuffthingmaps_trainval2017/train2017`` label maps). Label values must lie in ``[0, K)`` (K label
+  channels, the don't-care channel not counted) or equal the don't-care value. No crop by default (images
+  are resized to ``height x width``, whatever their aspect); ``crop="long_edge"`` takes the square crop below.
+
 Class-mapping file (:func:`read_class_map`): text lines ``<ade150 value> <indoor value>`` (``#`` starts a
 comment; values of ADE20K-150 not listed map to 0), or JSON: an object ``{"ade150 value": indoor value}`` or a list
 of 151 indoor values.
@@ -50,14 +56,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import (DataError, _check_size, _FolderBase, _LABEL_MODES, _list_files, _pair_files, _read_image,
-                       _read_label_raw)
+from .datasets import (DataError, _check_dir, _check_size, _FolderBase, _LABEL_MODES, _list_files,
+                       _normalise_exts, _pair_files, _read_image, _read_label_raw)
 
 __all__ = [
     "RealPairsDataset",
     "cityscapes",
     "ade20k",
     "ade_indoor",
+    "folder",
     "read_class_map",
     "read_split_list",
     "crop_offset",
@@ -152,10 +159,13 @@ class RealPairsDataset(_FolderBase):
             raise ValueError(f"{self.name}: num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.dontcare = None if dontcare is None else int(dontcare)
+        allowed_text = None
         if lut is None:
             valid = list(range(self.num_classes - (1 if self.dontcare is not None else 0)))
             top = max(valid + [self.dontcare or 0]) + 1
             lut = _lut(valid + ([self.dontcare] if self.dontcare is not None else []), size=max(256, top))
+            allowed_text = f"[0, {len(valid)})" + (f" and the don't-care value {self.dontcare}"
+                                                   if self.dontcare is not None else "")
         self.lut = np.asarray(lut, dtype=np.int32)
         self.height, self.width = _check_size(self.name, height, width)
         self.crop = crop
@@ -167,7 +177,7 @@ class RealPairsDataset(_FolderBase):
         self.skipped: List[str] = []     # files dropped up front (see drop) or passed over while loading
         self.unpaired: List[DataError] = []  # files without a partner, left out (builders' lenient mode)
         allowed = sorted(int(v) for v in np.flatnonzero(self.lut >= 0))
-        self._allowed = (f"the values this dataset allows ({_short(allowed)})")
+        self._allowed = allowed_text or f"the values this dataset allows ({_short(allowed)})"
 
     # -- views ------------------------------------------------------------------------------------
     @property
@@ -273,15 +283,17 @@ class RealPairsDataset(_FolderBase):
         raise DataError(f"{self.name}: no loadable item found (every file failed; see the log)")
 
     # -- checking ---------------------------------------------------------------------------------
-    def scan(self, decode: bool = False, progress=None) -> List[DataError]:
+    def scan(self, decode: bool = False, progress=None, sizes: Optional[list] = None) -> List[DataError]:
         """Check every pair; return the problems found (one DataError per bad file, ``error.index`` set).
 
         ``decode=False`` reads headers only (missing files, unreadable headers, image/label size mismatch, label
         image modes): seconds for Cityscapes. ``decode=True`` also decodes every file (truncated data) and checks
-        the label values against the dataset's value table."""
+        the label values against the dataset's value table. ``sizes``: a list that receives each good pair's
+        ``(index, (width, height))``."""
         problems: List[DataError] = []
         for i in range(len(self)):
             ip, lp = self.image_paths[i], self.label_paths[i]
+            lsize = None
             try:
                 if decode:
                     lab = self._label_full(i)
@@ -299,6 +311,9 @@ class RealPairsDataset(_FolderBase):
             except DataError as e:
                 e.index = i
                 problems.append(e)
+            else:
+                if sizes is not None:
+                    sizes.append((i, lsize))
             if progress is not None:
                 progress(i + 1, len(self))
         return problems
@@ -362,7 +377,8 @@ def cityscapes(root: str, *, split: str = "train", label_kind: str = "labelIds",
     images = _list_files(img_dir, (".png",), recursive=True, suffix="_leftImg8bit")
     labels = _list_files(lab_dir, (".png",), recursive=True, suffix=f"_gtFine_{label_kind}")
     unpaired = _unpaired_list(kw)
-    pairs = _pair_files(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired=unpaired)
+    pairs = _pair_files(images, labels, f"cityscapes {split}", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern="*_leftImg8bit.png", label_pattern=f"*_gtFine_{label_kind}.png")
     extra = [extra_image_dir, extra_label_dir, extra_list]
     if any(extra):
         if not all(extra):
@@ -434,6 +450,11 @@ def _cityscapes_extra(image_dir: str, label_dir: str, list_file: str) -> List[Pa
     return pairs
 
 
+def _ext_pattern(exts: Sequence[str], suffix: str = "") -> str:
+    """The file names searched, for messages: ``*<suffix>{.jpg,.jpeg,.png}``."""
+    return f"*{suffix}{{{','.join(exts)}}}" if len(exts) > 1 else f"*{suffix}{exts[0]}"
+
+
 def _ade_challenge_root(root: str) -> Optional[str]:
     for cand in (root, os.path.join(root, "ADEChallengeData2016")):
         if os.path.isdir(os.path.join(cand, "images")) and os.path.isdir(os.path.join(cand, "annotations")):
@@ -456,7 +477,8 @@ def _ade_challenge_pairs(root: str, split: str, unpaired=None) -> Tuple[List[Pai
     lab_dir = _need_dir(os.path.join(base, "annotations", s), "label folder", hint)
     images = _list_files(img_dir, IMAGE_EXTS, recursive=False)
     labels = _list_files(lab_dir, (".png",), recursive=False)
-    return _pair_files(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired=unpaired), base
+    return _pair_files(images, labels, f"ade20k {s}", img_dir, lab_dir, unpaired=unpaired,
+                       image_pattern=_ext_pattern(IMAGE_EXTS), label_pattern="*.png"), base
 
 
 def ade20k(root: str, *, split: str = "train", height: Optional[int], width: Optional[int],
@@ -601,9 +623,36 @@ def ade_indoor(root: str, *, split: str = "train", height: Optional[int], width:
         if missing:
             raise DataError(f"ade_indoor {split}: {len(missing)} listed image(s) missing under {img_dir}: "
                             + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), img_dir)
-    pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired)
+    pairs = _pair_files(images, labels, f"ade_indoor {split}", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern=_ext_pattern((".jpg", ".jpeg")), label_pattern="*.png")
     return _with_unpaired(RealPairsDataset(pairs, 95, lut=_lut(range(95)), height=height, width=width,
                                            crop=crop, name=f"ade_indoor {split}", **kw), unpaired)
+
+
+def folder(image_dir: str, label_dir: str, num_classes: int, *, height: Optional[int], width: Optional[int],
+           dontcare: Optional[int] = None, image_suffix: str = "", label_suffix: str = "",
+           image_exts: Sequence[str] = IMAGE_EXTS, crop: str = "none", **kw) -> RealPairsDataset:
+    """Image/label pairs from two folders (``data.dataset=folder``; layout in the module docstring).
+
+    ``num_classes``: label channels K seen by the networks, the don't-care channel included (values
+    ``[0, K-1)`` and ``dontcare`` when it is set, else ``[0, K)``). Other keyword arguments go to
+    :class:`RealPairsDataset` (``skip_bad_files``, ``image_interp``, ``report_unpaired``, ...)."""
+    if dontcare is not None and (isinstance(dontcare, bool) or not isinstance(dontcare, (int, np.integer))
+                                 or dontcare < 0):
+        raise ValueError(f"folder dataset: dontcare must be a label value >= 0 or None, got {dontcare!r}")
+    if dontcare is not None and num_classes < 2:
+        raise ValueError(f"folder dataset: num_classes={num_classes} with a don't-care value leaves no class "
+                         "(num_classes counts the don't-care channel)")
+    img_dir = _check_dir("folder dataset", "data.image_dir", image_dir)
+    lab_dir = _check_dir("folder dataset", "data.label_dir", label_dir)
+    exts = _normalise_exts("image_exts", image_exts)
+    images = _list_files(img_dir, exts, recursive=True, suffix=str(image_suffix))
+    labels = _list_files(lab_dir, (".png",), recursive=True, suffix=str(label_suffix))
+    unpaired = _unpaired_list(kw)
+    pairs = _pair_files(images, labels, "folder dataset", img_dir, lab_dir, unpaired=unpaired,
+                        image_pattern=_ext_pattern(exts, image_suffix), label_pattern=f"*{label_suffix}.png")
+    return _with_unpaired(RealPairsDataset(pairs, num_classes, dontcare=dontcare, height=height, width=width,
+                                           crop=crop, name="folder", **kw), unpaired)
 
 
 def dataset_from_name(name: str, root: str, **kw) -> RealPairsDataset:

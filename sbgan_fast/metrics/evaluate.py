@@ -62,8 +62,8 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
         ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes, hflip=False)
         desc.update(seed=seed, size=n, num_classes=num_classes)
         return ds, desc
-    if d.dataset == "folder":
-        from ..data.datasets import PairedFolderDataset
+    from ..data.factory import build_dataset
+    if d.dataset == "folder":   # the training folders' preprocessing (crop, interpolation, value checks)
         img_dir, lab_dir = image_dir or d.image_dir, label_dir or d.label_dir
         if not (img_dir and lab_dir):
             raise FileNotFoundError("evaluating a folder dataset needs the validation images and labels: "
@@ -71,13 +71,14 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
         if not (image_dir and label_dir):
             log(f"[fid] warning: no --image-dir/--label-dir given: the real statistics use the training folders "
                 f"{img_dir} and {lab_dir}")
-        k_real = num_classes - (1 if d.dontcare is not None else 0)
-        ds = PairedFolderDataset(img_dir, lab_dir, k_real, height=d.height, width=d.width, hflip=False,
-                                 seed=cfg.seed, dontcare=d.dontcare)
-        desc.update(image_dir=os.path.abspath(img_dir), label_dir=os.path.abspath(lab_dir))
+        c = copy.deepcopy(cfg)
+        c.data.image_dir, c.data.label_dir, c.data.cache = img_dir, lab_dir, None
+        ds, _ = build_dataset(c, images=True)
+        desc.update(image_dir=os.path.abspath(img_dir), label_dir=os.path.abspath(lab_dir),
+                    image_suffix=d.image_suffix, label_suffix=d.label_suffix, crop=d.crop,
+                    image_interp=d.image_interp, size=len(ds))
         return ds, desc
     # official layouts (Cityscapes, ADE-Indoor): the dataset factory's val split
-    from ..data.factory import build_dataset
     c = copy.deepcopy(cfg)
     c.data.split = split
     c.data.hflip = False
@@ -87,7 +88,7 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
     if not c.data.root:
         raise FileNotFoundError(f"evaluating {d.dataset} needs the dataset root: --data-root DIR")
     try:
-        ds, _ = build_dataset(c)
+        ds, _ = build_dataset(c, images=True)
     except ValueError as e:
         raise FileNotFoundError(f"cannot load the {split} split of {d.dataset} at {c.data.root}: {e}") from None
     desc.update(root=os.path.abspath(c.data.root), crop=c.data.crop, image_interp=c.data.image_interp,

@@ -100,7 +100,8 @@ def make_grid_array(labels: Optional[ArrayLike] = None, images: Optional[ArrayLi
         palette: (K, 3) colours, needed with ``labels``.
         ncol: samples per row (None: chosen so the grid is roughly square).
         padding, pad_value: gap in pixels between cells (and around), and its grey level.
-        dontcare: label value drawn black instead of raising (see :func:`colorize`).
+        dontcare: the dataset's don't-care label value (e.g. 255), drawn in
+            :data:`~sbgan_fast.data.palettes.DONTCARE_COLOR` instead of raising (see :func:`colorize`).
 
     Returns:
         uint8 (H_grid, W_grid, 3). With both inputs each cell is ``label | gap | image``.

@@ -50,6 +50,8 @@ class DataConfig:
     cache: Optional[str] = None          # folder of a preprocessed uint8 memory-mapped cache (None: no cache)
     cache_gpu: bool = True               # keep the cache on the GPU when it fits
     skip_bad_files: bool = False         # log and skip bad files instead of failing (counted in the stats)
+    image_suffix: str = ""               # 'folder' dataset: image names end with it (dropped before pairing)
+    label_suffix: str = ""               # 'folder' dataset: label names end with it (e.g. _labelTrainIds)
 
 
 @dataclass

@@ -100,8 +100,8 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         n = cfg.n_sample_grid
         self.preview_z = torch.randn(n, cfg.seg.z_dim, generator=g).to(self.device)
-        self.preview_labels = torch.stack(
-            [self.dataset[i]["label"] for i in range(min(n, self.dataset_size))]).long().to(self.device)
+        from ..data.factory import preview_label_maps   # label-only: the seg stage decodes no photo
+        self.preview_labels = preview_label_maps(self.dataset, n).to(self.device)
         self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
         self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
         self._last_ckpt: Optional[str] = None
@@ -452,9 +452,10 @@ class Trainer:
         if labels is None:
             return None
         path = os.path.join(self.out, "samples", f"{stage.name}-{step:07d}.png")
-        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path)
+        dc = self.cfg.data.dontcare   # real maps hold the value itself, generated ones its channel (same colour)
+        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path, dontcare=dc)
         self.logger.image(f"{stage.name}/samples", make_grid_array(
-            labels.cpu(), None if images is None else images.cpu(), self.palette), step)
+            labels.cpu(), None if images is None else images.cpu(), self.palette, dontcare=dc), step)
         return path
 
 
