@@ -30,7 +30,7 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ __all__ = [
 
 VARIANTS = ("pytorch-fid", "sbgan-code")
 INPUT_SIZE = 299
-_STATS_FORMAT = 1
+_STATS_FORMAT = 2          # 2: the feature vectors are stored beside mu and sigma (format 1 files still load)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -146,18 +146,23 @@ class FeatureStats:
     so the result equals ``numpy.mean(F, 0)`` and ``numpy.cov(F, rowvar=False)`` of all rows at once, up to
     float64 rounding, whatever the batch sizes.
 
-    ``update(feats)``: feats (B, D) numpy array or torch tensor, any float dtype."""
+    ``update(feats)``: feats (B, D) numpy array or torch tensor, any float dtype.
+    ``keep_features=True`` also keeps the vectors themselves (:attr:`features`, for KID, precision/recall and
+    density/coverage; float32 input stays float32)."""
 
-    def __init__(self, dim: Optional[int] = None):
+    def __init__(self, dim: Optional[int] = None, *, keep_features: bool = False):
         self.dim = dim
         self.n = 0
         self._mean: Optional[np.ndarray] = None
         self._m2: Optional[np.ndarray] = None
+        self.keep_features = keep_features
+        self._kept: list = []
 
     def update(self, feats: ArrayLike) -> "FeatureStats":
         if isinstance(feats, torch.Tensor):
-            feats = feats.detach().to("cpu", torch.float64).numpy()
-        x = np.asarray(feats, dtype=np.float64)
+            feats = feats.detach().cpu().numpy()
+        raw = np.asarray(feats)
+        x = raw.astype(np.float64)
         if x.ndim != 2:
             raise ValueError(f"FeatureStats.update: expected features of shape (B, D), got {x.shape}")
         if self.dim is None:
@@ -169,6 +174,8 @@ class FeatureStats:
         b = x.shape[0]
         if b == 0:
             return self
+        if self.keep_features:
+            self._kept.append(raw.astype(np.float32 if raw.dtype == np.float32 else np.float64, copy=True))
         mb = x.mean(axis=0)
         xc = x - mb
         m2b = xc.T @ xc
@@ -190,6 +197,16 @@ class FeatureStats:
         return self._mean.copy()
 
     @property
+    def features(self) -> Optional[np.ndarray]:
+        """The vectors added, (n, D) (float32 when added as float32), or None unless ``keep_features``."""
+        if not self.keep_features:
+            return None
+        if len(self._kept) != 1:
+            d = self.dim or 0
+            self._kept = [np.concatenate(self._kept) if self._kept else np.zeros((0, d), np.float32)]
+        return self._kept[0]
+
+    @property
     def cov(self) -> np.ndarray:
         """float64 (D, D), normalized by n - 1."""
         if self.n < 2:
@@ -197,25 +214,34 @@ class FeatureStats:
         return self._m2 / (self.n - 1)
 
     def save(self, path: str, meta: Optional[Dict[str, Any]] = None) -> str:
-        """Write mu, sigma, n (and a JSON ``meta``) to an .npz file atomically."""
+        """Write mu, sigma, n, the kept features (if any) and a JSON ``meta`` to an .npz file atomically."""
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}.npz"
+        extra = {"feats": self.features} if self.keep_features else {}
         np.savez(tmp, mu=self.mean, sigma=self.cov, n=np.int64(self.n), format=np.int64(_STATS_FORMAT),
-                 meta=np.array(json.dumps(meta or {}, sort_keys=True)))
+                 meta=np.array(json.dumps(meta or {}, sort_keys=True)), **extra)
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str) -> Tuple["FeatureStats", Dict[str, Any]]:
-        """Read an .npz written by :meth:`save`; returns (stats, meta)."""
+        """Read an .npz written by :meth:`save`; returns (stats, meta). The stats keep features when the file
+        holds them (format 2)."""
         with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != _STATS_FORMAT:
-                raise ValueError(f"{path}: statistics format {int(z['format'])}, expected {_STATS_FORMAT}")
+            fmt = int(z["format"])
+            if fmt not in (1, _STATS_FORMAT):
+                raise ValueError(f"{path}: statistics format {fmt}, expected {_STATS_FORMAT}")
             mu, sigma, n = z["mu"], z["sigma"], int(z["n"])
             meta = json.loads(str(z["meta"]))
-        s = cls(mu.shape[0])
+            feats = z["feats"] if "feats" in z.files else None
+        if feats is not None and (feats.ndim != 2 or feats.shape != (n, mu.shape[0])):
+            raise ValueError(f"{path}: stored features of shape {feats.shape} do not match n={n}, "
+                             f"D={mu.shape[0]}")
+        s = cls(mu.shape[0], keep_features=feats is not None)
         s.n, s._mean, s._m2 = n, mu.astype(np.float64), sigma.astype(np.float64) * (n - 1)
+        if feats is not None:
+            s._kept = [feats]
         return s, meta
 
 
@@ -367,14 +393,16 @@ def stats_cache_key(fields: Dict[str, Any]) -> str:
 
 
 def real_statistics(images: Iterable[torch.Tensor], extractor: FIDExtractor, *, describe: Dict[str, Any],
-                    cache_dir: Optional[str] = None, log=print) -> Tuple[FeatureStats, Dict[str, Any]]:
-    """Statistics of a real image set, cached as an .npz.
+                    cache_dir: Optional[str] = None, log=print,
+                    on_batch: Optional[Callable[[int], None]] = None) -> Tuple[FeatureStats, Dict[str, Any]]:
+    """Statistics and feature vectors (``stats.features``) of a real image set, cached as an .npz.
 
     Args:
         images: an iterable of uint8 (B, 3, H, W) batches (only read on a cache miss).
         extractor: the feature network; its variant and weights hash are part of the cache key.
         describe: what identifies the set (dataset, root, split, height, width, count, ...).
         cache_dir: folder of the cache files (default :func:`default_cache_dir`); '' disables caching.
+        on_batch: called with each batch's image count after its features (progress display).
 
     Returns (stats, meta) with meta = describe + variant, weights, key, path, cached (bool)."""
     meta = dict(describe, fid_variant=extractor.variant, weights=extractor.weights_id, format=_STATS_FORMAT)
@@ -386,14 +414,16 @@ def real_statistics(images: Iterable[torch.Tensor], extractor: FIDExtractor, *, 
     if path and os.path.isfile(path):
         try:
             stats, saved = FeatureStats.load(path)
-            if saved.get("key") == key:
+            if saved.get("key") == key and stats.features is not None:
                 log(f"[fid] real statistics from cache {path}")
                 return stats, dict(saved, path=path, cached=True)
         except (OSError, ValueError, KeyError) as e:
             log(f"[fid] ignoring unreadable cache file {path} ({type(e).__name__}: {e})")
-    stats = FeatureStats()
+    stats = FeatureStats(keep_features=True)
     for batch in images:
         extractor.update(stats, batch)
+        if on_batch is not None:
+            on_batch(int(batch.shape[0]))
     meta = dict(meta, key=key)
     if path:
         stats.save(path, meta)
