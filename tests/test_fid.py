@@ -343,17 +343,26 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path):
+def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     from sbgan_fast.metrics.evaluate import evaluate_checkpoint
     ex = FIDExtractor(model=Recorder(record=False), batch_size=4)
     kw = dict(n=4, sets=2, conditional=True, n_real=6, cache_dir=str(tmp_path / "cache"), extractor=ex,
-              batch_size=4, device="cpu", log=lambda m: None)
-    r1 = evaluate_checkpoint(str(tiny_run), out=str(tmp_path / "r.json"), **kw)
+              batch_size=4, device="cpu", log=lambda m: None, progress=False)
+    r1 = evaluate_checkpoint(str(tiny_run), out=str(tmp_path / "r.json"), **dict(kw, progress=True))
+    # the bar counts every image through the network: 6 real (a cache miss), 2 x 4 + 2 x 4 generated
+    err = capsys.readouterr().err
+    assert "22/22" in err and "img/s" in err
     assert json.load(open(tmp_path / "r.json")) == json.loads(json.dumps(r1))
     u = r1["unconditional"]
     assert u["n_per_set"] == 4 and u["seeds"] == [0, 1] and len(u["sets"]) == 2
     assert u["sets"][0] != u["sets"][1] and all(v > 0 and np.isfinite(v) for v in u["sets"])
     assert u["mean"] == pytest.approx(np.mean(u["sets"])) and u["std"] == pytest.approx(np.std(u["sets"], ddof=1))
+    # the other metrics, per set, from the same features (4 generated, 6 real vectors)
+    for name, k in (("precision", 3), ("recall", 3), ("density", 5), ("coverage", 5)):
+        assert len(u[name]["sets"]) == 2 and u[name]["k"] == k and u[name]["mean"] == np.mean(u[name]["sets"])
+    assert u["kid"]["subset_size"] == 4 and u["kid"]["subsets"] == 100 and len(u["kid"]["subset_std"]) == 2
+    assert all(0 <= v <= 1 for name in ("precision", "recall", "coverage") for v in u[name]["sets"])
+    assert "kid" in r1["conditional"] and r1["conditional"]["kid"]["subset_size"] == 4
     c = r1["conditional"]   # 4 of the 6 real label maps per set: two different draws
     assert c["n_per_set"] == 4 and len(c["sets"]) == 2 and c["sets"][0] != c["sets"][1]
     assert c["fid"] == pytest.approx(np.mean(c["sets"])) and all(v > 0 for v in c["sets"])
@@ -398,7 +407,9 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     rng = torch.get_rng_state()
     before = {n: {k2: v.clone() for k2, v in net.state_dict().items()} for n, net in nets.items()}
     out = fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)
-    assert set(out) == {"fid", "fid_cond", "fid_n"} and out["fid"] > 0 and out["fid_cond"] > 0
+    names = ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage")
+    assert set(out) == {"fid_n"} | set(names) | {f"{n}_cond" for n in names}
+    assert out["fid"] > 0 and out["fid_cond"] > 0 and all(isinstance(v, float) for v in out.values())
     assert torch.equal(torch.get_rng_state(), rng)
     assert nets["G_seg"].training and nets["G_spd"].training
     for n, net in nets.items():   # eval mode: batch-norm running statistics untouched
@@ -407,7 +418,7 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     assert fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None) == out
     trainer.trained = {"G_spd"}
     assert set(fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)) == \
-        {"fid_cond", "fid_n"}
+        {f"{n}_cond" for n in names} | {"fid_n"}
 
 
 @needs_wheel
