@@ -168,7 +168,8 @@ def kid(real: ArrayLike, fake: ArrayLike, *, subsets: int = KID_SUBSETS, subset_
     kernel, over ``subsets`` random subsets of ``m = min(subset_size, Nf, Nr)`` vectors (see the module doc).
 
     When the three kernel matrices of the whole sets hold at most ``max_gram_entries`` entries they are
-    computed once and each subset gathers from them; otherwise each subset computes its own (same values).
+    computed once and every subset's sums come from them (one matrix product for all subsets); otherwise each
+    subset computes its own kernel matrices (same values, float64 rounding aside).
 
     Returns ``{"kid": mean, "kid_std": std over subsets (ddof 0), "kid_subsets": subsets,
     "kid_subset_size": m}``."""
@@ -182,20 +183,27 @@ def kid(real: ArrayLike, fake: ArrayLike, *, subsets: int = KID_SUBSETS, subset_
     if m < 2:
         raise ValueError(f"KID needs at least 2 real and 2 fake feature vectors, got {nr} and {nf}")
     rng = np.random.RandomState(seed)
-    pre = nr * nr + nf * nf + nr * nf <= max_gram_entries
-    if pre:
+    draws = [(rng.choice(nf, m, replace=False), rng.choice(nr, m, replace=False)) for _ in range(subsets)]
+    if nr * nr + nf * nf + nr * nf <= max_gram_entries:
+        # the subsets' kernel sums from the whole-set kernel matrices: with the 0/1 membership matrices
+        # W (N, subsets), sum_{i,j in S} K_ij = (W^T K W)_SS, computed for all subsets in one product
+        w_f = torch.zeros(nf, subsets, dtype=torch.float64, device=r.device)
+        w_r = torch.zeros(nr, subsets, dtype=torch.float64, device=r.device)
+        for s, (i_f, i_r) in enumerate(draws):
+            w_f[torch.from_numpy(i_f).to(r.device), s] = 1.0
+            w_r[torch.from_numpy(i_r).to(r.device), s] = 1.0
         k_ff, k_rr, k_fr = _poly_kernel(f, f), _poly_kernel(r, r), _poly_kernel(f, r)
-    values = np.empty(subsets, dtype=np.float64)
-    for s in range(subsets):
-        i_f = torch.from_numpy(rng.choice(nf, m, replace=False)).to(r.device)
-        i_r = torch.from_numpy(rng.choice(nr, m, replace=False)).to(r.device)
-        if pre:
-            kxx, kyy, kxy = k_ff[i_f][:, i_f], k_rr[i_r][:, i_r], k_fr[i_f][:, i_r]
-        else:
-            x, y = f[i_f], r[i_r]
+        s_ff = ((k_ff @ w_f) * w_f).sum(0) - k_ff.diagonal() @ w_f
+        s_rr = ((k_rr @ w_r) * w_r).sum(0) - k_rr.diagonal() @ w_r
+        s_fr = ((k_fr @ w_r) * w_f).sum(0)
+        values = ((s_ff + s_rr) / (m * (m - 1)) - 2.0 * s_fr / (m * m)).cpu().numpy()
+    else:
+        values = np.empty(subsets, dtype=np.float64)
+        for s, (i_f, i_r) in enumerate(draws):
+            x, y = f[torch.from_numpy(i_f).to(r.device)], r[torch.from_numpy(i_r).to(r.device)]
             kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
-        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-        values[s] = float(off - 2.0 * kxy.sum() / (m * m))
+            off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+            values[s] = float(off - 2.0 * kxy.sum() / (m * m))
     return {"kid": float(values.mean()), "kid_std": float(values.std()), "kid_subsets": subsets,
             "kid_subset_size": m}
 
