@@ -76,6 +76,27 @@ def test_frechet_distance_matches_scipy_sqrtm(n1, n2, d, rank):
     assert metrics.fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
 
 
+def test_fid_from_stats_reuses_the_reference_decomposition(monkeypatch):
+    """fid_from_stats(a, b) decomposes b's covariance once (cached on b until b changes); the values equal
+    frechet_distance's and scipy's."""
+    real = FeatureStats().update(feats(30, 40, 5))
+    sets = [FeatureStats().update(feats(25, 40, 6 + i, shift=0.1 * i)) for i in range(3)]
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(fid_mod.np.linalg, "eigh", lambda m: calls.append(m.shape) or eigh(m))
+    got = [fid_mod.fid_from_stats(s, real) for s in sets]
+    assert calls == [(40, 40)]             # the real covariance, once; the rest is rank-sized (eigvalsh)
+    for s, g in zip(sets, got):
+        assert g == pytest.approx(ref_frechet(s.mean, s.cov, real.mean, real.cov), rel=1e-6)
+        assert g == pytest.approx(metrics.frechet_distance(s.mean, s.cov, real.mean, real.cov), rel=1e-10)
+    calls.clear()
+    fid_mod.fid_from_stats(sets[1], real)
+    assert calls == []                      # still cached
+    real.update(feats(5, 40, 9))            # new rows: a new decomposition
+    fid_mod.fid_from_stats(sets[0], real)
+    assert calls == [(40, 40)]
+
+
 def test_fid_identity_and_symmetry():
     a, b = feats(50, 64, 3), feats(80, 64, 4, shift=0.2)
     (m1, s1) = stats(a)
@@ -93,7 +114,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     real = fid_mod._trace_sqrt_product
     calls = []
 
-    def flaky(x, y):
+    def flaky(x, y, eig=None):
         calls.append(x.copy())
         if len(calls) == 1:
             raise np.linalg.LinAlgError("eigh did not converge")
@@ -108,7 +129,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     # non-finite result also triggers the fallback
     calls.clear()
 
-    def nan_first(x, y):
+    def nan_first(x, y, eig=None):
         calls.append(x)
         return float("nan") if len(calls) == 1 else real(x, y)
 

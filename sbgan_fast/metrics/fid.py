@@ -75,14 +75,16 @@ def _zero_below_rank_tol(w: np.ndarray) -> np.ndarray:
     return np.where(w > tol, w, 0.0)
 
 
-def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray,
+                        eig1: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """tr(sqrt(s1 @ s2)) for symmetric PSD s1, s2 (float64).
 
     With ``s1 = V W V^T``: ``s1 s2`` is similar to ``R s2 R`` (``R = V W^1/2 V^T``), whose eigenvalues are
     those of ``B^T s2 B`` with ``B = V_+ W_+^1/2`` restricted to the r nonzero eigenvalues of s1 (the others
     add zeros). So the trace is ``sum(sqrt(eigvalsh(B^T s2 B)))``: one D x D and one r x r symmetric
-    eigendecomposition (r <= n - 1 for a covariance of n feature vectors)."""
-    w, v = np.linalg.eigh(s1)
+    eigendecomposition (r <= n - 1 for a covariance of n feature vectors). ``eig1``: ``numpy.linalg.eigh(s1)``
+    when already known (the D x D decomposition is then skipped)."""
+    w, v = np.linalg.eigh(s1) if eig1 is None else eig1
     w = _zero_below_rank_tol(w)
     keep = w > 0
     if not keep.any():
@@ -105,13 +107,15 @@ def _check_cov(s: np.ndarray, name: str) -> np.ndarray:
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, *,
-                     eps: float = 1e-6) -> float:
+                     eps: float = 1e-6, eig1: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     Args:
         mu1, mu2: means, shape (D,), numpy arrays or torch tensors (any float dtype; computed in float64).
         sigma1, sigma2: covariances, shape (D, D), symmetric positive semi-definite (singular is fine).
         eps: diagonal offset of the fallback used when the eigendecomposition fails or is non-finite.
+        eig1: ``numpy.linalg.eigh`` of the symmetrized sigma1 when already known (e.g. cached for a reference
+            set, :meth:`FeatureStats.cov_eigh`): the D x D decomposition is then skipped.
 
     Returns ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2))`` as a Python float."""
     m1, m2 = _as_f64(mu1, "mu1", 1), _as_f64(mu2, "mu2", 1)
@@ -124,7 +128,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     s1, s2 = _check_cov(s1, "sigma1"), _check_cov(s2, "sigma2")
     diff = m1 - m2
     try:
-        tr_covmean = _trace_sqrt_product(s1, s2)
+        tr_covmean = _trace_sqrt_product(s1, s2, eig1)
         ok = np.isfinite(tr_covmean)
     except np.linalg.LinAlgError:
         ok = False
@@ -157,6 +161,7 @@ class FeatureStats:
         self._m2: Optional[np.ndarray] = None
         self.keep_features = keep_features
         self._kept: list = []
+        self._eigh: Optional[Tuple[int, Tuple[np.ndarray, np.ndarray]]] = None
 
     def update(self, feats: ArrayLike) -> "FeatureStats":
         if isinstance(feats, torch.Tensor):
@@ -195,6 +200,13 @@ class FeatureStats:
         if self.n == 0:
             raise ValueError("FeatureStats: no features added")
         return self._mean.copy()
+
+    def cov_eigh(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``numpy.linalg.eigh`` of the (symmetrized) covariance, cached until the next :meth:`update`."""
+        if self._eigh is None or self._eigh[0] != self.n:
+            c = self.cov
+            self._eigh = (self.n, np.linalg.eigh(0.5 * (c + c.T)))
+        return self._eigh[1]
 
     @property
     def features(self) -> Optional[np.ndarray]:
@@ -252,8 +264,9 @@ def fid_from_features(feats1: ArrayLike, feats2: ArrayLike) -> float:
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
-    """FID between two :class:`FeatureStats`."""
-    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+    """FID between two :class:`FeatureStats`. The eigendecomposition of ``b``'s covariance is cached on ``b``,
+    so comparing many sets with one reference ``b`` (the real set) decomposes its D x D covariance once."""
+    return frechet_distance(b.mean, b.cov, a.mean, a.cov, eig1=b.cov_eigh())
 
 
 # ---------------------------------------------------------------------------------------------------------
