@@ -261,15 +261,18 @@ def test_inception_matches_the_packaged_torchscript_network():
 
 @needs_wheel
 def test_features_agree_across_batch_sizes_and_memory_formats():
-    """The extractor's layout (channels-last on the CPU) and batch size change the convolution algorithms,
-    not the features: they agree to float32 rounding (measured max |diff| ~5e-6 on features up to ~5)."""
+    """The extractor's layout (channels-last on the CPU), folded batch norms and batch size change the
+    convolution arithmetic, not the features: they agree to float32 rounding (measured max |diff| ~1e-5 on
+    features up to ~5)."""
     import copy
     model, info = load_inception()
     img = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
-    plain = FIDExtractor(model=copy.deepcopy(model), info=info, batch_size=2, channels_last=False)
-    fast = FIDExtractor(model=model, info=info, batch_size=1, channels_last=True)
-    assert FIDExtractor(model=nn.Identity()).channels_last      # the CPU default
+    plain = FIDExtractor(model=copy.deepcopy(model), info=info, batch_size=2, channels_last=False, fuse_bn=False)
+    fast = FIDExtractor(model=model, info=info, batch_size=1)
+    assert fast.channels_last and fast.fuse_bn                  # the CPU defaults
     assert next(fast.model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.model.modules()) == 94
     a, b = plain.features(img), fast.features(img)
     assert a.abs().max() > 1
     torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-5)
@@ -279,12 +282,9 @@ def _tiny_input():
     return torch.rand(1, 3, 75, 75) * 2 - 1   # the smallest input the trunk accepts
 
 
-def test_state_dict_files_load_with_hash_checks(tmp_path):
-    """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
-    the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
-    file serves both variants."""
+def _random_inception(variant="fid"):
     with torch.device("meta"):
-        src = InceptionV3Features("fid")
+        src = InceptionV3Features(variant)
     src = src.to_empty(device="cpu")
     with torch.no_grad():   # cheap random weights (no default initialisation of 24M parameters)
         for name, t in src.state_dict().items():
@@ -294,6 +294,34 @@ def test_state_dict_files_load_with_hash_checks(tmp_path):
                 t.normal_(0, 0.05)
             else:
                 t.zero_()
+    return src.eval()
+
+
+def test_fused_batch_norms_compute_the_same_features():
+    from sbgan_fast.metrics.inception import fuse_batch_norms_
+    import copy
+    ref = _random_inception()
+    with torch.no_grad():   # batch-norm scales other than 1 (the torchvision weights have them)
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    fused = fuse_batch_norms_(copy.deepcopy(ref))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(p.requires_grad for p in fused.parameters())
+    x = torch.rand(2, 3, 75, 75) * 2 - 1
+    with torch.no_grad():
+        want, got = ref(x), fused(x)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batch_norms_(copy.deepcopy(ref).train())
+
+
+def test_state_dict_files_load_with_hash_checks(tmp_path):
+    """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
+    the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
+    file serves both variants."""
+    src = _random_inception()
     sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
     sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)

@@ -337,15 +337,18 @@ class FIDExtractor:
         model: an already built feature network (float (N,3,299,299) -> (N,2048)); replaces the weights
             lookup (``info`` then names it). Used by tests with a small stand-in.
         channels_last: run the network on channels-last (NHWC) tensors. None (default): on for the CPU, where
-            it is faster (``bench/bench_inception.py``), off elsewhere. Features agree with the contiguous
-            layout to float32 rounding (tested).
+            it is faster (``bench/bench_inception.py``), off elsewhere.
+        fuse_bn: fold the Inception network's batch norms into its convolutions
+            (:func:`.inception.fuse_batch_norms_`, in place). None (default): on for the CPU, where it is
+            faster, off elsewhere. With either option the features agree with the plain network to float32
+            rounding (tested).
 
     ``info`` is a dict naming the variant, the weights' source and sha256."""
 
     def __init__(self, variant: str = "pytorch-fid", weights: Optional[str] = None, *,
                  device: Union[str, torch.device] = "cpu", batch_size: int = 50,
                  model: Optional[torch.nn.Module] = None, info: Optional[Dict[str, str]] = None,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, fuse_bn: Optional[bool] = None):
         if variant not in VARIANTS:
             raise ValueError(f"FID variant must be one of {VARIANTS}, got {variant!r}")
         if batch_size <= 0:
@@ -360,7 +363,12 @@ class FIDExtractor:
         else:
             model = model.to(self.device).eval()
             info = dict(info or {"source": f"module:{type(model).__name__}", "sha256": "", "variant": variant})
-        self.channels_last = (self.device.type == "cpu") if channels_last is None else bool(channels_last)
+        on_cpu = self.device.type == "cpu"
+        self.channels_last = on_cpu if channels_last is None else bool(channels_last)
+        self.fuse_bn = on_cpu if fuse_bn is None else bool(fuse_bn)
+        if self.fuse_bn:
+            from .inception import fuse_batch_norms_
+            model = fuse_batch_norms_(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
