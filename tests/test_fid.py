@@ -76,6 +76,27 @@ def test_frechet_distance_matches_scipy_sqrtm(n1, n2, d, rank):
     assert metrics.fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
 
 
+def test_fid_from_stats_reuses_the_reference_decomposition(monkeypatch):
+    """fid_from_stats(a, b) decomposes b's covariance once (cached on b until b changes); the values equal
+    frechet_distance's and scipy's."""
+    real = FeatureStats().update(feats(30, 40, 5))
+    sets = [FeatureStats().update(feats(25, 40, 6 + i, shift=0.1 * i)) for i in range(3)]
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(fid_mod.np.linalg, "eigh", lambda m: calls.append(m.shape) or eigh(m))
+    got = [fid_mod.fid_from_stats(s, real) for s in sets]
+    assert calls == [(40, 40)]             # the real covariance, once; the rest is rank-sized (eigvalsh)
+    for s, g in zip(sets, got):
+        assert g == pytest.approx(ref_frechet(s.mean, s.cov, real.mean, real.cov), rel=1e-6)
+        assert g == pytest.approx(metrics.frechet_distance(s.mean, s.cov, real.mean, real.cov), rel=1e-10)
+    calls.clear()
+    fid_mod.fid_from_stats(sets[1], real)
+    assert calls == []                      # still cached
+    real.update(feats(5, 40, 9))            # new rows: a new decomposition
+    fid_mod.fid_from_stats(sets[0], real)
+    assert calls == [(40, 40)]
+
+
 def test_fid_identity_and_symmetry():
     a, b = feats(50, 64, 3), feats(80, 64, 4, shift=0.2)
     (m1, s1) = stats(a)
@@ -93,7 +114,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     real = fid_mod._trace_sqrt_product
     calls = []
 
-    def flaky(x, y):
+    def flaky(x, y, eig=None):
         calls.append(x.copy())
         if len(calls) == 1:
             raise np.linalg.LinAlgError("eigh did not converge")
@@ -108,7 +129,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     # non-finite result also triggers the fallback
     calls.clear()
 
-    def nan_first(x, y):
+    def nan_first(x, y, eig=None):
         calls.append(x)
         return float("nan") if len(calls) == 1 else real(x, y)
 
@@ -238,16 +259,32 @@ def test_inception_matches_the_packaged_torchscript_network():
     assert mine.abs().max() > 0.1    # real features, not zeros
 
 
+@needs_wheel
+def test_features_agree_across_batch_sizes_and_memory_formats():
+    """The extractor's layout (channels-last on the CPU), folded batch norms and batch size change the
+    convolution arithmetic, not the features: they agree to float32 rounding (measured max |diff| ~1e-5 on
+    features up to ~5)."""
+    import copy
+    model, info = load_inception()
+    img = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
+    plain = FIDExtractor(model=copy.deepcopy(model), info=info, batch_size=2, channels_last=False, fuse_bn=False)
+    fast = FIDExtractor(model=model, info=info, batch_size=1)
+    assert fast.channels_last and fast.fuse_bn                  # the CPU defaults
+    assert next(fast.model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.model.modules()) == 94
+    a, b = plain.features(img), fast.features(img)
+    assert a.abs().max() > 1
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-5)
+
+
 def _tiny_input():
     return torch.rand(1, 3, 75, 75) * 2 - 1   # the smallest input the trunk accepts
 
 
-def test_state_dict_files_load_with_hash_checks(tmp_path):
-    """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
-    the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
-    file serves both variants."""
+def _random_inception(variant="fid"):
     with torch.device("meta"):
-        src = InceptionV3Features("fid")
+        src = InceptionV3Features(variant)
     src = src.to_empty(device="cpu")
     with torch.no_grad():   # cheap random weights (no default initialisation of 24M parameters)
         for name, t in src.state_dict().items():
@@ -257,6 +294,34 @@ def test_state_dict_files_load_with_hash_checks(tmp_path):
                 t.normal_(0, 0.05)
             else:
                 t.zero_()
+    return src.eval()
+
+
+def test_fused_batch_norms_compute_the_same_features():
+    from sbgan_fast.metrics.inception import fuse_batch_norms_
+    import copy
+    ref = _random_inception()
+    with torch.no_grad():   # batch-norm scales other than 1 (the torchvision weights have them)
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    fused = fuse_batch_norms_(copy.deepcopy(ref))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(p.requires_grad for p in fused.parameters())
+    x = torch.rand(2, 3, 75, 75) * 2 - 1
+    with torch.no_grad():
+        want, got = ref(x), fused(x)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batch_norms_(copy.deepcopy(ref).train())
+
+
+def test_state_dict_files_load_with_hash_checks(tmp_path):
+    """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
+    the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
+    file serves both variants."""
+    src = _random_inception()
     sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
     sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
@@ -343,17 +408,26 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path):
+def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     from sbgan_fast.metrics.evaluate import evaluate_checkpoint
     ex = FIDExtractor(model=Recorder(record=False), batch_size=4)
     kw = dict(n=4, sets=2, conditional=True, n_real=6, cache_dir=str(tmp_path / "cache"), extractor=ex,
-              batch_size=4, device="cpu", log=lambda m: None)
-    r1 = evaluate_checkpoint(str(tiny_run), out=str(tmp_path / "r.json"), **kw)
+              batch_size=4, device="cpu", log=lambda m: None, progress=False)
+    r1 = evaluate_checkpoint(str(tiny_run), out=str(tmp_path / "r.json"), **dict(kw, progress=True))
+    # the bar counts every image through the network: 6 real (a cache miss), 2 x 4 + 2 x 4 generated
+    err = capsys.readouterr().err
+    assert "22/22" in err and "img/s" in err
     assert json.load(open(tmp_path / "r.json")) == json.loads(json.dumps(r1))
     u = r1["unconditional"]
     assert u["n_per_set"] == 4 and u["seeds"] == [0, 1] and len(u["sets"]) == 2
     assert u["sets"][0] != u["sets"][1] and all(v > 0 and np.isfinite(v) for v in u["sets"])
     assert u["mean"] == pytest.approx(np.mean(u["sets"])) and u["std"] == pytest.approx(np.std(u["sets"], ddof=1))
+    # the other metrics, per set, from the same features (4 generated, 6 real vectors)
+    for name, k in (("precision", 3), ("recall", 3), ("density", 5), ("coverage", 5)):
+        assert len(u[name]["sets"]) == 2 and u[name]["k"] == k and u[name]["mean"] == np.mean(u[name]["sets"])
+    assert u["kid"]["subset_size"] == 4 and u["kid"]["subsets"] == 100 and len(u["kid"]["subset_std"]) == 2
+    assert all(0 <= v <= 1 for name in ("precision", "recall", "coverage") for v in u[name]["sets"])
+    assert "kid" in r1["conditional"] and r1["conditional"]["kid"]["subset_size"] == 4
     c = r1["conditional"]   # 4 of the 6 real label maps per set: two different draws
     assert c["n_per_set"] == 4 and len(c["sets"]) == 2 and c["sets"][0] != c["sets"][1]
     assert c["fid"] == pytest.approx(np.mean(c["sets"])) and all(v > 0 for v in c["sets"])
@@ -398,7 +472,9 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     rng = torch.get_rng_state()
     before = {n: {k2: v.clone() for k2, v in net.state_dict().items()} for n, net in nets.items()}
     out = fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)
-    assert set(out) == {"fid", "fid_cond", "fid_n"} and out["fid"] > 0 and out["fid_cond"] > 0
+    names = ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage")
+    assert set(out) == {"fid_n"} | set(names) | {f"{n}_cond" for n in names}
+    assert out["fid"] > 0 and out["fid_cond"] > 0 and all(isinstance(v, float) for v in out.values())
     assert torch.equal(torch.get_rng_state(), rng)
     assert nets["G_seg"].training and nets["G_spd"].training
     for n, net in nets.items():   # eval mode: batch-norm running statistics untouched
@@ -407,7 +483,7 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     assert fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None) == out
     trainer.trained = {"G_spd"}
     assert set(fid_callback(trainer, 4, n_real=6, extractor=ex, cache_dir="", log=lambda m: None)) == \
-        {"fid_cond", "fid_n"}
+        {f"{n}_cond" for n in names} | {"fid_n"}
 
 
 @needs_wheel

@@ -1,6 +1,7 @@
-"""FID of trained SB-GAN generators: ``sbgan-fast eval`` and a callback for periodic FID during training.
+"""FID, KID, precision/recall and density/coverage of trained SB-GAN generators: ``sbgan-fast eval`` and a
+callback for periodic FID during training.
 
-Two numbers, as in the paper:
+Two settings, as in the paper:
 
 * **unconditional** (SB-GAN): z -> G_seg -> argmax label map -> G_spd -> image. The paper's protocol is the
   mean and spread over 5 sets of 500 (Cityscapes) or 433 (ADE-Indoor) generated images, each set compared with
@@ -9,8 +10,10 @@ Two numbers, as in the paper:
   with the same real statistics. Set ``i`` takes ``n`` label maps drawn without replacement with seed
   ``seed + i``; the generator is deterministic, so when ``n`` covers the whole split there is one set.
 
-Real-set statistics are cached (see :func:`.fid.real_statistics`), keyed by the dataset, its root/folders,
-split, resolution, image count, FID variant and the Inception weights' sha256.
+Every set is passed through the Inception network once; its features give the FID and the other numbers of
+:mod:`.quality` (KID: 100 subsets of min(1000, n) vectors; precision/recall k = 3; density/coverage k = 5).
+Real-set statistics and features are cached (see :func:`.fid.real_statistics`), keyed by the dataset, its
+root/folders, split, resolution, image count, FID variant and the Inception weights' sha256.
 
 The validation images: the ``val`` split of the run's dataset at the run's resolution. For the built-in
 synthetic scenes that is a set of scenes rendered with another seed than the training scenes; for folder
@@ -29,8 +32,10 @@ import numpy as np
 import torch
 
 from .fid import FeatureStats, FIDExtractor, fid_from_stats, real_statistics
+from .quality import DC_K, KID_SUBSETS, PR_K, quality_metrics
 
-__all__ = ["evaluate_checkpoint", "fid_callback", "build_eval_dataset", "PAPER_SET_SIZE", "SYNTHETIC_VAL_SEED"]
+__all__ = ["evaluate_checkpoint", "fid_callback", "set_metrics", "build_eval_dataset", "PAPER_SET_SIZE",
+           "SYNTHETIC_VAL_SEED"]
 
 # images per generated set in the paper's protocol (the sizes of the validation sets)
 PAPER_SET_SIZE = {"cityscapes": 500, "ade_indoor": 433}
@@ -138,11 +143,57 @@ def _label_subset(count: int, n: int, seed: int) -> List[int]:
     return sorted(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())
 
 
-def _stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor]) -> FeatureStats:
-    stats = FeatureStats()
+def _stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor],
+              on_batch: Optional[Callable[[int], None]] = None) -> FeatureStats:
+    """Statistics and features (``keep_features``) of generated batches; ``on_batch(count)`` after each."""
+    stats = FeatureStats(keep_features=True)
     for b in batches:
         extractor.update(stats, b)
+        if on_batch is not None:
+            on_batch(int(b.shape[0]))
     return stats
+
+
+def set_metrics(fake: FeatureStats, real: FeatureStats, *, seed: int = 0) -> Dict[str, float]:
+    """FID (from the statistics, as before) and the :func:`.quality.quality_metrics` of one generated set
+    against the real set (both with kept features). Precision/recall (density/coverage) are left out when a
+    set holds k = 3 (real: 5) vectors or fewer."""
+    out = {"fid": fid_from_stats(fake, real)}
+    nr, nf = real.n, fake.n
+    q = quality_metrics(real.features, fake.features, fid=False, seed=seed,
+                        pr_k=PR_K if min(nr, nf) > PR_K else None, dc_k=DC_K if nr > DC_K else None)
+    out.update(q)
+    return out
+
+
+_EXTRA = ("kid", "precision", "recall", "density", "coverage")
+
+
+def _collect(per_set: List[Dict[str, float]]) -> Dict[str, Any]:
+    """The result entries of a list of :func:`set_metrics` dicts: FID summary (top level, as before) plus one
+    summary per other metric."""
+    fids = [m["fid"] for m in per_set]
+    res: Dict[str, Any] = dict(_summary(fids), sets=fids)
+    for name in _EXTRA:
+        if all(name in m for m in per_set):
+            vals = [m[name] for m in per_set]
+            res[name] = dict(_summary(vals), sets=vals)
+    k = res["kid"]
+    k.update(subset_std=[m["kid_std"] for m in per_set], subsets=KID_SUBSETS,
+             subset_size=int(per_set[0]["kid_subset_size"]))
+    for name, kk in (("precision", PR_K), ("recall", PR_K), ("density", DC_K), ("coverage", DC_K)):
+        if name in res:
+            res[name]["k"] = kk
+    return res
+
+
+def _fmt(m: Dict[str, float]) -> str:
+    parts = [f"FID {m['fid']:.4f}", f"KID {m['kid']:.5f}"]
+    if "precision" in m:
+        parts.append(f"precision {m['precision']:.3f} recall {m['recall']:.3f}")
+    if "density" in m:
+        parts.append(f"density {m['density']:.3f} coverage {m['coverage']:.3f}")
+    return ", ".join(parts)
 
 
 def _summary(values: List[float]) -> Dict[str, Any]:
@@ -160,9 +211,10 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
                         label_dir: Optional[str] = None, variant: str = "pytorch-fid",
                         inception_weights: Optional[str] = None, cache_dir: Optional[str] = None,
                         batch_size: int = 16, device: str = "auto", seed: int = 0, out: Optional[str] = None,
-                        extractor: Optional[FIDExtractor] = None,
+                        extractor: Optional[FIDExtractor] = None, progress: Optional[bool] = None,
                         log: Callable[[str], None] = _log_stderr) -> Dict[str, Any]:
-    """FID of a checkpoint (file or run folder); returns the result dict (also written to ``out`` as JSON).
+    """FID, KID, precision/recall and density/coverage of a checkpoint (file or run folder); returns the result
+    dict (also written to ``out`` as JSON).
 
     Args:
         n: generated images per set (default: the paper's 500 / 433, else the number of real images).
@@ -172,6 +224,13 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
         n_real: real images for the statistics (default: the whole evaluation split).
         variant: 'pytorch-fid' (standard) or 'sbgan-code' (the authors' definition; needs inception_weights).
         extractor: a ready :class:`FIDExtractor` (else one is built from variant / inception_weights).
+        progress: a progress bar on stderr over every image of the run (images/s, ETA); None: only when stderr
+            is a terminal.
+
+    The ``unconditional`` / ``conditional`` entries hold the FID's mean, std (ddof 1), min, max and per-set
+    values at the top level, and one such summary per other metric under ``kid`` (with the per-set subset std
+    ``subset_std``, ``subsets``, ``subset_size``), ``precision``, ``recall``, ``density``, ``coverage`` (with
+    their ``k``).
     """
     from ..sample import load_generators
     from ..train.run import resolve_device
@@ -205,43 +264,61 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
     if n_real is not None and n_real > len(ds):
         log(f"[fid] warning: --n-real {n_real} but the evaluation set holds {len(ds)} images; using {count}")
     desc["count"] = count
-    real, real_meta = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
-                                      cache_dir=cache_dir, log=log)
     n_gen = n or PAPER_SET_SIZE.get(cfg.data.dataset, count)
-    result: Dict[str, Any] = {
-        "checkpoint": os.path.abspath(checkpoint), "preset": cfg.preset, "dataset": cfg.data.dataset,
-        "resolution": [cfg.data.height, cfg.data.width], "num_classes": k, "fid_variant": extractor.variant,
-        "inception": {k2: v for k2, v in extractor.info.items() if k2 != "fid_variant"},
-        "real": {"count": real.n, "split": split, "cache": real_meta.get("path") or None,
-                 "cached": bool(real_meta.get("cached"))},
-        "device": str(dev),
-    }
-    if unconditional:
-        values, seeds = [], []
-        for s in range(sets):
-            t = time.perf_counter()
-            st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev))
-            values.append(fid_from_stats(st, real))
-            seeds.append(seed + s)
-            log(f"[fid] unconditional set {s + 1}/{sets} ({n_gen} images, seed {seed + s}): FID {values[-1]:.4f} "
-                f"({time.perf_counter() - t:.1f} s)")
-        result["unconditional"] = dict(_summary(values), sets=values, seeds=seeds, n_per_set=n_gen)
-    if conditional:
-        n_cond = min(n_gen, count)
-        c_sets = sets if n_cond < count else 1
-        values, seeds = [], []
-        for s in range(c_sets):
-            t = time.perf_counter()
-            idx = _label_subset(count, n_cond, seed + s)
-            st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
-            values.append(fid_from_stats(st, real))
-            seeds.append(seed + s)
-            log(f"[fid] conditional set {s + 1}/{c_sets} ({n_cond} of {count} real label maps): FID "
-                f"{values[-1]:.4f} ({time.perf_counter() - t:.1f} s)")
-        result["conditional"] = dict(
-            _summary(values), fid=float(np.mean(values)), sets=values, seeds=seeds, n_per_set=n_cond,
-            labels=(f"all {count} label maps of the {split} split" if n_cond == count else
-                    f"{n_cond} of the {count} label maps of the {split} split per set, drawn with the set's seed"))
+    n_cond = min(n_gen, count)
+    c_sets = sets if n_cond < count else 1
+    bar = _progress_bar((sets * n_gen if unconditional else 0) + (c_sets * n_cond if conditional else 0), progress)
+    if not bar.disable and log is _log_stderr:   # messages above the bar, not through it
+        log = (lambda m: bar.write(m, file=sys.stderr))
+    real_pass = []
+
+    def real_batch(b: int) -> None:
+        if not real_pass:               # a cache miss: the real images go through the network too
+            real_pass.append(True)
+            bar.total += count
+            bar.refresh()
+        bar.update(b)
+
+    try:
+        real, real_meta = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
+                                          cache_dir=cache_dir, log=log, on_batch=real_batch)
+        result: Dict[str, Any] = {
+            "checkpoint": os.path.abspath(checkpoint), "preset": cfg.preset, "dataset": cfg.data.dataset,
+            "resolution": [cfg.data.height, cfg.data.width], "num_classes": k, "fid_variant": extractor.variant,
+            "inception": {k2: v for k2, v in extractor.info.items() if k2 != "fid_variant"},
+            "real": {"count": real.n, "split": split, "cache": real_meta.get("path") or None,
+                     "cached": bool(real_meta.get("cached"))},
+            "device": str(dev),
+        }
+        if unconditional:
+            per_set, seeds = [], []
+            for s in range(sets):
+                t = time.perf_counter()
+                st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev),
+                               bar.update)
+                per_set.append(set_metrics(st, real, seed=seed + s))
+                seeds.append(seed + s)
+                log(f"[fid] unconditional set {s + 1}/{sets} ({n_gen} images, seed {seed + s}): "
+                    f"{_fmt(per_set[-1])} ({time.perf_counter() - t:.1f} s)")
+            result["unconditional"] = dict(_collect(per_set), seeds=seeds, n_per_set=n_gen)
+        if conditional:
+            per_set, seeds = [], []
+            for s in range(c_sets):
+                t = time.perf_counter()
+                idx = _label_subset(count, n_cond, seed + s)
+                st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev), bar.update)
+                per_set.append(set_metrics(st, real, seed=seed + s))
+                seeds.append(seed + s)
+                log(f"[fid] conditional set {s + 1}/{c_sets} ({n_cond} of {count} real label maps): "
+                    f"{_fmt(per_set[-1])} ({time.perf_counter() - t:.1f} s)")
+            res = _collect(per_set)
+            result["conditional"] = dict(
+                res, fid=res["mean"], seeds=seeds, n_per_set=n_cond,
+                labels=(f"all {count} label maps of the {split} split" if n_cond == count else
+                        f"{n_cond} of the {count} label maps of the {split} split per set, drawn with the set's "
+                        "seed"))
+    finally:
+        bar.close()
     result["time_s"] = round(time.perf_counter() - t0, 3)
     if out:
         d = os.path.dirname(os.path.abspath(out))
@@ -252,6 +329,20 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
             f.write("\n")
         os.replace(tmp, out)
     return result
+
+
+def _progress_bar(total: int, progress: Optional[bool]):
+    """A tqdm bar over images on stderr (rate in img/s, ETA); progress None: shown only on a terminal."""
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+                disable=None if progress is None else not progress)
+
+
+def _record(m: Dict[str, float], suffix: str) -> Dict[str, float]:
+    """The periodic-record keys of one :func:`set_metrics` dict: ``fid``, ``kid``, ``kid_std``, ``precision``,
+    ``recall``, ``density``, ``coverage`` with ``suffix`` appended."""
+    keep = ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage")
+    return {f"{name}{suffix}": float(m[name]) for name in keep if name in m}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,8 +376,13 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
     codes come from a private generator seeded with ``seed`` (the same codes at every call), so the training
     RNG streams are untouched and resumed runs stay exact. The networks' train/eval modes are restored.
 
-    Returns e.g. ``{"fid": 81.2, "fid_cond": 64.0, "fid_n": 500}`` (empty when no generator is trained yet);
-    the caller logs it (e.g. ``trainer.logger.log(stage, step, images, scalars)``)."""
+    The same features give KID (``kid``, ``kid_std``: mean and std over 100 subsets), improved precision and
+    recall (k = 3) and density and coverage (k = 5), with the suffix ``_cond`` for the conditional set
+    (precision/recall need more than 3 images per set, density/coverage more than 5 real ones).
+
+    Returns e.g. ``{"fid": 81.2, "kid": 0.071, "kid_std": 0.002, "precision": 0.41, ..., "fid_cond": 64.0,
+    "kid_cond": 0.052, ..., "fid_n": 500}`` (empty when no generator is trained yet); the caller logs it (e.g.
+    ``trainer.logger.log(stage, step, images, scalars)``)."""
     if n_images < 2:
         raise ValueError(f"fid_callback: n_images must be at least 2, got {n_images}")
     trained = getattr(trainer, "trained", None)
@@ -319,10 +415,10 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
                 nets[name].eval()
         if do_uncond:
             st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
-            out["fid"] = fid_from_stats(st, real)
+            out.update(_record(set_metrics(st, real, seed=seed), ""))
         idx = list(range(min(n_images, count)))   # the same label maps at every call
         st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
-        out["fid_cond"] = fid_from_stats(st, real)
+        out.update(_record(set_metrics(st, real, seed=seed), "_cond"))
     finally:
         for name, training in modes.items():
             nets[name].train(training)

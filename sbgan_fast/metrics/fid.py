@@ -30,7 +30,7 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ __all__ = [
 
 VARIANTS = ("pytorch-fid", "sbgan-code")
 INPUT_SIZE = 299
-_STATS_FORMAT = 1
+_STATS_FORMAT = 2          # 2: the feature vectors are stored beside mu and sigma (format 1 files still load)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -75,14 +75,16 @@ def _zero_below_rank_tol(w: np.ndarray) -> np.ndarray:
     return np.where(w > tol, w, 0.0)
 
 
-def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray,
+                        eig1: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """tr(sqrt(s1 @ s2)) for symmetric PSD s1, s2 (float64).
 
     With ``s1 = V W V^T``: ``s1 s2`` is similar to ``R s2 R`` (``R = V W^1/2 V^T``), whose eigenvalues are
     those of ``B^T s2 B`` with ``B = V_+ W_+^1/2`` restricted to the r nonzero eigenvalues of s1 (the others
     add zeros). So the trace is ``sum(sqrt(eigvalsh(B^T s2 B)))``: one D x D and one r x r symmetric
-    eigendecomposition (r <= n - 1 for a covariance of n feature vectors)."""
-    w, v = np.linalg.eigh(s1)
+    eigendecomposition (r <= n - 1 for a covariance of n feature vectors). ``eig1``: ``numpy.linalg.eigh(s1)``
+    when already known (the D x D decomposition is then skipped)."""
+    w, v = np.linalg.eigh(s1) if eig1 is None else eig1
     w = _zero_below_rank_tol(w)
     keep = w > 0
     if not keep.any():
@@ -105,13 +107,15 @@ def _check_cov(s: np.ndarray, name: str) -> np.ndarray:
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, *,
-                     eps: float = 1e-6) -> float:
+                     eps: float = 1e-6, eig1: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     Args:
         mu1, mu2: means, shape (D,), numpy arrays or torch tensors (any float dtype; computed in float64).
         sigma1, sigma2: covariances, shape (D, D), symmetric positive semi-definite (singular is fine).
         eps: diagonal offset of the fallback used when the eigendecomposition fails or is non-finite.
+        eig1: ``numpy.linalg.eigh`` of the symmetrized sigma1 when already known (e.g. cached for a reference
+            set, :meth:`FeatureStats.cov_eigh`): the D x D decomposition is then skipped.
 
     Returns ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2))`` as a Python float."""
     m1, m2 = _as_f64(mu1, "mu1", 1), _as_f64(mu2, "mu2", 1)
@@ -124,7 +128,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     s1, s2 = _check_cov(s1, "sigma1"), _check_cov(s2, "sigma2")
     diff = m1 - m2
     try:
-        tr_covmean = _trace_sqrt_product(s1, s2)
+        tr_covmean = _trace_sqrt_product(s1, s2, eig1)
         ok = np.isfinite(tr_covmean)
     except np.linalg.LinAlgError:
         ok = False
@@ -146,18 +150,24 @@ class FeatureStats:
     so the result equals ``numpy.mean(F, 0)`` and ``numpy.cov(F, rowvar=False)`` of all rows at once, up to
     float64 rounding, whatever the batch sizes.
 
-    ``update(feats)``: feats (B, D) numpy array or torch tensor, any float dtype."""
+    ``update(feats)``: feats (B, D) numpy array or torch tensor, any float dtype.
+    ``keep_features=True`` also keeps the vectors themselves (:attr:`features`, for KID, precision/recall and
+    density/coverage; float32 input stays float32)."""
 
-    def __init__(self, dim: Optional[int] = None):
+    def __init__(self, dim: Optional[int] = None, *, keep_features: bool = False):
         self.dim = dim
         self.n = 0
         self._mean: Optional[np.ndarray] = None
         self._m2: Optional[np.ndarray] = None
+        self.keep_features = keep_features
+        self._kept: list = []
+        self._eigh: Optional[Tuple[int, Tuple[np.ndarray, np.ndarray]]] = None
 
     def update(self, feats: ArrayLike) -> "FeatureStats":
         if isinstance(feats, torch.Tensor):
-            feats = feats.detach().to("cpu", torch.float64).numpy()
-        x = np.asarray(feats, dtype=np.float64)
+            feats = feats.detach().cpu().numpy()
+        raw = np.asarray(feats)
+        x = raw.astype(np.float64)
         if x.ndim != 2:
             raise ValueError(f"FeatureStats.update: expected features of shape (B, D), got {x.shape}")
         if self.dim is None:
@@ -169,6 +179,8 @@ class FeatureStats:
         b = x.shape[0]
         if b == 0:
             return self
+        if self.keep_features:
+            self._kept.append(raw.astype(np.float32 if raw.dtype == np.float32 else np.float64, copy=True))
         mb = x.mean(axis=0)
         xc = x - mb
         m2b = xc.T @ xc
@@ -189,6 +201,23 @@ class FeatureStats:
             raise ValueError("FeatureStats: no features added")
         return self._mean.copy()
 
+    def cov_eigh(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``numpy.linalg.eigh`` of the (symmetrized) covariance, cached until the next :meth:`update`."""
+        if self._eigh is None or self._eigh[0] != self.n:
+            c = self.cov
+            self._eigh = (self.n, np.linalg.eigh(0.5 * (c + c.T)))
+        return self._eigh[1]
+
+    @property
+    def features(self) -> Optional[np.ndarray]:
+        """The vectors added, (n, D) (float32 when added as float32), or None unless ``keep_features``."""
+        if not self.keep_features:
+            return None
+        if len(self._kept) != 1:
+            d = self.dim or 0
+            self._kept = [np.concatenate(self._kept) if self._kept else np.zeros((0, d), np.float32)]
+        return self._kept[0]
+
     @property
     def cov(self) -> np.ndarray:
         """float64 (D, D), normalized by n - 1."""
@@ -197,25 +226,34 @@ class FeatureStats:
         return self._m2 / (self.n - 1)
 
     def save(self, path: str, meta: Optional[Dict[str, Any]] = None) -> str:
-        """Write mu, sigma, n (and a JSON ``meta``) to an .npz file atomically."""
+        """Write mu, sigma, n, the kept features (if any) and a JSON ``meta`` to an .npz file atomically."""
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}.npz"
+        extra = {"feats": self.features} if self.keep_features else {}
         np.savez(tmp, mu=self.mean, sigma=self.cov, n=np.int64(self.n), format=np.int64(_STATS_FORMAT),
-                 meta=np.array(json.dumps(meta or {}, sort_keys=True)))
+                 meta=np.array(json.dumps(meta or {}, sort_keys=True)), **extra)
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str) -> Tuple["FeatureStats", Dict[str, Any]]:
-        """Read an .npz written by :meth:`save`; returns (stats, meta)."""
+        """Read an .npz written by :meth:`save`; returns (stats, meta). The stats keep features when the file
+        holds them (format 2)."""
         with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != _STATS_FORMAT:
-                raise ValueError(f"{path}: statistics format {int(z['format'])}, expected {_STATS_FORMAT}")
+            fmt = int(z["format"])
+            if fmt not in (1, _STATS_FORMAT):
+                raise ValueError(f"{path}: statistics format {fmt}, expected {_STATS_FORMAT}")
             mu, sigma, n = z["mu"], z["sigma"], int(z["n"])
             meta = json.loads(str(z["meta"]))
-        s = cls(mu.shape[0])
+            feats = z["feats"] if "feats" in z.files else None
+        if feats is not None and (feats.ndim != 2 or feats.shape != (n, mu.shape[0])):
+            raise ValueError(f"{path}: stored features of shape {feats.shape} do not match n={n}, "
+                             f"D={mu.shape[0]}")
+        s = cls(mu.shape[0], keep_features=feats is not None)
         s.n, s._mean, s._m2 = n, mu.astype(np.float64), sigma.astype(np.float64) * (n - 1)
+        if feats is not None:
+            s._kept = [feats]
         return s, meta
 
 
@@ -226,8 +264,9 @@ def fid_from_features(feats1: ArrayLike, feats2: ArrayLike) -> float:
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
-    """FID between two :class:`FeatureStats`."""
-    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+    """FID between two :class:`FeatureStats`. The eigendecomposition of ``b``'s covariance is cached on ``b``,
+    so comparing many sets with one reference ``b`` (the real set) decomposes its D x D covariance once."""
+    return frechet_distance(b.mean, b.cov, a.mean, a.cov, eig1=b.cov_eigh())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,12 +336,19 @@ class FIDExtractor:
         batch_size: images per Inception forward.
         model: an already built feature network (float (N,3,299,299) -> (N,2048)); replaces the weights
             lookup (``info`` then names it). Used by tests with a small stand-in.
+        channels_last: run the network on channels-last (NHWC) tensors. None (default): on for the CPU, where
+            it is faster (``bench/bench_inception.py``), off elsewhere.
+        fuse_bn: fold the Inception network's batch norms into its convolutions
+            (:func:`.inception.fuse_batch_norms_`, in place). None (default): on for the CPU, where it is
+            faster, off elsewhere. With either option the features agree with the plain network to float32
+            rounding (tested).
 
     ``info`` is a dict naming the variant, the weights' source and sha256."""
 
     def __init__(self, variant: str = "pytorch-fid", weights: Optional[str] = None, *,
                  device: Union[str, torch.device] = "cpu", batch_size: int = 50,
-                 model: Optional[torch.nn.Module] = None, info: Optional[Dict[str, str]] = None):
+                 model: Optional[torch.nn.Module] = None, info: Optional[Dict[str, str]] = None,
+                 channels_last: Optional[bool] = None, fuse_bn: Optional[bool] = None):
         if variant not in VARIANTS:
             raise ValueError(f"FID variant must be one of {VARIANTS}, got {variant!r}")
         if batch_size <= 0:
@@ -317,6 +363,14 @@ class FIDExtractor:
         else:
             model = model.to(self.device).eval()
             info = dict(info or {"source": f"module:{type(model).__name__}", "sha256": "", "variant": variant})
+        on_cpu = self.device.type == "cpu"
+        self.channels_last = on_cpu if channels_last is None else bool(channels_last)
+        self.fuse_bn = on_cpu if fuse_bn is None else bool(fuse_bn)
+        if self.fuse_bn:
+            from .inception import fuse_batch_norms_
+            model = fuse_batch_norms_(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.info = dict(info, fid_variant=variant)
 
@@ -342,6 +396,8 @@ class FIDExtractor:
             for i in range(0, images.shape[0], self.batch_size):
                 b = images[i:i + self.batch_size].to(self.device)
                 x = preprocess_pytorch_fid(b) if self.variant == "pytorch-fid" else preprocess_sbgan_code(b)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 out.append(self.model(x).float().cpu())
         if not out:
             return torch.empty(0, 2048)
@@ -367,14 +423,16 @@ def stats_cache_key(fields: Dict[str, Any]) -> str:
 
 
 def real_statistics(images: Iterable[torch.Tensor], extractor: FIDExtractor, *, describe: Dict[str, Any],
-                    cache_dir: Optional[str] = None, log=print) -> Tuple[FeatureStats, Dict[str, Any]]:
-    """Statistics of a real image set, cached as an .npz.
+                    cache_dir: Optional[str] = None, log=print,
+                    on_batch: Optional[Callable[[int], None]] = None) -> Tuple[FeatureStats, Dict[str, Any]]:
+    """Statistics and feature vectors (``stats.features``) of a real image set, cached as an .npz.
 
     Args:
         images: an iterable of uint8 (B, 3, H, W) batches (only read on a cache miss).
         extractor: the feature network; its variant and weights hash are part of the cache key.
         describe: what identifies the set (dataset, root, split, height, width, count, ...).
         cache_dir: folder of the cache files (default :func:`default_cache_dir`); '' disables caching.
+        on_batch: called with each batch's image count after its features (progress display).
 
     Returns (stats, meta) with meta = describe + variant, weights, key, path, cached (bool)."""
     meta = dict(describe, fid_variant=extractor.variant, weights=extractor.weights_id, format=_STATS_FORMAT)
@@ -386,14 +444,16 @@ def real_statistics(images: Iterable[torch.Tensor], extractor: FIDExtractor, *, 
     if path and os.path.isfile(path):
         try:
             stats, saved = FeatureStats.load(path)
-            if saved.get("key") == key:
+            if saved.get("key") == key and stats.features is not None:
                 log(f"[fid] real statistics from cache {path}")
                 return stats, dict(saved, path=path, cached=True)
         except (OSError, ValueError, KeyError) as e:
             log(f"[fid] ignoring unreadable cache file {path} ({type(e).__name__}: {e})")
-    stats = FeatureStats()
+    stats = FeatureStats(keep_features=True)
     for batch in images:
         extractor.update(stats, batch)
+        if on_batch is not None:
+            on_batch(int(batch.shape[0]))
     meta = dict(meta, key=key)
     if path:
         stats.save(path, meta)
