@@ -243,7 +243,7 @@ class _Rows:
         return gbps
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile, res <= 128x256")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -260,11 +260,18 @@ def main(argv=None) -> None:
             raise SystemExit(f"--what: unknown part {w!r}; choose from one_hot, conv, conv-compile")
     if args.quick or args.no_compile:
         what = [w for w in what if w != "conv-compile"]
+    if args.device not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {args.device!r}: expected cpu or cuda")
+    args.what_list = what
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    what = args.what_list
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    if dev.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device {args.device!r}: expected cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     err = _fast_cpp.extension_error()

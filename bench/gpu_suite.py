@@ -48,7 +48,7 @@ minutes).
 from __future__ import annotations
 
 import argparse
-import csv
+import ast
 import datetime
 import os
 import shutil
@@ -73,6 +73,9 @@ DEFAULT_BUDGET_S = 480.0
 DRY_BUDGET_S = 150.0
 RESERVE_S = {"gpu": 15.0, "dry": 3.0}  # kept for the report, the copy and the summary at the end
 MEASURED_MARGIN = 1.25                 # a measured duration times this is the estimate
+CHECK_ONLY_S = 20.0                    # the build item when the extension is up to date: an import and a check
+CHECK_ONLY = "a check of the built extension"
+OUT_FILES = 8                          # a lent device machine returns at most this many files from its $OUT
 SUITE_CSV = "suite_items.csv"
 PARITY_FILES = ["tests/test_gumbel.py", "tests/test_spade_norm.py", "tests/test_one_hot.py",
                 "tests/test_onehot_conv2d.py"]
@@ -80,7 +83,7 @@ PARITY_FILES = ["tests/test_gumbel.py", "tests/test_spade_norm.py", "tests/test_
 DRY_PARITY = ["tests/test_gumbel.py::test_explicit_noise_parity[nchw-dtype0]",
               "tests/test_spade_norm.py::test_parity[True-batch-nchw-dtype0]",
               "tests/test_one_hot.py::test_parity_dtypes_formats[35-no-dc-same]",
-              "tests/test_onehot_conv2d.py::test_parity_fp32_fp64"]
+              "tests/test_onehot_conv2d.py::test_parity_fp32_fp64[35-dc255-up2]"]
 # Cityscapes at 256x512, 35 classes, SPADE 'more', the authors' widths (ngf 64, seg width 1), batch 8
 CS = ["--preset", "cityscapes", "--size", "256x512", "--classes", "35", "--num-upsampling-layers", "more",
       "--ngf", "64", "--seg-width", "1", "--batch", "8", "--precision", "bf16", "--warmup", "3", "--steps", "10"]
@@ -173,7 +176,7 @@ def _loader_vs_step(s: "Suite") -> Union[List[Command], str]:
     shape = DRY_STEP if s.dry else shapes[dataset]
     extra = os.environ.get("SBGAN_DATA_ARGS", "").split()
     return [_py(s, "bench/bench_train_step.py", *shape, "--steps", "2" if s.dry else "20", "--providers", "fast",
-                "--seg-res", "all", "--loader", "torch" if s.dry else "torch,dali",
+                "--stages", "spade,seg", "--seg-res", "all", "--loader", "torch" if s.dry else "torch,dali",
                 "--workers", "0" if s.dry else "8", "--dataset", dataset, "--data-root", root, *extra,
                 "--no-report")]
 
@@ -229,7 +232,8 @@ class Suite:
         self.dry = args.dry_run
         self.mode = "dry" if self.dry else "gpu"
         self.python = sys.executable
-        self.budget = float(args.budget if args.budget is not None else (DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S))
+        default = DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S
+        self.budget = float(args.budget if args.budget is not None else default)
         self.reserve = RESERVE_S[self.mode]
         self.rebuild = args.rebuild
         self.start = time.monotonic()
@@ -251,6 +255,7 @@ class Suite:
         self.has_xdist = _importable("xdist")
         self.records: List[dict] = []
         self.child: Optional[subprocess.Popen] = None
+        self._warned_out = False
 
     # -- output ----------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
@@ -281,10 +286,21 @@ class Suite:
 
     # -- what is there ---------------------------------------------------------------------------
     def train_provider(self, names) -> Optional[str]:
-        """The first of ``names`` that bench_train_step.py offers as a provider (read from its source)."""
+        """The first of ``names`` that bench_train_step.py offers as a provider: read from its ``PROVIDERS``
+        literal (without importing torch), else from any quoted mention of the name in its source."""
         with open(os.path.join(HERE, "bench_train_step.py"), encoding="utf-8") as f:
             src = f.read()
-        return next((n for n in names if f'"{n}"' in src or f"'{n}'" in src), None)
+        offered = None
+        try:
+            for node in ast.parse(src).body:
+                if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PROVIDERS"
+                                                         for t in node.targets)):
+                    offered = set(ast.literal_eval(node.value))
+        except (SyntaxError, ValueError, TypeError):
+            offered = None
+        if offered is None:
+            offered = {n for n in names if f'"{n}"' in src or f"'{n}'" in src}
+        return next((n for n in names if n in offered), None)
 
     def extension_up_to_date(self) -> bool:
         so = os.path.join(REPO, "sbgan_fast", "_C" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
@@ -305,7 +321,8 @@ class Suite:
         if os.path.isfile(path):
             for r in report.read_rows(path):
                 if (r.get("item") == item.name and r.get("mode") == self.mode and r.get("device") == self.device
-                        and r.get("status") in ("ok", "failed", "timeout") and _f(r.get("seconds")) is not None):
+                        and r.get("status") in ("ok", "failed", "timeout") and _f(r.get("seconds")) is not None
+                        and r.get("estimate_from") != CHECK_ONLY):   # a build that only checked says nothing of a build
                     last = r
         if last is None:
             return guess, "guess"
@@ -327,6 +344,8 @@ class Suite:
         except Exception as e:  # noqa: BLE001  (a broken item must not end the suite)
             cmds = f"could not prepare the item: {type(e).__name__}: {e}"
         est, src = self.estimate(item)
+        if item.name == "build" and isinstance(cmds, list) and len(cmds) == 1:   # up to date: the check alone
+            est, src = min(est, CHECK_ONLY_S), CHECK_ONLY
         left = self.left()
         rec.update(estimate_s=f"{est:.0f}", estimate_from=src, left_s=f"{max(left, 0):.0f}")
         if isinstance(cmds, str):
@@ -360,8 +379,21 @@ class Suite:
             rec.update(status=status, seconds=f"{time.monotonic() - t0:.1f}")
             summary = _junit_summary(self.junit_path(item.name)) if item.junit else ""
             rec["note"] = "; ".join(x for x in (note, summary) if x)
-            self.say(f"--- {item.name}: {status} in {float(rec['seconds']):.0f} s" + (f" ({rec['note']})" if rec["note"] else ""))
+            self.say(f"--- {item.name}: {status} in {float(rec['seconds']):.0f} s"
+                     + (f" ({rec['note']})" if rec["note"] else ""))
             self.record(rec)
+
+    def run_items(self, items: List[Item]) -> None:
+        """Every item in order; after a build that failed or ran out of time the rest are recorded as not run."""
+        for i, it in enumerate(items):
+            self.run_item(it)
+            if it.name == "build" and self.records[-1]["status"] in ("failed", "timeout"):   # nothing after it can pass
+                for later in items[i + 1:]:
+                    self.record({"utc_time": _utc(), "suite_run": self.run_id, "mode": self.mode,
+                                 "device": self.device, "item": later.name, "status": "not run", "seconds": "",
+                                 "estimate_s": "", "estimate_from": "", "budget_s": f"{self.budget:.0f}",
+                                 "left_s": "", "note": "the build item did not succeed (see the log)"})
+                return
 
     def run_command(self, cmd: Command, env: Dict[str, str], timeout: float) -> Optional[int]:
         """Run ``cmd`` (output to the terminal and the log); its exit status, or None when stopped at ``timeout``."""
@@ -440,13 +472,18 @@ class Suite:
             with self._lock:
                 self._log.flush()
                 shutil.copy2(self.log_path, os.path.join(self.out, "gpu_suite.log"))
+            n = sum(len(files) for _, _, files in os.walk(self.out))
+            if n > OUT_FILES and not self._warned_out:
+                self._warned_out = True
+                self.say(f"!!! {self.out} holds {n} files; a lent device machine returns at most {OUT_FILES}")
         except OSError as e:
             self.say(f"!!! could not copy the results to {self.out}: {e}")
 
     def summary(self) -> str:
         lines = suite_targets.evaluate(self.run_rows())
-        head = (f"Targets ({'DRY RUN on the CPU: tiny shapes, these numbers test the script and measure nothing' if self.dry else self.device}; "
-                f"suite run {self.run_id}, rows of this run only)")
+        where = ("DRY RUN on the CPU: tiny shapes, these numbers test the script and measure nothing" if self.dry
+                 else self.device)
+        head = f"Targets ({where}; suite run {self.run_id}, rows of this run only)"
         return head + "\n" + suite_targets.text_table(lines)
 
     def items_table(self) -> str:
@@ -534,6 +571,12 @@ class _quiet:
 
 
 # ------------------------------------------------------------------------------------------ sub-commands
+def pip_build_command() -> Command:
+    """The build: an editable install beside the torch already there (no build isolation, no dependencies: it
+    never installs or replaces a torch)."""
+    return [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-input", "-e", REPO]
+
+
 def _cmd_build() -> int:
     """pip install --no-build-isolation --no-deps -e . with the CUDA kernels for this device's architecture."""
     import torch
@@ -543,7 +586,7 @@ def _cmd_build() -> int:
     major, minor = torch.cuda.get_device_capability()
     env = dict(os.environ, SBGAN_FAST_FORCE_CUDA="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-input", "-e", REPO]
+    cmd = pip_build_command()
     print(f"build: torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name()}, "
           f"TORCH_CUDA_ARCH_LIST={env['TORCH_CUDA_ARCH_LIST']}\n$ {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, env=env)
@@ -560,10 +603,10 @@ def _cmd_check(dry: bool) -> int:
         tv = "not installed"
     err = _fast_cpp.extension_error()
     cuda = torch.cuda.is_available()
+    kernels = err is None and _fast_cpp.cuda_compiled()
     print(f"check: torch {torch.__version__} (CUDA {torch.version.cuda}), Triton {tv}, "
           f"device {torch.cuda.get_device_name() if cuda else 'CPU'}, extension "
-          f"{'loaded' if err is None else err}, CUDA kernels {'yes' if err is None and _fast_cpp.cuda_compiled() else 'no'}",
-          flush=True)
+          f"{'loaded' if err is None else err}, CUDA kernels {'yes' if kernels else 'no'}", flush=True)
     if dry:
         print("check: dry run: the build step on a GPU runs `pip install --no-build-isolation --no-deps -e .` "
               "(CUDA kernels required); here it only checks the extension built for this machine", flush=True)
@@ -571,7 +614,7 @@ def _cmd_check(dry: bool) -> int:
     if not cuda:
         print("check: no CUDA device is visible to torch", flush=True)
         return 1
-    if err is not None or not _fast_cpp.cuda_compiled():
+    if not kernels:
         print(f"check: the extension has no CUDA kernels; {_fast_cpp.CUDA_BUILD_FIX}", flush=True)
         return 1
     return 0
@@ -581,7 +624,8 @@ def _cmd_check(dry: bool) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=None,
-                   help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:.0f}; {DRY_BUDGET_S:.0f} with --dry-run)")
+                   help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:.0f}; "
+                        f"{DRY_BUDGET_S:.0f} with --dry-run)")
     p.add_argument("--out", default=None, help="copy results/*.csv, RESULTS.md and the log here (e.g. $OUT)")
     p.add_argument("--results", default=None, help="folder of the CSVs (default bench/results; a temporary folder "
                                                    "with --dry-run)")
@@ -630,8 +674,7 @@ def main(argv=None) -> int:
               + (f", copied to {suite.out}" if suite.out else ""))
     interrupted = None
     try:
-        for it in items:
-            suite.run_item(it)
+        suite.run_items(items)
     except Interrupted as e:
         interrupted = e
     finally:

@@ -185,7 +185,8 @@ def suite_summary(csvs) -> list:
     dry = first.get("mode") == "dry"
     parts = ["## GPU suite: last run (summary of `results/suite_items.csv`)", "",
              f"Run `{run}` on {first.get('device', '?')}, budget {first.get('budget_s', '?')} s"
-             + (" (**dry run on the CPU**: tiny shapes, the numbers test the script and measure nothing)" if dry else "")
+             + (" (**dry run on the CPU**: tiny shapes, the numbers test the script and measure nothing)"
+                if dry else "")
              + ". `bash bench/run_gpu_suite.sh` runs the items in this order while their estimates fit the budget.", ""]
     parts += [table(mine, ["item", "status", "seconds", "estimate_s", "estimate_from", "left_s", "note"]), ""]
     rows = {name: [r for r in rs if r.get("suite_run") == run] for name, rs in csvs.items() if name != "suite_items"}

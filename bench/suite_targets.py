@@ -13,7 +13,8 @@ Targets (on an H100/H200, at Cityscapes shapes: N=8, K=35, 256x512, the authors'
 * one-hot label embedding: >= 5x ``F.one_hot(...).permute(...).float()``.
 * label-embedding convolution: >= 3x one-hot + conv2d (forward and forward+backward, smallest over resolutions).
 * training step (Cityscapes rows, batches in memory), ``fast`` (bf16, channels-last, fused kernels) against
-  ``ref`` (fp32, NCHW): >= 2x images/s, spade and e2e; the spade step >= 1.3x from the gather embedding alone (``fast`` against ``fast-no-gather``).
+  ``ref`` (fp32, NCHW): >= 2x images/s, spade and e2e; the spade step >= 1.3x from the gather embedding alone
+  (``fast`` against ``fast-no-gather``).
 * compiled training: ``fast`` + compile >= 2.5x ``ref`` images/s at <= 60 % of its peak memory (spade, e2e);
   the seg step at 4x8 >= 3x faster with CUDA graphs than without.
 """

@@ -181,6 +181,18 @@ def test_item_past_its_time_is_stopped_and_recorded(gpu_suite, tmp_path):
     assert os.path.isfile(str(tmp_path / "RESULTS.md"))
 
 
+def test_failed_build_stops_the_suite(gpu_suite, tmp_path):
+    suite = gpu_suite.Suite(gpu_suite.parse_args(["--dry-run", "--budget", "60", "--results", str(tmp_path / "r")]))
+    try:
+        fail = gpu_suite.Item("build", "fails", 1, 1, lambda s: [[sys.executable, "-c", "raise SystemExit(3)"]])
+        never = gpu_suite.Item("step-spade", "must not run", 1, 1, lambda s: pytest.fail("ran after a failed build"))
+        suite.run_items([fail, never])
+    finally:
+        suite.close()
+    assert [(r["item"], r["status"]) for r in suite.records] == [("build", "failed"), ("step-spade", "not run")]
+    assert suite.records[0]["note"] == "exit status 3"
+
+
 def test_estimates_use_this_devices_last_measurement(gpu_suite, tmp_path):
     results = str(tmp_path / "r")
     suite = gpu_suite.Suite(gpu_suite.parse_args(["--dry-run", "--results", results]))
@@ -205,6 +217,44 @@ def test_estimates_use_this_devices_last_measurement(gpu_suite, tmp_path):
         gpu_suite.parse_args(["--only", "nope"])
     with pytest.raises(SystemExit, match="--budget"):
         gpu_suite.parse_args(["--budget", "0"])
+
+
+def test_gpu_commands_are_valid_for_the_benchmarks(gpu_suite, tmp_path, monkeypatch):
+    """The commands the suite runs on a GPU (which the dry run replaces by tiny ones) parse with each benchmark's
+    own arguments, and the build never installs a torch."""
+    monkeypatch.delenv("SBGAN_DATA_ROOT", raising=False)
+    suite = gpu_suite.Suite(gpu_suite.parse_args(["--results", str(tmp_path / "r")]))
+    assert suite.mode == "gpu" and suite.budget == 480
+    import bench_one_hot
+    import bench_train_step
+    seen = set()
+    for item in gpu_suite.ITEMS:
+        cmds = item.commands(suite)
+        if isinstance(cmds, str):
+            assert item.name.endswith(("-compile", "-graphs")) or item.name == "loader-vs-step", (item.name, cmds)
+            continue
+        for cmd in cmds:
+            assert cmd[0] == sys.executable
+            script, args = cmd[1], cmd[2:]
+            seen.add(script)
+            if script == "bench/bench_train_step.py":
+                a = bench_train_step.parse_args(args)
+                assert a.size in ("256x512", "256x256") and a.ngf == 64 and a.seg_width == 1 and a.no_report
+                assert a.precision == "bf16" and not a.quick
+            elif script == "bench/bench_one_hot.py":
+                assert bench_one_hot.parse_args(args).device == "cuda"
+            elif script == "-m" and args[0] == "pytest":
+                assert "--junitxml" in " ".join(args) and not any("dry" in x for x in args)
+            elif script == "bench/gpu_suite.py":
+                assert args[0] in ("_build", "_check") and "--dry" not in args
+    assert {"bench/bench_train_step.py", "bench/bench_one_hot.py", "-m", "bench/gpu_suite.py"} <= seen
+    env = suite.env(gpu_suite.ITEMS[1])
+    assert env["TRITON_INTERPRET"] == "0" and env["SBGAN_FAST_STRICT"] == "1" and env["SBGAN_BENCH_DRY"] == "0"
+    build = gpu_suite.pip_build_command()
+    assert build[1:5] == ["-m", "pip", "install", "--no-build-isolation"] and "--no-deps" in build
+    parity = gpu_suite.ITEMS[1].commands(suite)[0]
+    assert [f for f in gpu_suite.PARITY_FILES if f in parity] == gpu_suite.PARITY_FILES
+    suite.close()
 
 
 def test_targets_from_rows(gpu_suite):
