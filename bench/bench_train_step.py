@@ -30,8 +30,8 @@ Data feed (``--loader``):
                   For each row three numbers are measured over the same steps: the loader alone, the step on
                   the same batches held in memory, and the step fed live by the loader; they go side by side,
                   with a verdict, into ``bench/results/loader_vs_step.csv``.
-Rows of the step in memory are appended to ``bench/results/train_step.csv`` with the device name, versions
-and commit, then ``bench/RESULTS.md`` is regenerated (``bench/report.py``; ``--no-report`` skips it). Speed
+Rows of the step in memory are appended to ``bench/results/train_step.csv`` (``SBGAN_BENCH_RESULTS`` names
+another folder) with the device name, versions and commit, then ``bench/RESULTS.md`` is regenerated (``bench/report.py``; ``--no-report`` skips it). Speed
 claims come only from runs on the device they name: CPU rows say CPU.
 """
 from __future__ import annotations
@@ -58,8 +58,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import report  # noqa: E402  (bench/report.py)
 
-CSV = os.path.join(HERE, "results", "train_step.csv")
-LOADER_CSV = os.path.join(HERE, "results", "loader_vs_step.csv")
+RESULTS = os.environ.get("SBGAN_BENCH_RESULTS") or os.path.join(HERE, "results")   # the GPU suite's dry run: a temp folder
+CSV = os.path.join(RESULTS, "train_step.csv")
+LOADER_CSV = os.path.join(RESULTS, "loader_vs_step.csv")
 PROVIDERS = ("ref", "fast", "fast-no-gather")
 STAGES = ("seg", "spade", "e2e", "e2e-reuse")
 FEEDS = ("none", "torch", "dali")
@@ -363,7 +364,8 @@ def collect(args):
                                 "upsampling": args.num_upsampling_layers, "ngf": args.ngf,
                                 "seg_width": args.seg_width, "batch": args.batch, "precision": cfg.precision,
                                 "channels_last": bool(trainer.channels_last), "data": data}
-                        meta = {"device": device_name(trainer.device), "torch": torch.__version__, "commit": commit}
+                        meta = {"device": device_name(trainer.device), "torch": torch.__version__, "commit": commit,
+                                "suite_run": os.environ.get("SBGAN_SUITE_RUN", "")}
                         rows.append({**base, **meta, **{k: round(v, 3) for k, v in res_mem.items()}})
                         if not args.no_csv:     # each row as soon as it is measured: a long run cut short keeps its rows
                             report.append_rows(CSV, rows[-1:])
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
         if prov != "ref" and ref:
             print(f"{stage_name} {res} ({data}): {prov} / ref = {r['images_per_s'] / ref['images_per_s']:.2f}x")
     if not args.no_csv and not args.no_report:
-        report.main([])
+        report.main(["--results", RESULTS, "--out", os.path.join(os.path.dirname(RESULTS), "RESULTS.md")])
     return 0
 
 

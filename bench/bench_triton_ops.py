@@ -11,12 +11,17 @@ say nothing about GPU performance)::
 
     python -m pytest bench/bench_triton_ops.py -q                        # time and record
     python -m pytest bench/bench_triton_ops.py -q --benchmark-disable    # CI: run each once, check
+    python -m pytest bench/bench_triton_ops.py -q -k "not compile"       # without the torch.compile baselines
 
-Each timed case appends one row to ``bench/results/triton_ops.csv``: op, provider, mode, shape, dtype,
-layout, median / 20% / 80% time in ms (``triton.testing.do_bench``, L2 flushed between runs), GB/s
-from the bytes the op must move at minimum (below), the measured device-to-device copy bandwidth for
-comparison, device name, torch and triton versions and the git commit. pytest-benchmark's own table
-times the same callable with a synchronize after each call.
+Dry run (``SBGAN_BENCH_DRY=1`` with ``TRITON_INTERPRET=1``, as ``bench/run_gpu_suite.sh --dry-run`` runs it):
+tiny fp32 shapes on the CPU under Triton's interpreter, so the benchmark's own code runs without a GPU; its rows
+say CPU and measure nothing.
+
+Each timed case appends one row to ``bench/results/triton_ops.csv`` (``SBGAN_BENCH_RESULTS`` names another
+folder): op, provider, mode, shape, dtype, layout, median / 20% / 80% time in ms (``triton.testing.do_bench``,
+L2 flushed between runs), GB/s from the bytes the op must move at minimum (below), the measured
+device-to-device copy bandwidth for comparison, device name, torch and triton versions, the git commit and the
+suite run. pytest-benchmark's own table times the same callable with a synchronize after each call.
 
 Minimum bytes moved (each tensor counted once, ``s`` = element size, ``n`` = elements):
 gumbel fwd ``2ns`` (logits in, one-hot out), bwd ``3ns`` (logits, grad in; grad out; the noise is
@@ -27,12 +32,9 @@ in; dx, dgamma out; dbeta is the incoming grad itself). ``fwd+bwd`` is the sum.
 """
 from __future__ import annotations
 
-import csv
-import datetime
 import functools
 import os
-import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 import torch
@@ -41,23 +43,30 @@ from sbgan_fast import ops
 from sbgan_fast.ops.gumbel import argmax_one_hot_ref, gumbel_softmax_st_ref
 from sbgan_fast.ops.spade_norm import spade_norm_ref
 
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (bench/benchlib.py)
+
+_INTERPRETING = benchlib.interpreting()
+_DRY = benchlib.dry() and _INTERPRETING
+DEVICE = "cpu" if _DRY else "cuda"
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs a CUDA device"),
-    pytest.mark.skipif(_INTERPRETING, reason="GPU benchmark: TRITON_INTERPRET=1 would time the CPU interpreter"),
+    pytest.mark.skipif(not _DRY and not torch.cuda.is_available(), reason="GPU benchmark: needs a CUDA device"),
+    pytest.mark.skipif(_INTERPRETING and not _DRY,
+                       reason="GPU benchmark: TRITON_INTERPRET=1 would time the CPU interpreter "
+                              "(SBGAN_BENCH_DRY=1 runs tiny shapes as a check of the code path)"),
 ]
 
-RESULTS = Path(__file__).resolve().parent / "results" / "triton_ops.csv"
-FIELDS = ["utc_time", "op", "provider", "mode", "shape", "dtype", "layout", "median_ms", "p20_ms", "p80_ms",
-          "gbps", "copy_gbps", "device", "torch", "triton", "commit"]
+CSV_NAME = "triton_ops"
 PROVIDERS = ("ref", "compile", "triton")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-# (shape, dtype, layout). Cityscapes segmentation GAN at 256x512 (35 classes, batch 4 above 128) and
-# ADE-Indoor at 256x256 (95 classes, batch 12).
+# (shape, dtype, layout). Cityscapes at 256x512 (35 classes): batch 8 (the kernels' target shape) and the
+# segmentation GAN's batch of 4 above 128; ADE-Indoor at 256x256 (95 classes, batch 12).
 GUMBEL_CASES = [
+    ((8, 35, 256, 512), torch.float32, "nchw"),
+    ((8, 35, 256, 512), torch.bfloat16, "channels_last"),
     ((4, 35, 256, 512), torch.float32, "nchw"),
     ((4, 35, 256, 512), torch.bfloat16, "channels_last"),
     ((12, 95, 256, 256), torch.float32, "nchw"),
@@ -72,6 +81,10 @@ SPADE_CASES = [
     ((8, 128, 128, 256), torch.float32, "nchw", "batch"),
     ((8, 256, 64, 128), torch.float32, "nchw", "instance"),
 ]
+if _DRY:  # tiny fp32 stand-ins (the interpreter runs bf16 poorly); the 35-class Gumbel case stays a target case
+    GUMBEL_CASES = [((2, 35, 8, 16), torch.float32, "nchw")]
+    SPADE_CASES = [((2, 8, 4, 8), torch.float32, "nchw", "batch"), ((2, 8, 4, 8), torch.float32, "nchw", "instance")]
+    MODES = ("fwd+bwd",)  # the targets' mode; each interpreted launch costs about a second on a busy CPU
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,64 +105,25 @@ def _strict_and_compile_cache():
 # ------------------------------------------------------------------------------------------------ harness
 
 
-@functools.lru_cache(maxsize=None)
-def _environment():
-    import triton
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += "+dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                commit=commit)
-
-
-@functools.lru_cache(maxsize=None)
-def _copy_gbps() -> float:
-    """Measured device-to-device copy bandwidth (read + write of 512 MiB), the practical ceiling."""
-    from triton.testing import do_bench
-    src = torch.empty(1 << 27, dtype=torch.float32, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, quantiles=[0.5])
-    ms = ms[0] if isinstance(ms, (list, tuple)) else ms
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
-
-
-def _append_row(row: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists() or RESULTS.stat().st_size == 0
-    with open(RESULTS, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def _measure(benchmark, fn, *, op, provider, mode, shape, dtype, layout, nbytes):
-    """Run ``fn`` under pytest-benchmark and, when timing is on, append a do_bench row to the CSV."""
+    """Run ``fn`` under pytest-benchmark and, when timing is on, append a timed row to the CSV."""
     def synced():
         fn()
-        torch.cuda.synchronize()
+        benchlib.sync(DEVICE)
 
     if benchmark.disabled:  # --benchmark-disable: run once so that the asserts and the code path count
         benchmark(synced)
         return
-    from triton.testing import do_bench
-    fn()  # warm-up (compilation, autotuning, allocator) outside every measurement
-    torch.cuda.synchronize()
-    med, p20, p80 = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    med, p20, p80 = benchlib.time_ms(fn, DEVICE, cpu_repeat=1 if _DRY else 5)
     gbps = nbytes / (med * 1e-3) / 1e9
-    row = dict(utc_time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), op=op,
-               provider=provider, mode=mode, shape="x".join(map(str, shape)), dtype=DTYPE_NAMES[dtype],
-               layout=layout, median_ms=f"{med:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
-               gbps=f"{gbps:.1f}", copy_gbps=f"{_copy_gbps():.1f}", **_environment())
-    _append_row(row)
+    row = dict(utc_time=benchlib.utc_now(), op=op, provider=provider, mode=mode, shape=benchlib.shape_str(shape),
+               dtype=DTYPE_NAMES[dtype], layout=layout, median_ms=f"{med:.4f}", p20_ms=f"{p20:.4f}",
+               p80_ms=f"{p80:.4f}", gbps=benchlib.fnum(gbps), copy_gbps=benchlib.fnum(benchlib.copy_gbps(DEVICE)),
+               **benchlib.environment(DEVICE))
+    benchlib.append_row(CSV_NAME, row)
     benchmark.extra_info.update(row)
-    benchmark.pedantic(synced, rounds=20, warmup_rounds=3)
+    if not _DRY:  # the dry run's single timing above is all it needs
+        benchmark.pedantic(synced, rounds=20, warmup_rounds=3)
 
 
 def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -186,9 +160,9 @@ def _case_id(case):
 
 
 def _gumbel_inputs(shape, dtype, layout):
-    p = torch.randn(shape, device="cuda").softmax(dim=1)
+    p = torch.randn(shape, device=DEVICE).softmax(dim=1)
     logits = _layout(torch.log(p + 1e-5).to(dtype), layout).requires_grad_()
-    grad = _layout(torch.randn(shape, device="cuda").to(dtype), layout)
+    grad = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
     return logits, grad
 
 
@@ -199,7 +173,7 @@ def test_gumbel_softmax_st(benchmark, case, provider, mode):
     shape, dtype, layout = case
     logits, grad = _gumbel_inputs(shape, dtype, layout)
     if provider == "triton":  # exactness check with shared noise before timing
-        noise = torch.empty(shape, device="cuda").exponential_().add_(1e-10).log_().neg_()
+        noise = torch.empty(shape, device=DEVICE).exponential_().add_(1e-10).log_().neg_()
         y = ops.gumbel_softmax_st(logits, 1.0, noise=noise, impl="triton")
         assert torch.equal(y, gumbel_softmax_st_ref(logits, 1.0, noise)), "hard sample differs from ref"
     if provider == "compile":
@@ -218,7 +192,7 @@ def test_gumbel_softmax_st(benchmark, case, provider, mode):
 @pytest.mark.parametrize("case", GUMBEL_CASES, ids=_case_id)
 def test_argmax_one_hot(benchmark, case, provider):
     shape, dtype, layout = case
-    probs = _layout(torch.rand(shape, device="cuda").to(dtype), layout)
+    probs = _layout(torch.rand(shape, device=DEVICE).to(dtype), layout)
     fn = _compiled(argmax_one_hot_ref) if provider == "compile" else functools.partial(
         ops.argmax_one_hot, impl=provider)
     assert torch.equal(fn(probs), argmax_one_hot_ref(probs))
@@ -235,13 +209,13 @@ def test_argmax_one_hot(benchmark, case, provider):
 def test_spade_norm(benchmark, case, provider, mode):
     shape, dtype, layout, norm = case
     c = shape[1]
-    x = _layout(torch.randn(shape, device="cuda").to(dtype), layout).requires_grad_()
-    gamma = _layout((0.1 * torch.randn(shape, device="cuda")).to(dtype), layout).requires_grad_()
-    beta = _layout((0.1 * torch.randn(shape, device="cuda")).to(dtype), layout).requires_grad_()
-    grad = _layout(torch.randn(shape, device="cuda").to(dtype), layout)
+    x = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout).requires_grad_()
+    gamma = _layout((0.1 * torch.randn(shape, device=DEVICE)).to(dtype), layout).requires_grad_()
+    beta = _layout((0.1 * torch.randn(shape, device=DEVICE)).to(dtype), layout).requires_grad_()
+    grad = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
     running = {}
     if norm == "batch":
-        running = dict(running_mean=torch.zeros(c, device="cuda"), running_var=torch.ones(c, device="cuda"))
+        running = dict(running_mean=torch.zeros(c, device=DEVICE), running_var=torch.ones(c, device=DEVICE))
 
     def ref(a, b, d):
         return spade_norm_ref(a, b, d, norm, 1e-5, running.get("running_mean"), running.get("running_var"))

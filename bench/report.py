@@ -2,11 +2,14 @@
 
     python bench/report.py [--last N]
 
-A hand-written preamble in bench/RESULTS_NOTES.md, if present, is put first. Then summaries:
-``train_step.csv`` as one table per device and model configuration (rows: seg at each resolution, spade,
-e2e; columns: images/s, s/kimg and peak memory of each provider, fast / ref), ``loader_vs_step.csv`` as the
-loader alone, the step on in-memory batches and the step fed by the loader side by side with a verdict.
-Last, every CSV's newest N rows per device (rows carry the device name, versions and commit).
+A hand-written preamble in bench/RESULTS_NOTES.md, if present, is put first. Then summaries: the last GPU
+suite run (``suite_items.csv``: each item's status, time and estimate, and the table of targets evaluated on the
+rows that run measured, ``suite_targets.py``), ``triton_ops.csv`` and ``one_hot.csv`` as one table per device
+(ms and GB/s of each provider, speed-up over the reference), ``train_step.csv`` as one table per device and model
+configuration (rows: seg at each resolution, spade, e2e; columns: images/s, s/kimg and peak memory of each
+provider, fast / ref), ``loader_vs_step.csv`` as the loader alone, the step on in-memory batches and the step fed
+by the loader side by side with a verdict. Last, every CSV's newest N rows per device (rows carry the device
+name, versions and commit).
 
 Rows written before a column existed read it as empty: train_step rows without ``res`` timed the seg stage at
 its final resolution (``size``); rows without ``preset``/``upsampling``/``data`` form their own groups.
@@ -168,6 +171,68 @@ def loader_summary(rows, last) -> list:
     return parts
 
 
+def suite_summary(csvs) -> list:
+    """The last GPU suite run: its items and its targets (from the rows carrying its ``suite_run``)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import suite_targets
+    items = csvs.get("suite_items", [])
+    run = items[-1].get("suite_run", "") if items else ""
+    if not run:
+        return []
+    mine = [r for r in items if r.get("suite_run") == run]
+    first = mine[0]
+    dry = first.get("mode") == "dry"
+    parts = ["## GPU suite: last run (summary of `results/suite_items.csv`)", "",
+             f"Run `{run}` on {first.get('device', '?')}, budget {first.get('budget_s', '?')} s"
+             + (" (**dry run on the CPU**: tiny shapes, the numbers test the script and measure nothing)"
+                if dry else "")
+             + ". `bash bench/run_gpu_suite.sh` runs the items in this order while their estimates fit the budget.", ""]
+    parts += [table(mine, ["item", "status", "seconds", "estimate_s", "estimate_from", "left_s", "note"]), ""]
+    rows = {name: [r for r in rs if r.get("suite_run") == run] for name, rs in csvs.items() if name != "suite_items"}
+    parts += ["Targets, from the rows this run measured (\"not measured\" where its item did not run):", ""]
+    parts += [table(suite_targets.evaluate(rows), ["target", "goal", "measured", "met"],
+                    ["target", "goal", "measured", "met?"]), ""]
+    return parts
+
+
+def ops_summary(csvs) -> list:
+    """Op microbenchmarks per device: the newest row of each case and provider, speed-up over ``ref``."""
+    parts = []
+    for name, fast_provs in (("triton_ops", ("triton", "compile")), ("one_hot", ())):
+        rows = csvs.get(name, [])
+        if not rows:
+            continue
+        by_dev = OrderedDict()
+        for r in rows:
+            key = (r.get("op"), r.get("shape"), r.get("dtype"), r.get("layout") if name == "triton_ops" else "",
+                   r.get("mode"))
+            by_dev.setdefault(r.get("device", "?"), OrderedDict()).setdefault(key, OrderedDict())[r.get("provider")] = r
+        parts += [f"## Op microbenchmarks (summary of `results/{name}.csv`)", "",
+                  "The newest row of each case and provider: median ms, GB/s from the bytes the op must move at "
+                  "minimum, as a share of the measured copy bandwidth, and the speed-up over the reference "
+                  + ("(`ref`)." if name == "triton_ops" else "(`torch_F.one_hot` for one_hot, `ref` = one-hot + "
+                                                             "conv2d for onehot_conv2d)."), ""]
+        for dev, cases in by_dev.items():
+            out = []
+            for (op, shape, dtype, layout, mode), provs in cases.items():
+                base = provs.get("ref") if name == "triton_ops" else None
+                for prov, r in provs.items():
+                    ms, gbps, copy = num(r.get("median_ms")), num(r.get("gbps")), num(r.get("copy_gbps"))
+                    if name == "triton_ops":
+                        bm = num(base.get("median_ms")) if base else None
+                        speed = f"{bm / ms:.2f}x" if bm and ms else "-"
+                    else:
+                        speed = f"{num(r.get('speedup')):.2f}x" if num(r.get("speedup")) else "-"
+                    out.append({"op": op, "mode": mode, "shape": shape, "dtype": dtype, "layout": r.get("layout", ""),
+                                "provider": prov, "ms": fmt(ms, 3), "GB/s": fmt(gbps, 1),
+                                "% of copy": f"{100 * gbps / copy:.0f} %" if gbps is not None and copy else "-",
+                                "speed-up": speed, "date": r.get("utc_time", ""), "commit": r.get("commit", "")})
+            parts += [f"### {dev}", "", table(out, ["op", "mode", "shape", "dtype", "layout", "provider", "ms", "GB/s",
+                                                    "% of copy", "speed-up", "date", "commit"]), ""]
+    return parts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--last", type=int, default=60, help="newest rows per CSV and device in the raw tables")
@@ -188,6 +253,8 @@ def main(argv=None) -> int:
             rows = read_rows(os.path.join(res_dir, name))
             if rows:
                 csvs[name[:-4]] = rows
+    parts += suite_summary(csvs)
+    parts += ops_summary(csvs)
     if "train_step" in csvs:
         parts += ["## Training step per stage (summary of `results/train_step.csv`)", "",
                   "The newest row of each stage, resolution and provider; batches held in memory (no loader). "
