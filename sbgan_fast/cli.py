@@ -166,7 +166,11 @@ def cmd_eval(args) -> int:
                                   inception_weights=args.inception_weights, cache_dir=args.cache_dir,
                                   batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out)
     except (WeightsError, ValueError) as e:
-        print(f"sbgan-fast eval: error: {e}", file=sys.stderr)
+        from .errors import one_line
+        if _debug(args):
+            import traceback
+            traceback.print_exc()
+        print(f"sbgan-fast eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=2))
     return 0
@@ -261,19 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_eval(sub)
     _add_check_data(sub)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", help="print the traceback of an error, not just its "
+                       "one-line message (also: environment variable SBGAN_FAST_DEBUG=1)")
     return parser
 
 
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("SBGAN_FAST_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a subcommand. The project's own errors (:class:`sbgan_fast.errors.SbganError`: config, data,
+    checkpoint and run-folder errors) print one line and exit 2; ``--debug`` or ``SBGAN_FAST_DEBUG=1``
+    print the traceback too."""
+    import traceback
+
+    from .errors import SbganError, one_line
     args = build_parser().parse_args(argv)
-    from .train.amp import NonFiniteError
-    from .train.config import ConfigError
     try:
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
                 "check-data": cmd_check_data}[args.cmd](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
-        print(f"sbgan-fast {args.cmd}: error: {e}", file=sys.stderr)
+    except (SbganError, FileNotFoundError, FileExistsError) as e:
+        if _debug(args):
+            traceback.print_exc()
+        print(f"sbgan-fast {args.cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if _debug(args):
+            traceback.print_exc()
+        print(f"sbgan-fast {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, CheckpointNotFoundError
+
 FORMAT = "sbgan_fast/1"
 
 
@@ -63,19 +65,19 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     """Load and sanity-check a checkpoint; errors name the file and what is wrong."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise RuntimeError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
                            "it may be truncated or not a sbgan_fast checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise RuntimeError(f"checkpoint {path} is not a sbgan_fast checkpoint (format "
+        raise CheckpointError(f"checkpoint {path} is not a sbgan_fast checkpoint (format "
                            f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
                            f"expected {FORMAT!r})")
     for key in ("stage", "step", "config", "nets"):
         if key not in ckpt:
-            raise RuntimeError(f"checkpoint {path} lacks the {key!r} entry")
+            raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
     return ckpt
 
 

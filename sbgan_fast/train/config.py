@@ -15,11 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..errors import SbganError
+
 STAGES = ("seg", "spade", "e2e")
 DATASETS = ("synthetic", "folder", "cityscapes", "ade20k", "ade_indoor")
 
 
-class ConfigError(ValueError):
+class ConfigError(SbganError, ValueError):
     """A configuration value is invalid; the message names the key and the accepted values."""
 
 

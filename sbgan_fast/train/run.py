@@ -23,7 +23,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        from .config import ConfigError
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return dev
 
 

@@ -17,6 +17,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import ops
+from ..errors import CheckpointMismatchError, RunExistsError, RunFolderError
 from . import checkpoint as ckpt_io
 from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
@@ -76,7 +77,7 @@ class Trainer:
         self.out = cfg.out
         ck_dir = os.path.join(self.out, "checkpoints")
         if not resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
-            raise FileExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
+            raise RunExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
                                   "that run, or choose another --out")
         from ..data.factory import build_dataset
         self.dataset, info = build_dataset(cfg)
@@ -297,7 +298,7 @@ class Trainer:
         seen = D.all_gather_object(os.path.isfile(path), self.dist)
         if any(seen) and not all(seen):
             missing = [r for r, s in enumerate(seen) if not s]
-            raise RuntimeError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node runs "
+            raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node runs "
                                "the run folder (--out) must be on a filesystem shared by every node")
         return seen[0]
 
@@ -320,11 +321,11 @@ class Trainer:
         if self.resume and self._exists_everywhere(latest):
             ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
             if ck["stage"] != name:
-                raise RuntimeError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
+                raise CheckpointMismatchError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
             self.load_nets(ck, names=self._own_nets(stage, ck))
             for k, opt in self.optims.items():
                 if k not in ck.get("optims", {}):
-                    raise RuntimeError(f"{latest} lacks the optimizer state of {k}: that run trained "
+                    raise CheckpointMismatchError(f"{latest} lacks the optimizer state of {k}: that run trained "
                                        f"{sorted(ck.get('optims', {}))}; resume with the settings it was started "
                                        "with (e.g. the same spade.synthetic_labels)")
                 opt.load_state_dict(ck["optims"][k])
