@@ -2,8 +2,12 @@
 
 Layout of a checkpoint (a dict saved with ``torch.save``)::
 
-    {"format": "sbgan_fast/1", "stage": str, "step": int, "done": bool, "config": dict,
+    {"format": "sbgan_fast/2", "stage": str, "step": int, "done": bool, "config": dict,
      "nets": {name: state_dict}, "optims": {name: state_dict}, "rng": {...}, "extra": {...}}
+
+The file holds tensors and plain Python values only, and every load uses ``torch.load(weights_only=True)``:
+a checkpoint from someone else cannot run code (one that refers to other Python objects is refused before it
+is loaded). RNG states are stored as tensors and numbers.
 
 Files are written to a temporary file in the same folder, flushed and fsync'ed, then renamed over
 the target (``os.replace`` is atomic on POSIX), so a crash never leaves a broken checkpoint.
@@ -13,14 +17,15 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, CheckpointNotFoundError
 
-FORMAT = "sbgan_fast/1"
+FORMAT = "sbgan_fast/2"
+FORMATS_READ = ("sbgan_fast/1", FORMAT)   # 1: NumPy RNG state as an array
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -48,33 +53,108 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states of torch (CPU and, when initialised, CUDA), NumPy and Python as tensors and plain
+    types, so that a checkpoint loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    """Restore :func:`rng_state` (also the NumPy arrays of checkpoints of format ``sbgan_fast/1``)."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["kind"], npst["keys"].cpu().numpy().astype(np.uint32), int(npst["pos"]),
+                int(npst["has_gauss"]), float(npst["cached_gaussian"]))
+    np.random.set_state(npst)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _legacy_globals() -> List[Any]:
+    """What a checkpoint of format ``sbgan_fast/1`` needs beyond weights-only loading: the NumPy array of its
+    NumPy RNG state. Array reconstruction from NumPy's own types only (the array's items are unpickled by the
+    same restricted loader): no other callable is reachable."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [(_reconstruct, "numpy._core.multiarray._reconstruct"),
+            (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _legacy_names() -> set:
+    out = set()
+    for g in _legacy_globals():
+        if isinstance(g, tuple):
+            out.add(g[1])
+        else:
+            out.add(f"{g.__module__}.{g.__qualname__}")
+    return out
+
+
+def _unsafe_globals(path: str) -> Optional[List[str]]:
+    """The globals (functions, classes) that ``path`` refers to beyond what weights-only loading allows, read
+    without running anything; None when the file cannot be parsed."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, damaged, ...
+        return None
+
+
+def torch_load_safe(path: str, map_location="cpu", *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain Python values only, never code.
+
+    Files of format ``sbgan_fast/1`` (their NumPy RNG state is a NumPy array) load with NumPy's array types
+    allowed as well. Anything else a file refers to is refused before it is loaded.
+
+    Raises:
+        CheckpointError: the file is unreadable, damaged, or refers to other Python objects (named).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
+        first = e
+    unsafe = _unsafe_globals(path)
+    if unsafe and set(unsafe) <= _legacy_names():
+        try:
+            with torch.serialization.safe_globals(_legacy_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001
+            first = e
+    elif unsafe:
+        shown = ", ".join(sorted(unsafe)[:4]) + (", ..." if len(unsafe) > 4 else "")
+        raise CheckpointError(f"checkpoint {path} refers to Python objects that a sbgan_fast checkpoint never holds "
+                              f"({shown}); it was not loaded, since loading it could run code") from None
+    detail = str(first).strip().splitlines()[0] if str(first).strip() else ""
+    raise CheckpointError(f"checkpoint {path} cannot be read ({type(first).__name__}: {detail}); it may be truncated "
+                          "or not a sbgan_fast checkpoint") from first
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """Load and sanity-check a checkpoint; errors name the file and what is wrong."""
+    """Load and sanity-check a checkpoint (weights only: loading never runs code); errors name the file and what
+    is wrong.
+
+    Raises:
+        CheckpointNotFoundError: no such file.
+        CheckpointError: unreadable, unsafe, or not a sbgan_fast checkpoint.
+    """
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                           "it may be truncated or not a sbgan_fast checkpoint") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    ckpt = torch_load_safe(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in FORMATS_READ:
         raise CheckpointError(f"checkpoint {path} is not a sbgan_fast checkpoint (format "
-                           f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
-                           f"expected {FORMAT!r})")
+                              f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
+                              f"expected one of {FORMATS_READ})")
     for key in ("stage", "step", "config", "nets"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
