@@ -103,3 +103,59 @@ def test_checkpoints_of_the_previous_format_still_load(seg_run, tmp_path):
     assert np.array_equal(np.random.rand(4), expect.rand(4))
     train(tiny_cfg(run, "stages=seg", max_steps=3), resume=True)   # resumes from it
     assert ckpt_io.load_checkpoint(str(path))["step"] == 3
+
+
+def _records(path):
+    """(name, data offset, size) of each record of a torch.save zip file."""
+    import struct
+    import zipfile
+    out = []
+    raw = open(path, "rb").read()
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            n, m = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+            out.append((info.filename, info.header_offset + 30 + n + m, info.file_size))
+    return out
+
+
+def _flip(path, offset):
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_flipped_byte_is_found_by_the_checksum(seg_run, tmp_path):
+    src = seg_run / "checkpoints" / "seg-latest.pt"
+    assert ckpt_io.load_checkpoint(str(src))["sha256"]
+    # in the middle of the biggest tensor
+    path = tmp_path / "a.pt"
+    shutil.copy(src, path)
+    name, start, size = max((r for r in _records(path) if "/data/" in r[0]), key=lambda r: r[2])
+    _flip(path, start + size // 2)
+    torch.load(path, weights_only=True)                  # torch itself loads it without complaint
+    with pytest.raises(CheckpointError, match="damaged") as info:
+        ckpt_io.load_checkpoint(str(path))
+    assert str(path) in str(info.value)
+    # in a small optimizer tensor (the Adam step count of one parameter)
+    ck = torch.load(src, weights_only=True)
+    small = {int(t.untyped_storage().nbytes()) for t in ck["optims"]["G_seg"]["state"][0].values()}
+    path = tmp_path / "b.pt"
+    shutil.copy(src, path)
+    name, start, size = min((r for r in _records(path) if "/data/" in r[0] and r[2] in small), key=lambda r: r[2])
+    _flip(path, start)
+    with pytest.raises(CheckpointError, match="damaged"):
+        ckpt_io.load_checkpoint(str(path))
+    # in the pickled structure: a config string changed by one byte still unpickles
+    path = tmp_path / "c.pt"
+    shutil.copy(src, path)
+    name, start, size = next(r for r in _records(path) if r[0].endswith("data.pkl"))
+    pos = open(path, "rb").read().index(b"spectralinstance", start, start + size)
+    _flip(path, pos + 3)
+    with pytest.raises(CheckpointError, match="damaged|cannot be read"):
+        ckpt_io.load_checkpoint(str(path))
+    # the middle byte of the file
+    path = tmp_path / "d.pt"
+    shutil.copy(src, path)
+    _flip(path, os.path.getsize(path) // 2)
+    with pytest.raises(CheckpointError, match=str(path)):
+        ckpt_io.load_checkpoint(str(path))

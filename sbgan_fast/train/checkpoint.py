@@ -2,8 +2,13 @@
 
 Layout of a checkpoint (a dict saved with ``torch.save``)::
 
-    {"format": "sbgan_fast/2", "stage": str, "step": int, "done": bool, "config": dict,
-     "nets": {name: state_dict}, "optims": {name: state_dict}, "rng": {...}, "extra": {...}}
+    {"format": "sbgan_fast/2", "stage": str, "step": int, "done": bool, "config": dict, "num_classes": int,
+     "nets": {name: state_dict}, "optims": {name: state_dict}, "scalers": {...}, "rng": {...},
+     "world_size": int, ["rng_ranks": [...]], "sha256": str}
+
+``sha256`` is a checksum of everything else in the file (:func:`payload_digest`: every key, value and tensor
+byte, in order); loading recomputes it, so a damaged file (a flipped byte in a tensor or in the config) is
+reported, naming the file, instead of training on silently changed values.
 
 The file holds tensors and plain Python values only, and every load uses ``torch.load(weights_only=True)``:
 a checkpoint from someone else cannot run code (one that refers to other Python objects is refused before it
@@ -14,6 +19,7 @@ the target (``os.replace`` is atomic on POSIX), so a crash never leaves a broken
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -50,6 +56,51 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(b)}:".encode())
+        h.update(b)
+    elif isinstance(obj, bytes):
+        h.update(f"B{len(obj)}:".encode())
+        h.update(obj)
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds tensors and plain Python values only, not {type(obj).__name__}")
+
+
+def payload_digest(payload: Dict[str, Any]) -> str:
+    """sha256 (hex) of a checkpoint's contents other than its ``sha256`` entry: keys, values and the bytes of
+    every tensor, in order (tensors on any device)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write ``state`` (format :data:`FORMAT`) with its checksum, atomically."""
+    state = dict(state)
+    state["sha256"] = payload_digest(state)
+    atomic_torch_save(state, path)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -140,17 +191,20 @@ def torch_load_safe(path: str, map_location="cpu", *, mmap: bool = False) -> Any
                           "or not a sbgan_fast checkpoint") from first
 
 
-def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location="cpu", *, verify: bool = True, mmap: bool = False) -> Dict[str, Any]:
     """Load and sanity-check a checkpoint (weights only: loading never runs code); errors name the file and what
     is wrong.
 
+    Args:
+        verify: recompute the checksum (format 2). ``verify=False, mmap=True`` reads the configuration and the
+            tensors' shapes without reading the tensor data (start-up checks).
     Raises:
         CheckpointNotFoundError: no such file.
-        CheckpointError: unreadable, unsafe, or not a sbgan_fast checkpoint.
+        CheckpointError: unreadable, damaged (checksum), unsafe, or not a sbgan_fast checkpoint.
     """
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch_load_safe(path, map_location)
+    ckpt = torch_load_safe(path, map_location, mmap=mmap)
     if not isinstance(ckpt, dict) or ckpt.get("format") not in FORMATS_READ:
         raise CheckpointError(f"checkpoint {path} is not a sbgan_fast checkpoint (format "
                               f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
@@ -158,6 +212,18 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     for key in ("stage", "step", "config", "nets"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
+    if ckpt["format"] != "sbgan_fast/1":
+        if not isinstance(ckpt.get("sha256"), str):
+            raise CheckpointError(f"checkpoint {path} lacks its checksum (sha256 entry): it was not written by "
+                                  "sbgan_fast or has been altered")
+        if verify:
+            try:
+                got = payload_digest(ckpt)
+            except TypeError as e:
+                raise CheckpointError(f"checkpoint {path}: {e}") from None
+            if got != ckpt["sha256"]:
+                raise CheckpointError(f"checkpoint {path} is damaged: the checksum of its contents is {got[:16]}..., "
+                                      f"the file says {ckpt['sha256'][:16]}...; use an earlier checkpoint or a copy")
     return ckpt
 
 

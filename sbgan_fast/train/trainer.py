@@ -247,7 +247,7 @@ class Trainer:
             }
             if self.dist.enabled:
                 state["rng_ranks"] = rngs
-            ckpt_io.atomic_torch_save(state, path)
+            ckpt_io.save_checkpoint(state, path)
         D.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
         self._last_ckpt = path
         return path
