@@ -79,7 +79,7 @@ def test_one_line_of_an_error_reraised_by_a_loader_worker():
 
 def test_non_positive_sizes_are_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        cli_main(["train", "--out", str(tmp_path / "r"), "--batch-size", "0"])
+        cli_main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--batch-size", "0", *TINY])
     assert e.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
     for argv in (["sample", "--checkpoint", "x", "--out", "y", "--batch-size", "0"],
@@ -90,3 +90,26 @@ def test_non_positive_sizes_are_rejected(tmp_path, capsys):
             cli_main(argv)
         assert e.value.code == 2, argv
         assert argv[-2] in capsys.readouterr().err
+
+
+def test_non_positive_config_values_are_rejected(tmp_path):
+    from sbgan_fast.train.config import ConfigError
+    from tiny import tiny_cfg
+    for kv in ("log_every=0", "ckpt_every=-1", "sample_every=-1", "n_sample_grid=0", "seg.batch_size=0"):
+        with pytest.raises(ConfigError, match=kv.split("=")[0]):
+            tiny_cfg(tmp_path / "r", kv)
+
+
+def test_an_unwritable_run_folder_is_found_before_the_first_step(tmp_path, capsys):
+    from sbgan_fast.errors import RunFolderError
+    from sbgan_fast.train.trainer import Trainer
+    from tiny import tiny_cfg
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoint folder should be")
+    with pytest.raises(RunFolderError, match="checkpoints"):
+        Trainer(tiny_cfg(out, "stages=seg", max_steps=1))
+    assert not (out / "stats.jsonl").exists() and not (out / "config.json").exists()
+    fresh = tmp_path / "fresh"
+    Trainer(tiny_cfg(fresh, "stages=seg", max_steps=1)).close()
+    assert not (fresh / "checkpoints").exists()     # the check leaves nothing behind

@@ -28,6 +28,35 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# ---------------------------------------------------------------------- run folder
+def check_writable(out: str) -> None:
+    """Check, before any training, that files can be created in the run folder and in its ``checkpoints/``
+    (the run folder is created if needed; a ``checkpoints/`` made for the check is removed again).
+
+    Raises:
+        RunFolderError: naming the folder and the reason.
+    """
+    import tempfile
+
+    from ..errors import RunFolderError
+    for folder in (out, os.path.join(out, "checkpoints")):
+        made = not os.path.lexists(folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise RunFolderError(f"run folder: cannot write to {folder} ({e.strerror or type(e).__name__}); fix its "
+                                 "permissions or choose another --out") from None
+        finally:
+            if made and folder != out and os.path.isdir(folder):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
+
+
 # ---------------------------------------------------------------------- data order
 class SampleStream:
     """An endless, resumable stream of dataset indices: epoch e is a permutation of range(n) drawn

@@ -23,7 +23,7 @@ from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from .config import TrainConfig, validate
 from .monitor import GPUMonitor, records, to_vector
-from .run import RunLogger, SampleStream, make_loader
+from .run import RunLogger, SampleStream, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
@@ -79,6 +79,7 @@ class Trainer:
         if not resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
             raise RunExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
                                   "that run, or choose another --out")
+        D.on_main(lambda: check_writable(self.out), self.dist)   # before any training, not at the first save
         from ..data.factory import build_dataset
         self.dataset, info = build_dataset(cfg)
         self.dataset_size = len(self.dataset)
