@@ -57,6 +57,132 @@ def check_writable(out: str) -> None:
                     pass
 
 
+LOCK_NAME = "run.lock"
+_held_locks: Dict[str, "RunLock"] = {}   # lock files held by this process (realpath -> lock)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """The lock of a run folder, held for the whole run: ``<out>/run.lock`` holds the holder's host, pid and
+    start time, and an exclusive ``flock`` on it is kept while the process runs (the kernel drops it when the
+    process dies, however it dies). A second run on the folder gets :class:`~sbgan_fast.errors.RunLockedError`
+    naming the holder; a lock file whose process is gone is taken over with a warning. On filesystems without
+    ``flock`` the recorded pid decides (a holder on another host is then assumed alive).
+
+    Several trainers of one process (tests, benchmarks) share the process's lock of a folder."""
+
+    def __init__(self, folder: str, path: str, fd: int):
+        self.folder, self.path, self.fd, self.count = folder, path, fd, 1
+
+    @staticmethod
+    def _me() -> Dict[str, object]:
+        import socket
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+
+    @staticmethod
+    def _read(path: str) -> Dict[str, object]:
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.loads(f.read() or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _holder(info: Dict[str, object]) -> str:
+        if not info.get("pid"):
+            return "another process"
+        return f"pid {info.get('pid')} on host {info.get('host', '?')} (started {info.get('started', '?')})"
+
+    @classmethod
+    def acquire(cls, folder: str, log: Callable[[str], None] = print) -> "RunLock":
+        """Take the lock of ``folder`` (created if needed).
+
+        Raises:
+            RunLockedError: another live process holds it (named by host and pid).
+            RunFolderError: the folder or the lock file cannot be created.
+        """
+        import errno
+        import fcntl
+
+        from ..errors import RunFolderError, RunLockedError
+        path = os.path.join(folder, LOCK_NAME)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"run folder: cannot create {folder} ({e.strerror or type(e).__name__})") from None
+        key = os.path.realpath(path)
+        if key in _held_locks:
+            _held_locks[key].count += 1
+            return _held_locks[key]
+        me = cls._me()
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunFolderError(f"run folder: cannot create the lock file {path} "
+                                     f"({e.strerror or type(e).__name__})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flock = True
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(f"run folder {folder} is in use by another run: {cls._holder(cls._read(path))} "
+                                     f"holds {path}. Wait for it to finish or stop it, or choose another --out") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                flock = False
+            try:   # a process releasing the lock unlinks the file: lock the file that is at ``path`` now
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        prev = cls._read(path)
+        if prev.get("pid") and (prev.get("host"), prev.get("pid")) != (me["host"], me["pid"]):
+            if not flock and (prev.get("host") != me["host"] or _pid_alive(int(prev["pid"]))):
+                os.close(fd)
+                raise RunLockedError(f"run folder {folder} is in use by another run: {cls._holder(prev)} holds {path} "
+                                     "(this filesystem has no file locks: if that run is gone, delete the file)")
+            log(f"[sbgan_fast] warning: taking over the lock {path} of {cls._holder(prev)}: that process is gone")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.fsync(fd)
+        lock = cls(folder, path, fd)
+        _held_locks[key] = lock
+        return lock
+
+    def release(self) -> None:
+        """Give the lock up (the last holder of this process removes the lock file)."""
+        if self.count <= 0:
+            return
+        self.count -= 1
+        if self.count:
+            return
+        _held_locks.pop(os.path.realpath(self.path), None)
+        try:
+            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
 # ---------------------------------------------------------------------- data order
 class SampleStream:
     """An endless, resumable stream of dataset indices: epoch e is a permutation of range(n) drawn

@@ -23,7 +23,7 @@ from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from .config import TrainConfig, validate
 from .monitor import GPUMonitor, records, to_vector
-from .run import RunLogger, SampleStream, check_writable, make_loader
+from .run import RunLock, RunLogger, SampleStream, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
@@ -71,15 +71,38 @@ class Trainer:
         self.resume = resume
         self.dist, self.device = D.setup(cfg.device, cfg.dist_backend)
         self.is_main = self.dist.is_main
+        self.out = cfg.out
+        self._lock: Optional[RunLock] = None
+        self.logger: Optional[RunLogger] = None
+        self.monitor: Optional[GPUMonitor] = None
+        try:
+            self._setup()
+        except BaseException:
+            if self.logger is not None:
+                self.logger.close()
+            self._release_lock()
+            raise
+
+    def _open_run_folder(self) -> None:
+        """(rank 0) Take the run folder's lock, refuse to overwrite checkpoints, check that it is writable."""
+        self._lock = RunLock.acquire(self.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+        ck_dir = os.path.join(self.out, "checkpoints")
+        if not self.resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
+            raise RunExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
+                                 "that run, or choose another --out")
+        check_writable(self.out)   # before any training, not at the first save
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        self.out = cfg.out
-        ck_dir = os.path.join(self.out, "checkpoints")
-        if not resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
-            raise RunExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
-                                  "that run, or choose another --out")
-        D.on_main(lambda: check_writable(self.out), self.dist)   # before any training, not at the first save
+        D.on_main(self._open_run_folder, self.dist)
         from ..data.factory import build_dataset
         self.dataset, info = build_dataset(cfg)
         self.dataset_size = len(self.dataset)
@@ -287,11 +310,14 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        """Close the logs and the monitor; leave the process group if this trainer created it."""
-        self.logger.close()
+        """Close the logs and the monitor; leave the process group if this trainer created it; release the
+        run folder's lock."""
+        if self.logger is not None:
+            self.logger.close()
         if self.monitor is not None:
             self.monitor.close()
         D.teardown(self.dist)
+        self._release_lock()
 
     def _exists_everywhere(self, path: str) -> bool:
         """Whether ``path`` exists, checked by every process: a checkpoint that some processes cannot

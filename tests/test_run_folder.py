@@ -1,0 +1,96 @@
+"""Run-folder semantics: the lock, resuming, the next stage in a used folder, leftovers of killed writes,
+stats.jsonl after a resume, and what is checked before anything is written."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sbgan_fast.errors import RunLockedError
+from sbgan_fast.train.run import LOCK_NAME, RunLock
+from sbgan_fast.train.trainer import Trainer, train
+
+from tiny import tiny_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _hold_lock_in_another_process(folder):
+    code = ("import sys, time\nfrom sbgan_fast.train.run import RunLock\nRunLock.acquire(sys.argv[1])\n"
+            "print('held', flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "r"
+    holder = _hold_lock_in_another_process(out)
+    try:
+        with pytest.raises(RunLockedError) as info:
+            Trainer(tiny_cfg(out, "stages=seg", max_steps=1))
+        msg = str(info.value)
+        assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and str(out) in msg
+        assert not (out / "config.json").exists() and not (out / "stats.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed: its lock file is left behind): the next run takes the lock over
+    assert (out / LOCK_NAME).is_file()
+    train(tiny_cfg(out, "stages=seg", max_steps=1))
+    assert not (out / LOCK_NAME).exists()          # released at the end of the run
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "x"}))
+    t = Trainer(tiny_cfg(out, "stages=seg", max_steps=1))
+    try:
+        err = capsys.readouterr().err
+        assert "taking over" in err and f"pid {dead.pid}" in err
+        held = json.loads((out / LOCK_NAME).read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    finally:
+        t.close()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_on_errors(tmp_path):
+    out = tmp_path / "r"
+    seen = []
+    t = Trainer(tiny_cfg(out, "stages=seg", max_steps=2))
+    t.updater.on_gradients = lambda g, l: seen.append(json.loads((out / LOCK_NAME).read_text())["pid"])
+    t.run()
+    assert seen and set(seen) == {os.getpid()}
+    assert not (out / LOCK_NAME).exists()
+    # a run refused at start (here: it would overwrite the checkpoints) leaves no lock behind
+    with pytest.raises(FileExistsError):
+        Trainer(tiny_cfg(out, "stages=seg", max_steps=2))
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_lock_without_flock_falls_back_to_the_recorded_pid(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "no locks")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "x"}))
+    with pytest.raises(RunLockedError, match=f"pid {os.getppid()}"):
+        RunLock.acquire(str(folder))
+    (folder / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "x"}))
+    with pytest.raises(RunLockedError, match="elsewhere"):
+        RunLock.acquire(str(folder))
+    (folder / LOCK_NAME).unlink()
+    lock = RunLock.acquire(str(folder))
+    lock.release()
+    assert not (folder / LOCK_NAME).exists()
