@@ -94,3 +94,51 @@ def test_lock_without_flock_falls_back_to_the_recorded_pid(tmp_path, monkeypatch
     lock = RunLock.acquire(str(folder))
     lock.release()
     assert not (folder / LOCK_NAME).exists()
+
+
+def test_resume_without_checkpoints_is_an_error(tmp_path):
+    from sbgan_fast.errors import RunFolderError
+    for out in (tmp_path / "missing", tmp_path / "empty"):
+        if out.name == "empty":
+            (out / "checkpoints").mkdir(parents=True)
+        with pytest.raises(RunFolderError, match="nothing to resume"):
+            Trainer(tiny_cfg(out, "stages=seg", max_steps=1), resume=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_next_stage_runs_in_a_used_folder_without_resume(tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg(out, "stages=seg", max_steps=1))
+    train(tiny_cfg(out, "stages=spade", max_steps=1))     # nothing of the spade stage is there yet
+    assert (out / "checkpoints" / "spade-latest.pt").is_file()
+    with pytest.raises(FileExistsError, match="spade-latest.pt"):   # it would overwrite the spade checkpoint
+        Trainer(tiny_cfg(out, "stages=spade", max_steps=1))
+    with pytest.raises(FileExistsError, match="seg-latest.pt"):
+        Trainer(tiny_cfg(out, "stages=seg,spade", max_steps=1))
+
+
+def test_temporary_files_of_killed_writes_are_removed_and_never_count(tmp_path, capsys):
+    out = tmp_path / "r"
+    (out / "checkpoints").mkdir(parents=True)
+    tmp = out / "checkpoints" / ".tmp-k1ll3d.pt"
+    tmp.write_bytes(b"half a checkpoint")
+    t = Trainer(tiny_cfg(out, "stages=seg", max_steps=1))      # not "already holds checkpoints"
+    t.close()
+    assert not tmp.exists() and "temporary file" in capsys.readouterr().err
+
+
+def test_stats_hold_each_step_once_after_a_resume(tmp_path):
+    import shutil
+    out = tmp_path / "r"
+    kw = ("stages=seg", "log_every=1", "ckpt_every=0")
+    train(tiny_cfg(out, *kw, max_steps=3))
+    ck = out / "checkpoints" / "seg-latest.pt"
+    shutil.copy(ck, tmp_path / "step3.pt")
+    train(tiny_cfg(out, *kw, max_steps=5), resume=True)
+    # as if the run had been killed after logging step 5 but before writing its checkpoint, mid-line
+    shutil.copy(tmp_path / "step3.pt", ck)
+    with open(out / "stats.jsonl", "a") as f:
+        f.write('{"stage": "seg", "st')
+    train(tiny_cfg(out, *kw, max_steps=5), resume=True)
+    steps = [json.loads(line)["step"] for line in open(out / "stats.jsonl")]
+    assert steps == [1, 2, 3, 4, 5]

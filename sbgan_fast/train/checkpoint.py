@@ -231,6 +231,21 @@ def stage_checkpoint_path(out_dir: str, stage: str, which: str = "latest") -> st
     return os.path.join(out_dir, "checkpoints", f"{stage}-{which}.pt")
 
 
+def remove_temporary_files(folder: str) -> List[str]:
+    """Remove the temporary files (``.tmp-*.pt``) that a write killed before its rename left in ``folder``;
+    they are never checkpoints. Call it only while holding the run folder's lock. Returns the removed paths."""
+    removed = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".tmp-") and name.endswith(".pt"):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed.append(os.path.join(folder, name))
+                except OSError:
+                    pass
+    return removed
+
+
 def find_checkpoint(out_dir: str, stage: str) -> Optional[str]:
     """The newest checkpoint of ``stage`` in a run folder: final, else latest, else None."""
     for which in ("final", "latest"):

@@ -345,6 +345,35 @@ class RunLogger:
             self.bar.set_postfix(short, refresh=False)
         return rec
 
+    def truncate(self, stage: str, step: int) -> int:
+        """Remove the records of ``stage`` after ``step`` from ``stats.jsonl`` (a stage resumed from the
+        checkpoint of ``step`` logs the later steps again, so each step is recorded once), and a partial last
+        line left by a killed write. Returns the number of lines removed."""
+        if not self.enabled or not os.path.isfile(self.stats_path):
+            return 0
+        with open(self.stats_path, "r", encoding="utf-8") as f:
+            lines = f.readlines()
+        keep = []
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if i == len(lines) - 1 and not line.endswith("\n"):
+                    continue          # a partial record of a killed write
+                keep.append(line)
+                continue
+            if isinstance(rec, dict) and rec.get("stage") == stage and isinstance(rec.get("step"), (int, float)) \
+                    and rec["step"] > step:
+                continue
+            keep.append(line if line.endswith("\n") else line + "\n")
+        if len(keep) == len(lines):
+            return 0
+        tmp = f"{self.stats_path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.stats_path)
+        return len(lines) - len(keep)
+
     def image(self, tag: str, hwc_uint8, step: int) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, hwc_uint8, step, dataformats="HWC")

@@ -62,8 +62,10 @@ class Trainer:
     """Runs ``cfg.stages`` in order in the run folder ``cfg.out``.
 
     With ``resume=True`` a stage with a final checkpoint is skipped (its networks are loaded), a
-    stage with a latest checkpoint continues after its last completed step, and other stages start.
-    Without it, a run folder that already holds checkpoints is refused (nothing is overwritten)."""
+    stage with a latest checkpoint continues after its last completed step, and other stages start; a run
+    folder without any checkpoint is an error (nothing to resume: a mistyped ``--out``). Without it, a stage
+    whose own checkpoint is in the run folder is refused (nothing is overwritten); the checkpoints of other
+    stages are fine (the next stage of a run starts from them)."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False):
         validate(cfg)
@@ -84,12 +86,25 @@ class Trainer:
             raise
 
     def _open_run_folder(self) -> None:
-        """(rank 0) Take the run folder's lock, refuse to overwrite checkpoints, check that it is writable."""
-        self._lock = RunLock.acquire(self.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+        """(rank 0) Check what the run folder holds against ``resume``, take its lock, remove the temporary files
+        of killed checkpoint writes, check that it is writable."""
         ck_dir = os.path.join(self.out, "checkpoints")
-        if not self.resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
-            raise RunExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
-                                 "that run, or choose another --out")
+        present = {s: [p for p in (ckpt_io.stage_checkpoint_path(self.out, s, w) for w in ("final", "latest"))
+                       if os.path.isfile(p)] for s in STAGE_CLASSES}
+        if self.resume and not any(present.values()):
+            raise RunFolderError(f"--resume: {ck_dir} holds no checkpoint, so there is nothing to resume (is --out "
+                                 f"right?); leave out --resume to start a new run in {self.out}")
+        self._lock = RunLock.acquire(self.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+        removed = ckpt_io.remove_temporary_files(ck_dir)
+        if removed:
+            print(f"[sbgan_fast] removed {len(removed)} temporary file(s) of interrupted checkpoint writes from "
+                  f"{ck_dir}", file=sys.stderr, flush=True)
+        if not self.resume:
+            clash = [os.path.basename(p) for s in self.cfg.stages for p in present[s]]
+            if clash:
+                raise RunExistsError(f"run folder {self.out} already holds {', '.join(clash)}: running that stage "
+                                     "again would overwrite it; pass --resume to continue that run, or choose "
+                                     "another --out")
         check_writable(self.out)   # before any training, not at the first save
 
     def _release_lock(self) -> None:
@@ -344,9 +359,11 @@ class Trainer:
             ck = ckpt_io.load_checkpoint(final, map_location=self.device)
             self.load_nets(ck, names=self._own_nets(stage, ck))
             self._last_ckpt = final
+            self.log_message(f"[sbgan_fast] stage {name} is complete ({final}): its networks are loaded")
             return -1
         if self.resume and self._exists_everywhere(latest):
             ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
+            self.log_message(f"[sbgan_fast] resuming stage {name} after step {int(ck['step'])} ({latest})")
             if ck["stage"] != name:
                 raise CheckpointMismatchError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
             self.load_nets(ck, names=self._own_nets(stage, ck))
@@ -385,6 +402,8 @@ class Trainer:
         self.updater.reset(self.optims, list(self.nets.values()))
         start = self._init_stage(stage)
         self.trained.update(stage.trains)
+        if start >= 0:
+            self.logger.truncate(name, start)   # steps after the checkpoint are logged again
         # every process starts the stage from rank 0's networks (identical by construction; cheap insurance)
         D.broadcast_(D.module_state_tensors(self.nets.values()), info)
         if start < 0:
