@@ -159,3 +159,38 @@ def test_a_flipped_byte_is_found_by_the_checksum(seg_run, tmp_path):
     _flip(path, os.path.getsize(path) // 2)
     with pytest.raises(CheckpointError, match=str(path)):
         ckpt_io.load_checkpoint(str(path))
+
+
+def _unchanged(run):
+    return {name: (run / name).read_bytes() for name in ("config.json", "stats.jsonl")}
+
+
+def test_an_architecture_mismatch_on_resume_names_key_values_and_file(seg_run, tmp_path):
+    from sbgan_fast.errors import CheckpointMismatchError
+    run = tmp_path / "r"
+    shutil.copytree(seg_run, run)
+    before = _unchanged(run)
+    with pytest.raises(CheckpointMismatchError) as info:
+        train(tiny_cfg(run, "stages=seg", "seg.width_mult=0.125", max_steps=3), resume=True)
+    msg = str(info.value)
+    assert "seg.width_mult=0.0625" in msg and "seg.width_mult=0.125" in msg and "seg-latest.pt" in msg
+    assert _unchanged(run) == before                      # config.json and stats.jsonl untouched
+    # a different class count
+    with pytest.raises(CheckpointMismatchError, match=r"11 label classes, this run has 12.*num_classes"):
+        train(tiny_cfg(run, "stages=seg", "data.num_classes=12", max_steps=3), resume=True)
+    assert _unchanged(run) == before
+
+
+def test_the_e2e_stage_checks_the_earlier_stages_checkpoints(tmp_path):
+    from sbgan_fast.errors import CheckpointMismatchError
+    run = tmp_path / "r"
+    train(tiny_cfg(run, "stages=seg,spade", max_steps=1))
+    before = _unchanged(run)
+    with pytest.raises(CheckpointMismatchError, match=r"spade-latest.pt was written with spade.ngf=8, this run has "
+                                                      r"spade.ngf=16"):
+        train(tiny_cfg(run, "stages=e2e", "spade.ngf=16", max_steps=1))
+    # a setting outside the named keys that changes the networks: the entry is named
+    with pytest.raises(CheckpointMismatchError, match=r"spade-latest.pt: G_spd\.\S+ is shape \(\) in the checkpoint but absent"):
+        train(tiny_cfg(run, "stages=e2e", "spade.norm_G=spectralspadeinstance3x3", max_steps=1))
+    assert _unchanged(run) == before
+    assert not (run / "checkpoints" / "e2e-latest.pt").exists()

@@ -27,6 +27,16 @@ from .run import RunLock, RunLogger, SampleStream, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+# Config keys that fix the shapes of each network's parameters (besides the number of label classes): a
+# checkpoint written with other values cannot be loaded into this run's networks.
+ARCH_KEYS = {
+    "G_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.z_dim", "seg.width_mult"),
+    "D_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.width_mult"),
+    "G_spd": ("spade.ngf", "spade.num_upsampling_layers", "spade.crop_size", "spade.aspect_ratio",
+              "spade.contain_dontcare_label"),
+    "D_spd": ("spade.ndf", "spade.n_layers_D", "spade.num_D", "spade.contain_dontcare_label"),
+    "D2": ("spade.ndf", "spade.n_layers_D", "spade.num_D"),
+}
 
 
 def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
@@ -145,6 +155,8 @@ class Trainer:
         self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
         self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
         self._last_ckpt: Optional[str] = None
+        # every checkpoint this run will load must fit its networks: checked before anything is written
+        D.on_main(self._check_checkpoints, self.dist)
         self.logger = RunLogger(cfg, self.out, enabled=self.is_main)
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
@@ -160,6 +172,76 @@ class Trainer:
                 # single-process run. The networks were initialised above from the common seed.
                 torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
             D.barrier(self.dist)
+
+    def _checkpoints_to_load(self):
+        """[(path, stage expected or None, networks loaded from it or None for all)] that the stages of this run
+        will load (mirrors :meth:`_init_stage`), and the G_seg source of synthetic label maps (classes only)."""
+        cfg, out = self.cfg, self.out
+        plan, seg_sources = [], []
+        for name in cfg.stages:
+            if self.resume:
+                path = ckpt_io.find_checkpoint(out, name)
+                if path is not None:
+                    plan.append((path, name, None))
+                    continue
+            if name == "e2e":
+                for prev in ("seg", "spade"):
+                    path = None if prev in cfg.stages else ckpt_io.find_checkpoint(out, prev)
+                    if path is not None:
+                        plan.append((path, None, ("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2")))
+        if "spade" in cfg.stages and cfg.spade.synthetic_labels > 0 and (cfg.spade.seg_checkpoint or
+                                                                           "seg" not in cfg.stages):
+            from .synthetic_labels import _seg_checkpoint
+            try:
+                seg_sources.append(_seg_checkpoint(self))
+            except FileNotFoundError:
+                pass   # reported by the spade stage, which needs it
+        return plan, seg_sources
+
+    def _check_checkpoints(self) -> None:
+        """(rank 0) Compare each checkpoint this run will load with the run's classes and architecture.
+
+        Raises:
+            CheckpointMismatchError: naming the file, the config key (or network entry) and both values.
+        """
+        plan, seg_sources = self._checkpoints_to_load()
+        for path in seg_sources:
+            if os.path.isfile(path):
+                ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
+                if int(ck.get("num_classes", -1)) != self.num_classes:
+                    raise CheckpointMismatchError(
+                        f"{path}: its G_seg makes {ck.get('num_classes')}-class label maps (num_classes), this run "
+                        f"has {self.num_classes} classes; pass the seg checkpoint of a run on the same dataset")
+        for path, stage, names in plan:
+            ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
+            if stage is not None and ck["stage"] != stage:
+                raise CheckpointMismatchError(f"{path} holds stage {ck['stage']!r}, expected {stage!r}")
+            k = int(ck.get("num_classes", -1))
+            if k != self.num_classes:
+                raise CheckpointMismatchError(
+                    f"{path} was written for {k} label classes, this run has {self.num_classes} (num_classes: "
+                    f"data.num_classes {ck['config'].get('data', {}).get('num_classes')!r} vs "
+                    f"{self.cfg.data.num_classes!r}, dataset {ck['config'].get('data', {}).get('dataset')!r} vs "
+                    f"{self.cfg.data.dataset!r}); resume with the data it was trained on, or choose another --out")
+            nets = [n for n in ck["nets"] if n in self.nets and (names is None or n in names)]
+            mine, theirs = self.cfg.to_dict(), ck["config"]
+            for net in nets:
+                for key in ARCH_KEYS.get(net, ()):
+                    a, b = _dotted(theirs, key), _dotted(mine, key)
+                    if a != b:
+                        raise CheckpointMismatchError(
+                            f"{path} was written with {key}={_show(a)}, this run has {key}={_show(b)} (the shapes of "
+                            f"{net} differ); use the value it was trained with, or choose another --out")
+            for net in nets:
+                have = {k: tuple(v.shape) for k, v in self.nets[net].state_dict().items()}
+                got = {k: tuple(v.shape) for k, v in ck["nets"][net].items()}
+                for key in sorted(set(have) | set(got)):
+                    if have.get(key) != got.get(key):
+                        what = lambda s: "absent" if s is None else f"shape {s}"  # noqa: E731
+                        raise CheckpointMismatchError(
+                            f"{path}: {net}.{key} is {what(got.get(key))} in the checkpoint but {what(have.get(key))} "
+                            "in this run's network; use the settings the checkpoint was written with (its config is "
+                            "stored in it), or choose another --out")
 
     def _describe_distributed(self) -> None:
         from ..models.discriminator import parse_norm_D
@@ -488,6 +570,18 @@ class Trainer:
         self.logger.image(f"{stage.name}/samples", make_grid_array(
             labels.cpu(), None if images is None else images.cpu(), self.palette), step)
         return path
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _show(v) -> str:
+    return "(absent)" if v is None else json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Trainer:
