@@ -142,3 +142,34 @@ def test_stats_hold_each_step_once_after_a_resume(tmp_path):
     train(tiny_cfg(out, *kw, max_steps=5), resume=True)
     steps = [json.loads(line)["step"] for line in open(out / "stats.jsonl")]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_a_failing_sample_grid_costs_no_checkpoint(tmp_path, capsys, monkeypatch):
+    import sbgan_fast.metrics.grids as grids
+    from sbgan_fast.train import checkpoint as ckpt_io
+
+    def broken(*a, **k):
+        raise ValueError("colorize: label value 255 is outside the palette's range")
+    monkeypatch.setattr(grids, "save_pairs_grid", broken)
+    out = tmp_path / "r"
+    train(tiny_cfg(out, "stages=seg", "sample_every=2", "ckpt_every=2", max_steps=5))
+    assert ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))["step"] == 5
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "sample grid" in ln]
+    assert len(lines) == 2, err          # the first failure, then one summary line at the end of the stage
+    assert "step 2 not written (ValueError: colorize: label value 255" in lines[0] and "training goes on" in lines[0]
+    assert "3 sample grids" in lines[1]
+
+
+def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, monkeypatch):
+    import sbgan_fast.metrics.grids as grids
+    out = tmp_path / "r"
+    seen = []
+    real = grids.save_pairs_grid
+
+    def spy(labels, images, palette, path):
+        seen.append((os.path.basename(path), sorted(os.listdir(out / "checkpoints"))))
+        return real(labels, images, palette, path)
+    monkeypatch.setattr(grids, "save_pairs_grid", spy)
+    train(tiny_cfg(out, "stages=seg", "sample_every=2", "ckpt_every=2", max_steps=2))
+    assert seen == [("seg-0000002.png", ["seg-latest.pt"])]

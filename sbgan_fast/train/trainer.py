@@ -165,6 +165,7 @@ class Trainer:
         self.monitor = GPUMonitor(self.device, quiet=not self.is_main) if cfg.monitor_every > 0 else None
         self.fid_extractor = self._fid_extractor() if cfg.fid_every > 0 and self.is_main else None
         self._fid_skipped: set = set()
+        self._grid_failures: Dict[str, list] = {}   # stage -> steps whose sample grid could not be written
         if self.dist.enabled:
             self._describe_distributed()
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
@@ -532,17 +533,17 @@ class Trainer:
                     last_monitor = step + 1
                 self.logger.log(name, step + 1, stage.images_done(step + 1), rec)
                 acc, count = {}, 0
+            # the checkpoint of a step comes first: nothing after it (a preview, FID) can cost it
+            if step + 1 == end:
+                self.save(name, end, done=done, which="final" if done else "latest")
+            elif cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+                self.save(name, step + 1, done=False, which="latest")
             if self.is_main and cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or step + 1 == end):
-                self.save_grid(stage, step + 1)
+                self._save_grid_or_say_why(stage, step + 1)
             if self.fid_due(stage, step + 1):
                 self.log_fid(stage, step + 1)
-            if not done and step + 1 < end and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                self.save(name, step + 1, done=False, which="latest")
         self.current_step = end
-        if end == total:
-            self.save(name, total, done=True, which="final")
-        elif end > start:
-            self.save(name, end, done=False, which="latest")
+        self._report_grid_failures(stage)
         self.logger.end_stage()
 
     def _mean_over_processes(self, scalars: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -559,6 +560,25 @@ class Trainer:
         """This process's GPU sample, gathered on every process, as flat log entries."""
         vecs = D.all_gather_object(to_vector(self.monitor.sample()), self.dist)
         return records(vecs)
+
+    def _save_grid_or_say_why(self, stage: Stage, step: int) -> None:
+        """:meth:`save_grid`; a failure is reported (its first time in a stage, as one line) and training goes
+        on: a preview is never worth a run."""
+        try:
+            self.save_grid(stage, step)
+        except Exception as e:  # noqa: BLE001 - any failure of a preview
+            from ..errors import one_line
+            failed = self._grid_failures.setdefault(stage.name, [])
+            failed.append(step)
+            if len(failed) == 1:
+                self.log_message(f"[sbgan_fast] sample grid of stage {stage.name} step {step} not written "
+                                 f"({type(e).__name__}: {one_line(e)}); training goes on")
+
+    def _report_grid_failures(self, stage: Stage) -> None:
+        failed = self._grid_failures.pop(stage.name, [])
+        if len(failed) > 1:
+            self.log_message(f"[sbgan_fast] {len(failed)} sample grids of stage {stage.name} were not written "
+                             f"(steps {failed[0]}..{failed[-1]}); the first failure is reported above")
 
     def save_grid(self, stage: Stage, step: int) -> Optional[str]:
         from ..metrics.grids import make_grid_array, save_pairs_grid
