@@ -173,3 +173,39 @@ def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, mo
     monkeypatch.setattr(grids, "save_pairs_grid", spy)
     train(tiny_cfg(out, "stages=seg", "sample_every=2", "ckpt_every=2", max_steps=2))
     assert seen == [("seg-0000002.png", ["seg-latest.pt"])]
+
+
+def test_a_file_that_fails_to_decode_mid_run_stops_after_a_checkpoint(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sbgan_fast.data.datasets import DataError
+    from sbgan_fast.train import checkpoint as ckpt_io
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 5, (32, 32), dtype=np.uint8)).save(tmp_path / "lab" / f"{i}.png")
+    data = ["data.dataset=folder", f"data.image_dir={tmp_path / 'img'}", f"data.label_dir={tmp_path / 'lab'}",
+            "data.num_classes=5", "stages=seg", "ckpt_every=0", "log_every=1"]
+    out = tmp_path / "r"
+    bad = tmp_path / "lab" / "2.png"
+    good = bad.read_bytes()
+    t = Trainer(tiny_cfg(out, *data, max_steps=6))
+    updates = []
+
+    def break_a_file_after_two_steps(grads, losses):
+        updates.append(1)
+        if len(updates) == 4:          # two seg steps (a G and a D update each)
+            bad.write_bytes(good[:40])   # every batch of this 4-pair dataset reads it
+    t.updater.on_gradients = break_a_file_after_two_steps
+    with pytest.raises(DataError) as info:
+        t.run()
+    msg = str(info.value)
+    assert "2.png" in msg and "stopped before step 3 of stage seg" in msg and "seg-latest.pt" in msg
+    assert "\n" not in msg
+    assert ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))["step"] == 2
+    bad.write_bytes(good)
+    train(tiny_cfg(out, *data, max_steps=4), resume=True)
+    assert ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))["step"] == 4

@@ -155,6 +155,7 @@ class Trainer:
         self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
         self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
         self._last_ckpt: Optional[str] = None
+        self._saved_step: Dict[str, int] = {}    # stage -> step of the checkpoint written last in this process
         # every checkpoint this run will load must fit its networks: checked before anything is written
         D.on_main(self._check_checkpoints, self.dist)
         self.logger = RunLogger(cfg, self.out, enabled=self.is_main)
@@ -372,6 +373,7 @@ class Trainer:
             ckpt_io.save_checkpoint(state, path)
         D.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
         self._last_ckpt = path
+        self._saved_step[stage] = step
         return path
 
     def _restore_rng(self, ck: dict, path: str) -> None:
@@ -507,8 +509,11 @@ class Trainer:
                              device=self.device, need_image=name != "seg")
         acc: Dict[str, torch.Tensor] = {}
         count = 0
-        step = start
-        for step, batch in enumerate(loader, start=start):
+        batches = iter(loader)
+        for step in range(start, end):
+            batch, failure = self._next_batch(batches, name, step)
+            if self._agree_to_stop(failure is not None):
+                self._stop_on_bad_data(stage, step, start, failure)
             lrs = stage.set_lr(step)
             self.updater.begin_step()
             scalars = stage.step(step, batch)
@@ -545,6 +550,53 @@ class Trainer:
         self.current_step = end
         self._report_grid_failures(stage)
         self.logger.end_stage()
+
+    @staticmethod
+    def _next_batch(batches, stage: str, step: int):
+        """(batch, None), or (None, the exception) when reading it failed (a file that does not decode)."""
+        try:
+            return next(batches), None
+        except StopIteration:
+            raise RuntimeError(f"stage {stage!r}: the loader ended before step {step + 1}") from None
+        except Exception as e:  # noqa: BLE001 - handled by the caller, after every process has said
+            return None, e
+
+    def _agree_to_stop(self, failed: bool) -> bool:
+        """Whether any process failed to read its batch of this step (one small all-reduce per step under
+        torchrun, so that every process stops at the same step)."""
+        if not self.dist.enabled:
+            return failed
+        flag = torch.tensor([1.0 if failed else 0.0], device=self.device)
+        return bool(D.all_reduce_(flag, self.dist, "max").item() > 0)
+
+    def _checkpoint_before_stopping(self, stage: Stage, step: int, start: int) -> Optional[str]:
+        """The latest checkpoint of ``step`` completed steps (written unless there is one already); the path of
+        the checkpoint to resume from, or None when there is none."""
+        if step > start and self._saved_step.get(stage.name) != step:
+            return self.save(stage.name, step, done=False, which="latest")
+        return self._last_ckpt
+
+    def _stop_on_bad_data(self, stage: Stage, step: int, start: int, failure: Optional[BaseException]) -> None:
+        """A batch could not be read (here or on another process): write the checkpoint of the last completed
+        step, then stop with the failing file's message."""
+        from ..data.datasets import DataError
+        from ..errors import one_line
+        path = self._checkpoint_before_stopping(stage, step, start)
+        mine = None if failure is None else (isinstance(failure, DataError), one_line(failure),
+                                             type(failure).__name__)
+        seen = [(r, m) for r, m in enumerate(D.all_gather_object(mine, self.dist)) if m is not None]
+        rank, (is_data, msg, kind) = seen[0]
+        where = f" (rank {rank})" if self.dist.enabled else ""
+        saved = (f"the checkpoint of step {step} is {path}" if path and step > start else
+                 f"no step was completed since {path}" if path else "no checkpoint has been written")
+        text = (f"{msg}{where}: stopped before step {step + 1} of stage {stage.name}; {saved}. Fix or remove that "
+                f"file (or set data.skip_bad_files=true), then continue with --resume")
+        if not is_data:   # not a data error: kept as it is (its traceback), after the checkpoint
+            if failure is not None:
+                self.log_message(f"[sbgan_fast] reading the batch of step {step + 1} failed ({kind}); {saved}")
+                raise failure
+            raise RuntimeError(f"rank {rank} could not read its batch of step {step + 1} ({kind}: {msg}); {saved}")
+        raise DataError(text, getattr(failure, "path", None)) from failure
 
     def _mean_over_processes(self, scalars: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Scalar tensors -> floats, averaged over the processes (the global batch's values)."""
