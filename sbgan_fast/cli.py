@@ -291,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: List[str]) -> str:
+    """The command that continues an interrupted run: the same arguments with --resume."""
+    import shlex
+    args = argv + ([] if "--resume" in argv else ["--resume"])
+    line = "sbgan-fast " + " ".join(shlex.quote(a) for a in args)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"the same torchrun command with --resume ({line})"
+    return line
+
+
 def _debug(args) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get("SBGAN_FAST_DEBUG", "") not in ("", "0")
 
@@ -301,11 +311,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     print the traceback too."""
     import traceback
 
-    from .errors import SbganError, one_line
+    from .errors import Interrupted, SbganError, one_line
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
                 "check-data": cmd_check_data}[args.cmd](args)
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(f"sbgan-fast {args.cmd}: {e}", file=sys.stderr)
+            print(f"sbgan-fast {args.cmd}: to continue, run {_resume_command(argv)}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     except (SbganError, FileNotFoundError, FileExistsError) as e:
         if _debug(args):
             traceback.print_exc()

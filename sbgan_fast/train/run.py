@@ -57,6 +57,58 @@ def check_writable(out: str) -> None:
                     pass
 
 
+class StopSignals:
+    """SIGTERM (what torchrun, SLURM and Kubernetes send before a kill), SIGINT (Ctrl-C) and SIGUSR1 (SLURM's
+    pre-emption warning, ``--signal=USR1@120``) during training: the first one is recorded, and the trainer
+    finishes the current step, writes the latest checkpoint and stops (:class:`~sbgan_fast.errors.Interrupted`).
+    A second SIGINT raises ``KeyboardInterrupt`` at once; other repeated signals are ignored.
+
+    Forked data-loader workers inherit these handlers and ignore the signals (the main process stops the
+    run and shuts them down), so a signal sent to the whole process group does not kill them mid-batch."""
+
+    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self, say: bool = True):
+        self.received = 0
+        self.say = say
+        self._pid = os.getpid()
+        self._old: Dict[int, object] = {}
+
+    def install(self) -> bool:
+        """Install the handlers (main thread only; elsewhere nothing happens). Returns whether they were."""
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        self._pid = os.getpid()
+        for name in self.NAMES:
+            sig = getattr(signal, name, None)
+            if sig is not None and sig not in self._old:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def restore(self) -> None:
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+        if os.getpid() != self._pid:      # a forked data-loader worker
+            return
+        if self.received:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received = int(signum)
+        if self.say:
+            from ..errors import signal_name
+            again = " (Ctrl-C again to exit at once, without it)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n[sbgan_fast] {signal_name(signum)} received: finishing this step, then writing a "
+                        f"checkpoint{again}\n".encode())
+
+
 LOCK_NAME = "run.lock"
 _held_locks: Dict[str, "RunLock"] = {}   # lock files held by this process (realpath -> lock)
 

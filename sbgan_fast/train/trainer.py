@@ -17,13 +17,13 @@ from typing import Dict, Optional
 import torch
 
 from .. import ops
-from ..errors import CheckpointMismatchError, RunExistsError, RunFolderError
+from ..errors import CheckpointMismatchError, Interrupted, RunExistsError, RunFolderError, signal_name
 from . import checkpoint as ckpt_io
 from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from .config import TrainConfig, validate
 from .monitor import GPUMonitor, records, to_vector
-from .run import RunLock, RunLogger, SampleStream, check_writable, make_loader
+from .run import RunLock, RunLogger, SampleStream, StopSignals, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
@@ -167,6 +167,7 @@ class Trainer:
         self.fid_extractor = self._fid_extractor() if cfg.fid_every > 0 and self.is_main else None
         self._fid_skipped: set = set()
         self._grid_failures: Dict[str, list] = {}   # stage -> steps whose sample grid could not be written
+        self.signals = StopSignals(say=self.is_main)
         if self.dist.enabled:
             self._describe_distributed()
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
@@ -403,10 +404,20 @@ class Trainer:
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
+        """Run the stages. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step and a checkpoint
+        (:class:`~sbgan_fast.errors.Interrupted`; see :class:`~sbgan_fast.train.run.StopSignals`)."""
+        self.signals.install()
         try:
-            for stage_name in self.cfg.stages:
+            stages = list(self.cfg.stages)
+            for i, stage_name in enumerate(stages):
                 self.run_stage(stage_name)
+                if i + 1 < len(stages):
+                    signum, _ = self._stop_flags(False)
+                    if signum:
+                        raise Interrupted(f"stopped by {signal_name(signum)} after stage {stage_name} (complete: "
+                                          f"{self._last_ckpt})", signum, self._last_ckpt)
         finally:
+            self.signals.restore()
             self.close()
 
     def close(self) -> None:
@@ -512,7 +523,10 @@ class Trainer:
         batches = iter(loader)
         for step in range(start, end):
             batch, failure = self._next_batch(batches, name, step)
-            if self._agree_to_stop(failure is not None):
+            signum, failed = self._stop_flags(failure is not None)
+            if signum:
+                self._stop_on_signal(stage, step, start, signum)
+            if failed:
                 self._stop_on_bad_data(stage, step, start, failure)
             lrs = stage.set_lr(step)
             self.updater.begin_step()
@@ -561,13 +575,26 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - handled by the caller, after every process has said
             return None, e
 
-    def _agree_to_stop(self, failed: bool) -> bool:
-        """Whether any process failed to read its batch of this step (one small all-reduce per step under
-        torchrun, so that every process stops at the same step)."""
+    def _stop_flags(self, failed: bool):
+        """(a stop signal received by any process (0: none), whether any process failed to read its batch),
+        agreed by every process: one 2-element all-reduce per step under torchrun, so that all of them stop
+        at the same step."""
         if not self.dist.enabled:
-            return failed
-        flag = torch.tensor([1.0 if failed else 0.0], device=self.device)
-        return bool(D.all_reduce_(flag, self.dist, "max").item() > 0)
+            return self.signals.received, failed
+        flags = torch.tensor([float(self.signals.received), 1.0 if failed else 0.0], device=self.device)
+        signum, failed_any = D.all_reduce_(flags, self.dist, "max").tolist()
+        return int(signum), failed_any > 0
+
+    def _stop_on_signal(self, stage: Stage, step: int, start: int, signum: int) -> None:
+        path = self._checkpoint_before_stopping(stage, step, start)
+        if path and step > start:
+            what = f"the checkpoint of step {step} is {path}"
+        elif path:
+            what = f"no step was completed since {path}"
+        else:
+            what = "no step was completed, no checkpoint written"
+        raise Interrupted(f"stopped by {signal_name(signum)} after step {step} of stage {stage.name}; {what}",
+                          signum, path)
 
     def _checkpoint_before_stopping(self, stage: Stage, step: int, start: int) -> Optional[str]:
         """The latest checkpoint of ``step`` completed steps (written unless there is one already); the path of
