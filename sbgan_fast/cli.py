@@ -81,6 +81,9 @@ def _add_train(sub) -> None:
     p.add_argument("--fid-every", type=non_negative_int, metavar="K", help="compute FID every K images of each stage and log it "
                    "(fid, fid_cond in stats.jsonl and TensorBoard; see fid_n, fid_n_real, fid_variant)")
     p.add_argument("--fid-n", type=positive_int, help="generated images per periodic FID (default 500)")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="multi-process runs: how long a process waits in a collective for the others before the "
+                        "run fails (dist_timeout; default 600: a hung process stops the run after 10 minutes)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. spade.ngf=32")
 
 
@@ -90,7 +93,7 @@ def cmd_train(args) -> int:
               "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
               "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum,
               "spade.synthetic_labels": args.synthetic_labels, "spade.seg_checkpoint": args.seg_checkpoint,
-              "fid_every": args.fid_every, "fid_n": args.fid_n}
+              "fid_every": args.fid_every, "fid_n": args.fid_n, "dist_timeout": args.dist_timeout}
     if args.stage:
         direct["stages"] = ["seg", "spade", "e2e"] if args.stage == "all" else [args.stage]
     if args.batch_size is not None:

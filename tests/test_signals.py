@@ -131,7 +131,7 @@ def test_every_torchrun_process_stops_at_the_same_step(tmp_path):
     out = tmp_path / "r"
     port = _free_port()
     procs = [_start(out, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-                          "RANK": str(r), "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1"})
+                          "RANK": str(r), "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1"}, ["--dist-timeout", "120"])
              for r in range(2)]
     _wait_for_steps(out, 2, procs)
     procs[1].send_signal(signal.SIGUSR1)
@@ -140,3 +140,60 @@ def test_every_torchrun_process_stops_at_the_same_step(tmp_path):
     ck = ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))
     assert ck["world_size"] == 2 and ck["step"] == _steps(out)[-1] >= 2
     assert "stopped by SIGUSR1" in errs[0] and "torchrun" in errs[0]
+
+
+def test_the_process_group_timeout_is_a_setting(tmp_path, monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    from sbgan_fast.cli import build_parser
+    from sbgan_fast.train import dist as D
+    assert tiny_cfg(tmp_path / "r").dist_timeout == 600.0
+    assert build_parser().parse_args(["train", "--dist-timeout", "90"]).dist_timeout == 90.0
+    from sbgan_fast.train.config import ConfigError
+    with pytest.raises(ConfigError, match="dist_timeout"):
+        tiny_cfg(tmp_path / "r", "dist_timeout=0")
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(
+        RuntimeError("stop here")))
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RuntimeError, match="stop here"):
+        Trainer(tiny_cfg(tmp_path / "r", "stages=seg", "dist_timeout=42", max_steps=1, device="cpu"))
+    assert seen["timeout"] == datetime.timedelta(seconds=42)
+
+
+_HANG = """
+import os, sys, time, torch
+from sbgan_fast.train import dist as D
+info, dev = D.setup("cpu", "gloo", timeout_s=float(sys.argv[1]))
+if info.rank == 1:
+    time.sleep(120)                      # alive but stuck
+t0 = time.monotonic()
+try:
+    D.all_reduce_(torch.ones(1), info)
+except Exception as e:
+    print(f"rank 0 raised {type(e).__name__} after {time.monotonic() - t0:.0f} s", flush=True)
+    os._exit(3)
+"""
+
+
+@pytest.mark.distributed
+def test_a_hung_process_fails_the_others_after_the_timeout(tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _HANG, "3"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                                       RANK=str(r), LOCAL_RANK=str(r)))
+             for r in range(2)]
+    try:
+        out, err = procs[0].communicate(timeout=100)    # far less than the 120 s rank 1 is stuck for
+        assert procs[0].returncode == 3 and "rank 0 raised" in out, (out, err)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

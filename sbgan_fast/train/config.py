@@ -161,6 +161,7 @@ class TrainConfig:
     seg: SegConfig = field(default_factory=SegConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
+    dist_timeout: float = 600.0          # seconds a collective may wait for the other processes (a hung rank)
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> Dict[str, Any]:
@@ -390,6 +391,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.nonfinite_limit >= 0, f"nonfinite_limit must be >= 0 (0: never stop), got {cfg.nonfinite_limit}")
     need(cfg.dist_noise in ("rank", "global"), f"dist_noise must be rank|global, got {cfg.dist_noise!r}")
     need(cfg.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto|nccl|gloo, got {cfg.dist_backend!r}")
+    need(cfg.dist_timeout > 0, f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
     need(cfg.monitor_every >= 0, f"monitor_every must be >= 0 (0: off), got {cfg.monitor_every}")
     need(cfg.seg.tau > 0, f"seg.tau must be > 0, got {cfg.seg.tau}")
     need(cfg.fid_every >= 0, f"fid_every must be >= 0 (images between FID evaluations; 0: off), got {cfg.fid_every}")

@@ -71,7 +71,11 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
 
 
-def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> Tuple[DistInfo, torch.device]:
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def setup(device: str = "auto", backend: str = "auto",
+          timeout_s: float = DEFAULT_TIMEOUT_S) -> Tuple[DistInfo, torch.device]:
     """Join the process group and pick this process's device.
 
     * A process group that already exists (user code, tests) is used as it is.
@@ -82,6 +86,10 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0
     Args:
         device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. With several processes 'auto' and 'cuda' mean
             ``cuda:LOCAL_RANK`` (one process per GPU).
+        timeout_s: how long a collective waits for the other processes (``dist_timeout``; 10 minutes by
+            default: a training step takes seconds, the longest rank-0-only work (an FID evaluation, a
+            checkpoint) a few minutes). When it fires, NCCL's watchdog aborts the process and gloo raises in
+            the waiting process; torchrun then stops the others. Not applied to a group that already exists.
     Returns:
         (DistInfo, torch.device).
     """

@@ -81,7 +81,7 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         self.resume = resume
-        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend)
+        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
         self.is_main = self.dist.is_main
         self.out = cfg.out
         self._lock: Optional[RunLock] = None
