@@ -31,10 +31,11 @@ def _steps(out):
     return [json.loads(line)["step"] for line in open(path) if line.endswith("\n")]
 
 
-def _start(out, extra_env=None, args=()):
+def _start(out, extra_env=None, args=(), **popen):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
     cmd = [sys.executable, "-m", "sbgan_fast", "train", "--out", str(out), "--device", "cpu", *args, *LONG]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
 
 
 def _wait_for_steps(out, n, procs, timeout=300):
@@ -79,6 +80,19 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert _steps(out) == list(range(1, ck["step"] + 3))
+
+
+def test_a_signal_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
+    """torchrun and a terminal's Ctrl-C signal the whole process group, data-loader workers included: the
+    workers ignore it and the run stops as with a signal to the main process alone."""
+    out = tmp_path / "r"
+    proc = _start(out, args=["data.num_workers=2"], start_new_session=True)
+    _wait_for_steps(out, 2, [proc])
+    os.killpg(proc.pid, signal.SIGTERM)
+    (_, err), = _finish([proc])
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "exited unexpectedly" not in err
+    assert ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))["step"] == _steps(out)[-1]
 
 
 def test_ctrl_c_interrupted_and_resumed_equals_uninterrupted(tmp_path):

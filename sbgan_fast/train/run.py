@@ -63,8 +63,11 @@ class StopSignals:
     finishes the current step, writes the latest checkpoint and stops (:class:`~sbgan_fast.errors.Interrupted`).
     A second SIGINT raises ``KeyboardInterrupt`` at once; other repeated signals are ignored.
 
-    Forked data-loader workers inherit these handlers and ignore the signals (the main process stops the
-    run and shuts them down), so a signal sent to the whole process group does not kill them mid-batch."""
+    Forked data-loader workers inherit these handlers and ignore SIGINT and SIGUSR1 (the main process stops
+    the run and shuts them down). torch's workers die on a SIGTERM sent to the whole process group (torchrun,
+    SLURM): :meth:`guard_loader_workers` keeps that death from being raised in the middle of the step (torch
+    reports a dead worker from its SIGCHLD handler); the loader's next batch then fails and the run stops as
+    it does on the signal alone."""
 
     NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -73,6 +76,7 @@ class StopSignals:
         self.say = say
         self._pid = os.getpid()
         self._old: Dict[int, object] = {}
+        self._chld: Optional[tuple] = None    # (torch's SIGCHLD handler, the wrapper installed over it)
 
     def install(self) -> bool:
         """Install the handlers (main thread only; elsewhere nothing happens). Returns whether they were."""
@@ -87,11 +91,34 @@ class StopSignals:
                 self._old[sig] = signal.signal(sig, self._handle)
         return True
 
+    def guard_loader_workers(self) -> None:
+        """Call once a loader has started its worker processes: while stopping, a worker's death is left to
+        the loader's next batch instead of interrupting the current step."""
+        import signal
+        if not self._old or not hasattr(signal, "SIGCHLD"):
+            return
+        cur = signal.getsignal(signal.SIGCHLD)
+        if not callable(cur) or (self._chld is not None and cur is self._chld[1]):
+            return
+
+        def on_child(signum, frame):
+            if not self.received:
+                cur(signum, frame)
+        signal.signal(signal.SIGCHLD, on_child)
+        if self._chld is None:
+            self._chld = (cur, on_child)
+        else:
+            self._chld = (self._chld[0], on_child)
+
     def restore(self) -> None:
         import signal
         for sig, old in self._old.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
         self._old = {}
+        if self._chld is not None:
+            if signal.getsignal(signal.SIGCHLD) is self._chld[1]:
+                signal.signal(signal.SIGCHLD, self._chld[0])
+            self._chld = None
 
     def _handle(self, signum, frame) -> None:
         import signal

@@ -521,6 +521,7 @@ class Trainer:
         acc: Dict[str, torch.Tensor] = {}
         count = 0
         batches = iter(loader)
+        self.signals.guard_loader_workers()
         for step in range(start, end):
             batch, failure = self._next_batch(batches, name, step)
             signum, failed = self._stop_flags(failure is not None)
