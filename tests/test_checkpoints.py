@@ -190,7 +190,8 @@ def test_the_e2e_stage_checks_the_earlier_stages_checkpoints(tmp_path):
                                                       r"spade.ngf=16"):
         train(tiny_cfg(run, "stages=e2e", "spade.ngf=16", max_steps=1))
     # a setting outside the named keys that changes the networks: the entry is named
-    with pytest.raises(CheckpointMismatchError, match=r"spade-latest.pt: G_spd\.\S+ is shape \(\) in the checkpoint but absent"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"spade-latest.pt: G_spd\.\S+ is shape \(\) in the checkpoint but absent"):
         train(tiny_cfg(run, "stages=e2e", "spade.norm_G=spectralspadeinstance3x3", max_steps=1))
     assert _unchanged(run) == before
     assert not (run / "checkpoints" / "e2e-latest.pt").exists()

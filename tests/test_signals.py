@@ -162,7 +162,6 @@ def test_the_process_group_timeout_is_a_setting(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     from sbgan_fast.cli import build_parser
-    from sbgan_fast.train import dist as D
     assert tiny_cfg(tmp_path / "r").dist_timeout == 600.0
     assert build_parser().parse_args(["train", "--dist-timeout", "90"]).dist_timeout == 90.0
     from sbgan_fast.train.config import ConfigError

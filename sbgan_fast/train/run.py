@@ -219,7 +219,8 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunLockedError(f"run folder {folder} is in use by another run: {cls._holder(cls._read(path))} "
-                                     f"holds {path}. Wait for it to finish or stop it, or choose another --out") from None
+                                     f"holds {path}. Wait for it to finish or stop it, or choose another "
+                                     "--out") from None
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     os.close(fd)
@@ -236,8 +237,9 @@ class RunLock:
         if prev.get("pid") and (prev.get("host"), prev.get("pid")) != (me["host"], me["pid"]):
             if not flock and (prev.get("host") != me["host"] or _pid_alive(int(prev["pid"]))):
                 os.close(fd)
-                raise RunLockedError(f"run folder {folder} is in use by another run: {cls._holder(prev)} holds {path} "
-                                     "(this filesystem has no file locks: if that run is gone, delete the file)")
+                raise RunLockedError(f"run folder {folder} is in use by another run: {cls._holder(prev)} holds "
+                                     f"{path} (this filesystem has no file locks: if that run is gone, delete the "
+                                     "file)")
             log(f"[sbgan_fast] warning: taking over the lock {path} of {cls._holder(prev)}: that process is gone")
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)

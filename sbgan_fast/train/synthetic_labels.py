@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
@@ -77,11 +77,12 @@ def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
     from .trainer import build_networks
     ck = ckpt_io.load_checkpoint(path, map_location="cpu")
     if "G_seg" not in ck.get("nets", {}):
-        raise CheckpointMismatchError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg or e2e "
-                         "checkpoint as spade.seg_checkpoint")
+        raise CheckpointMismatchError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg "
+                                      "or e2e checkpoint as spade.seg_checkpoint")
     k = int(ck["num_classes"])
     if k != trainer.num_classes:
-        raise CheckpointMismatchError(f"{path}: its G_seg makes {k}-class label maps, this run has {trainer.num_classes} classes")
+        raise CheckpointMismatchError(f"{path}: its G_seg makes {k}-class label maps, this run has "
+                                      f"{trainer.num_classes} classes")
     with torch.random.fork_rng(devices=[]):   # initialisation draws must not move the training RNG stream
         net = build_networks(from_dict(ck["config"]), k, names=("G_seg",))["G_seg"]
     net.load_state_dict(ck["nets"]["G_seg"])
@@ -98,7 +99,7 @@ def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: tor
     own = (G_seg.max_dim, int(G_seg.max_dim * G_seg.aspect_ratio))
     if own not in ((h, w), (h // 2, w // 2)):
         raise ConfigError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
-                         f"{h}x{w} (equal or half size expected)")
+                          f"{h}x{w} (equal or half size expected)")
     i = 0
     counts = torch.zeros(G_seg.num_semantics, dtype=torch.int64, device=device)
     for lab in generated_label_maps(G_seg, n, seed, batch_size, device, upsample2=own != (h, w)):
@@ -112,7 +113,7 @@ def _check_meta(meta: Dict, want: Dict, path: str) -> None:
     for key in ("format", "n", "seed", "height", "width", "num_classes"):
         if meta.get(key) != want[key]:
             raise ConfigError(f"{path} was drawn with {key}={meta.get(key)!r}, this run asks for {want[key]!r}: "
-                             f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
+                              f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
 
 
 def prepare_bank(trainer, log=print) -> np.ndarray:
@@ -140,7 +141,7 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
     bank = np.load(npy, mmap_mode="r")
     if bank.shape != (n, cfg.data.height, cfg.data.width) or bank.dtype != np.uint8:
         raise ConfigError(f"{npy}: expected uint8 {(n, cfg.data.height, cfg.data.width)}, found {bank.dtype} "
-                         f"{bank.shape}; remove {os.path.dirname(npy)} to draw new maps")
+                          f"{bank.shape}; remove {os.path.dirname(npy)} to draw new maps")
     return bank
 
 

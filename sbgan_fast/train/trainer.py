@@ -240,11 +240,10 @@ class Trainer:
                 got = {k: tuple(v.shape) for k, v in ck["nets"][net].items()}
                 for key in sorted(set(have) | set(got)):
                     if have.get(key) != got.get(key):
-                        what = lambda s: "absent" if s is None else f"shape {s}"  # noqa: E731
                         raise CheckpointMismatchError(
-                            f"{path}: {net}.{key} is {what(got.get(key))} in the checkpoint but {what(have.get(key))} "
-                            "in this run's network; use the settings the checkpoint was written with (its config is "
-                            "stored in it), or choose another --out")
+                            f"{path}: {net}.{key} is {_shape(got.get(key))} in the checkpoint but "
+                            f"{_shape(have.get(key))} in this run's network; use the settings the checkpoint was "
+                            "written with (its config is stored in it), or choose another --out")
 
     def _describe_distributed(self) -> None:
         from ..models.discriminator import parse_norm_D
@@ -436,8 +435,8 @@ class Trainer:
         seen = D.all_gather_object(os.path.isfile(path), self.dist)
         if any(seen) and not all(seen):
             missing = [r for r, s in enumerate(seen) if not s]
-            raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node runs "
-                               "the run folder (--out) must be on a filesystem shared by every node")
+            raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node "
+                                 "runs the run folder (--out) must be on a filesystem shared by every node")
         return seen[0]
 
     def _own_nets(self, stage: Stage, ck: dict):
@@ -459,15 +458,15 @@ class Trainer:
             return -1
         if self.resume and self._exists_everywhere(latest):
             ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
-            self.log_message(f"[sbgan_fast] resuming stage {name} after step {int(ck['step'])} ({latest})")
             if ck["stage"] != name:
                 raise CheckpointMismatchError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
+            self.log_message(f"[sbgan_fast] resuming stage {name} after step {int(ck['step'])} ({latest})")
             self.load_nets(ck, names=self._own_nets(stage, ck))
             for k, opt in self.optims.items():
                 if k not in ck.get("optims", {}):
                     raise CheckpointMismatchError(f"{latest} lacks the optimizer state of {k}: that run trained "
-                                       f"{sorted(ck.get('optims', {}))}; resume with the settings it was started "
-                                       "with (e.g. the same spade.synthetic_labels)")
+                                                  f"{sorted(ck.get('optims', {}))}; resume with the settings it was "
+                                                  "started with (e.g. the same spade.synthetic_labels)")
                 opt.load_state_dict(ck["optims"][k])
             self.updater.load_scaler_states(ck.get("scalers", {}))
             self._restore_rng(ck, latest)
@@ -678,6 +677,10 @@ def _dotted(d: dict, key: str):
             return None
         d = d[part]
     return d
+
+
+def _shape(s) -> str:
+    return "absent" if s is None else f"shape {s}"
 
 
 def _show(v) -> str:
