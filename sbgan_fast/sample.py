@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .train import checkpoint as ckpt_io
-from .train.config import from_dict
+from .train.config import ConfigError, from_dict
 from .train.run import resolve_device
 
 
@@ -134,7 +134,7 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     from .data.palettes import colorize
     from .metrics.grids import save_pairs_grid
     if n <= 0:
-        raise ValueError(f"--n must be positive, got {n}")
+        raise ConfigError(f"--n must be positive, got {n}")
     dev = resolve_device(device)
     cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None)
     palette = palette_for(cfg, k)

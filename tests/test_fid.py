@@ -448,10 +448,11 @@ def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     assert not torch.equal(val[0]["image"], train_ds[0]["image"])
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_checkpoint(str(tiny_run), **dict(kw, n=1))
-    ck = torch.load(tiny_run / "checkpoints" / "spade-latest.pt", map_location="cpu", weights_only=False)
+    from sbgan_fast.train import checkpoint as ckpt_io
+    ck = ckpt_io.load_checkpoint(str(tiny_run / "checkpoints" / "spade-latest.pt"))
     ck["nets"] = {"G_spd": ck["nets"]["G_spd"]}   # a checkpoint of the image generator alone
     spade_only = str(tmp_path / "g_spd_only.pt")
-    torch.save(ck, spade_only)
+    ckpt_io.save_checkpoint(ck, spade_only)        # (with a new checksum)
     with pytest.raises(FileNotFoundError, match="--no-unconditional --conditional"):
         evaluate_checkpoint(spade_only, **kw)
     r4 = evaluate_checkpoint(spade_only, **dict(kw, unconditional=False, sets=1))

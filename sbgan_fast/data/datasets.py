@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import SbganError
+
 __all__ = [
     "DataError",
     "PairedFolderDataset",
@@ -41,7 +43,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
 
 
-class DataError(ValueError):
+class DataError(SbganError, ValueError):
     """Bad input data; ``path`` names the offending file or folder."""
 
     def __init__(self, message: str, path: Optional[str] = None):

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import SbganError
+
 __all__ = [
     "InceptionV3Features", "load_inception", "packaged_weights_path", "convert_torchscript_state_dict",
     "FID_WHEEL", "FID_WHEEL_FILE", "FID_WHEEL_SHA256", "PT_INCEPTION_FILENAME", "PT_INCEPTION_SHA256_PREFIX",
@@ -60,7 +62,7 @@ _HOW_TO_GET = (
     f"or pass pytorch-fid's weights file {PT_INCEPTION_FILENAME} with --inception-weights PATH.")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SbganError, RuntimeError):
     """Inception weights missing, corrupt or of the wrong network; the message says how to fix it."""
 
 

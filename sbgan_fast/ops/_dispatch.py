@@ -27,10 +27,12 @@ import threading
 import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from ..errors import SbganError
+
 IMPLS = ("auto", "triton", "cuda", "cpp", "ref")
 
 
-class ImplUnavailableError(RuntimeError):
+class ImplUnavailableError(SbganError, RuntimeError):
     """An explicitly requested impl (or any fallback under strict mode) cannot run."""
 
 

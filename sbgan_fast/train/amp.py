@@ -33,12 +33,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from ..errors import SbganError
 from . import dist as D
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(SbganError, RuntimeError):
     """Too many training steps in a row had a NaN/Inf loss or gradient; the run stopped."""
 
 

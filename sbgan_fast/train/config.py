@@ -15,11 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..errors import SbganError
+
 STAGES = ("seg", "spade", "e2e")
 DATASETS = ("synthetic", "folder", "cityscapes", "ade20k", "ade_indoor")
 
 
-class ConfigError(ValueError):
+class ConfigError(SbganError, ValueError):
     """A configuration value is invalid; the message names the key and the accepted values."""
 
 
@@ -166,6 +168,7 @@ class TrainConfig:
     seg: SegConfig = field(default_factory=SegConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
+    dist_timeout: float = 600.0          # seconds a collective may wait for the other processes (a hung rank)
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> Dict[str, Any]:
@@ -386,11 +389,16 @@ def validate(cfg: TrainConfig) -> None:
         sec, key = name.split(".")
         need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
+    need(cfg.sample_every >= 0, f"sample_every must be >= 0 (0: no sample grids), got {cfg.sample_every}")
+    need(cfg.ckpt_every >= 0, f"ckpt_every must be >= 0 (0: at the end of each stage only), got {cfg.ckpt_every}")
+    need(cfg.n_sample_grid >= 1, f"n_sample_grid must be >= 1, got {cfg.n_sample_grid}")
     need(cfg.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32|bf16|fp16, got {cfg.precision!r}")
     need(cfg.accum >= 1, f"accum must be >= 1, got {cfg.accum}")
     need(cfg.nonfinite_limit >= 0, f"nonfinite_limit must be >= 0 (0: never stop), got {cfg.nonfinite_limit}")
     need(cfg.dist_noise in ("rank", "global"), f"dist_noise must be rank|global, got {cfg.dist_noise!r}")
     need(cfg.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto|nccl|gloo, got {cfg.dist_backend!r}")
+    need(cfg.dist_timeout > 0, f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
     need(cfg.monitor_every >= 0, f"monitor_every must be >= 0 (0: off), got {cfg.monitor_every}")
     need(cfg.seg.tau > 0, f"seg.tau must be > 0, got {cfg.seg.tau}")
     need(cfg.fid_every >= 0, f"fid_every must be >= 0 (images between FID evaluations; 0: off), got {cfg.fid_every}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, List, Sequence, Tuple
@@ -70,7 +71,11 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
 
 
-def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> Tuple[DistInfo, torch.device]:
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def setup(device: str = "auto", backend: str = "auto",
+          timeout_s: float = DEFAULT_TIMEOUT_S) -> Tuple[DistInfo, torch.device]:
     """Join the process group and pick this process's device.
 
     * A process group that already exists (user code, tests) is used as it is.
@@ -81,11 +86,16 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0
     Args:
         device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. With several processes 'auto' and 'cuda' mean
             ``cuda:LOCAL_RANK`` (one process per GPU).
+        timeout_s: how long a collective waits for the other processes (``dist_timeout``; 10 minutes by
+            default: a training step takes seconds, the longest rank-0-only work (an FID evaluation, a
+            checkpoint) a few minutes). When it fires, NCCL's watchdog aborts the process and gloo raises in
+            the waiting process; torchrun then stops the others. Not applied to a group that already exists.
     Returns:
         (DistInfo, torch.device).
     """
     import torch.distributed as dist
 
+    from .config import ConfigError
     from .run import resolve_device
 
     if backend not in ("auto", "nccl", "gloo"):
@@ -106,7 +116,7 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
         if dev.index >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank}: device {dev} does not exist ({torch.cuda.device_count()} "
+            raise ConfigError(f"LOCAL_RANK {local_rank}: device {dev} does not exist ({torch.cuda.device_count()} "
                                "GPUs visible); start one process per GPU (torchrun --nproc_per_node=<GPUs>)")
         torch.cuda.set_device(dev)
     owns = False
@@ -114,7 +124,7 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0
         be = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
         for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
             if var not in os.environ:
-                raise RuntimeError(f"WORLD_SIZE={world_env} but {var} is not set: start distributed runs with torchrun "
+                raise ConfigError(f"WORLD_SIZE={world_env} but {var} is not set: start distributed runs with torchrun "
                                    "(see the README, 'Multi-GPU and multi-node')")
         kwargs = {"device_id": dev} if be == "nccl" else {}
         dist.init_process_group(be, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
@@ -273,6 +283,27 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     return box[0]
 
 
+def on_main(fn: Callable[[], Any], info: DistInfo) -> Any:
+    """``fn()`` on rank 0; its result, or the exception it raised, reaches every process (an error found by
+    rank 0 alone must not leave the others waiting in the next collective)."""
+    if not info.enabled:
+        return fn()
+    box: Any = None
+    if info.is_main:
+        try:
+            box = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            box = ("err", e)
+        try:
+            pickle.dumps(box)
+        except Exception:  # noqa: BLE001 - sent as text when it cannot be pickled
+            box = ("err", RuntimeError(f"rank 0: {type(box[1]).__name__}: {box[1]}")) if box[0] == "err" else box
+    box = broadcast_object(box, info)
+    if box[0] == "err":
+        raise box[1]
+    return box[1]
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank``'s noise generator in 'rank' noise mode (rank 0 keeps ``seed``)."""
     return seed if rank == 0 else (seed * 1_000_003 + 7_919 * rank) % (2 ** 63)
@@ -294,5 +325,5 @@ def module_state_tensors(modules: Iterable[torch.nn.Module]) -> List[torch.Tenso
 
 __all__ = ["DistInfo", "setup", "teardown", "barrier", "shard_schedule", "check_divisible", "micro_slices",
            "all_reduce_mean_", "broadcast_", "average_gradients", "all_reduce_", "all_gather_object",
-           "broadcast_object", "rank_seed", "warn_main", "module_state_tensors"]
+           "broadcast_object", "on_main", "rank_seed", "warn_main", "module_state_tensors"]
 

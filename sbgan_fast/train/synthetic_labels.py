@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointMismatchError
 from . import checkpoint as ckpt_io
+from .config import ConfigError
 from . import dist as D
 
 BANK_SEED = 7_919
@@ -75,11 +77,12 @@ def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
     from .trainer import build_networks
     ck = ckpt_io.load_checkpoint(path, map_location="cpu")
     if "G_seg" not in ck.get("nets", {}):
-        raise ValueError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg or e2e "
-                         "checkpoint as spade.seg_checkpoint")
+        raise CheckpointMismatchError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg "
+                                      "or e2e checkpoint as spade.seg_checkpoint")
     k = int(ck["num_classes"])
     if k != trainer.num_classes:
-        raise ValueError(f"{path}: its G_seg makes {k}-class label maps, this run has {trainer.num_classes} classes")
+        raise CheckpointMismatchError(f"{path}: its G_seg makes {k}-class label maps, this run has "
+                                      f"{trainer.num_classes} classes")
     with torch.random.fork_rng(devices=[]):   # initialisation draws must not move the training RNG stream
         net = build_networks(from_dict(ck["config"]), k, names=("G_seg",))["G_seg"]
     net.load_state_dict(ck["nets"]["G_seg"])
@@ -95,8 +98,8 @@ def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: tor
     h, w = size
     own = (G_seg.max_dim, int(G_seg.max_dim * G_seg.aspect_ratio))
     if own not in ((h, w), (h // 2, w // 2)):
-        raise ValueError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
-                         f"{h}x{w} (equal or half size expected)")
+        raise ConfigError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
+                          f"{h}x{w} (equal or half size expected)")
     i = 0
     counts = torch.zeros(G_seg.num_semantics, dtype=torch.int64, device=device)
     for lab in generated_label_maps(G_seg, n, seed, batch_size, device, upsample2=own != (h, w)):
@@ -109,8 +112,8 @@ def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: tor
 def _check_meta(meta: Dict, want: Dict, path: str) -> None:
     for key in ("format", "n", "seed", "height", "width", "num_classes"):
         if meta.get(key) != want[key]:
-            raise ValueError(f"{path} was drawn with {key}={meta.get(key)!r}, this run asks for {want[key]!r}: "
-                             f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
+            raise ConfigError(f"{path} was drawn with {key}={meta.get(key)!r}, this run asks for {want[key]!r}: "
+                              f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
 
 
 def prepare_bank(trainer, log=print) -> np.ndarray:
@@ -129,25 +132,16 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
     want = {"format": FORMAT, "n": n, "seed": cfg.seed + BANK_SEED, "height": cfg.data.height,
             "width": cfg.data.width, "num_classes": trainer.num_classes}
     if trainer.num_classes > 256:
-        raise ValueError(f"synthetic label maps are stored as uint8: at most 256 classes, got {trainer.num_classes}")
-    err: Optional[str] = None
-    if trainer.is_main:
-        try:
-            _prepare_on_main(trainer, npy, meta_path, want, log)
-        except (FileNotFoundError, ValueError) as e:
-            err = f"{type(e).__name__}: {e}"
-    err = D.broadcast_object(err, trainer.dist)
-    if err is not None:
-        kind, msg = err.split(": ", 1)
-        raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(msg)
+        raise ConfigError(f"synthetic label maps are stored as uint8: at most 256 classes, got {trainer.num_classes}")
+    D.on_main(lambda: _prepare_on_main(trainer, npy, meta_path, want, log), trainer.dist)
     for path in (npy, meta_path):   # written by rank 0: every process must see them (shared run folder)
         trainer._exists_everywhere(path)
     with open(meta_path, "r", encoding="utf-8") as f:
         _check_meta(json.load(f), want, meta_path)
     bank = np.load(npy, mmap_mode="r")
     if bank.shape != (n, cfg.data.height, cfg.data.width) or bank.dtype != np.uint8:
-        raise ValueError(f"{npy}: expected uint8 {(n, cfg.data.height, cfg.data.width)}, found {bank.dtype} "
-                         f"{bank.shape}; remove {os.path.dirname(npy)} to draw new maps")
+        raise ConfigError(f"{npy}: expected uint8 {(n, cfg.data.height, cfg.data.width)}, found {bank.dtype} "
+                          f"{bank.shape}; remove {os.path.dirname(npy)} to draw new maps")
     return bank
 
 

@@ -17,15 +17,26 @@ from typing import Dict, Optional
 import torch
 
 from .. import ops
+from ..errors import CheckpointMismatchError, Interrupted, RunExistsError, RunFolderError, signal_name
 from . import checkpoint as ckpt_io
 from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from .config import TrainConfig, validate
 from .monitor import GPUMonitor, records, to_vector
-from .run import RunLogger, SampleStream, make_loader
+from .run import RunLock, RunLogger, SampleStream, StopSignals, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+# Config keys that fix the shapes of each network's parameters (besides the number of label classes): a
+# checkpoint written with other values cannot be loaded into this run's networks.
+ARCH_KEYS = {
+    "G_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.z_dim", "seg.width_mult"),
+    "D_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.width_mult"),
+    "G_spd": ("spade.ngf", "spade.num_upsampling_layers", "spade.crop_size", "spade.aspect_ratio",
+              "spade.contain_dontcare_label"),
+    "D_spd": ("spade.ndf", "spade.n_layers_D", "spade.num_D", "spade.contain_dontcare_label"),
+    "D2": ("spade.ndf", "spade.n_layers_D", "spade.num_D"),
+}
 
 
 def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
@@ -61,23 +72,62 @@ class Trainer:
     """Runs ``cfg.stages`` in order in the run folder ``cfg.out``.
 
     With ``resume=True`` a stage with a final checkpoint is skipped (its networks are loaded), a
-    stage with a latest checkpoint continues after its last completed step, and other stages start.
-    Without it, a run folder that already holds checkpoints is refused (nothing is overwritten)."""
+    stage with a latest checkpoint continues after its last completed step, and other stages start; a run
+    folder without any checkpoint is an error (nothing to resume: a mistyped ``--out``). Without it, a stage
+    whose own checkpoint is in the run folder is refused (nothing is overwritten); the checkpoints of other
+    stages are fine (the next stage of a run starts from them)."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False):
         validate(cfg)
         self.cfg = cfg
         self.resume = resume
-        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend)
+        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
         self.is_main = self.dist.is_main
+        self.out = cfg.out
+        self._lock: Optional[RunLock] = None
+        self.logger: Optional[RunLogger] = None
+        self.monitor: Optional[GPUMonitor] = None
+        try:
+            self._setup()
+        except BaseException:
+            if self.logger is not None:
+                self.logger.close()
+            self._release_lock()
+            raise
+
+    def _open_run_folder(self) -> None:
+        """(rank 0) Check what the run folder holds against ``resume``, take its lock, remove the temporary files
+        of killed checkpoint writes, check that it is writable."""
+        ck_dir = os.path.join(self.out, "checkpoints")
+        present = {s: [p for p in (ckpt_io.stage_checkpoint_path(self.out, s, w) for w in ("final", "latest"))
+                       if os.path.isfile(p)] for s in STAGE_CLASSES}
+        if self.resume and not any(present.values()):
+            raise RunFolderError(f"--resume: {ck_dir} holds no checkpoint, so there is nothing to resume (is --out "
+                                 f"right?); leave out --resume to start a new run in {self.out}")
+        self._lock = RunLock.acquire(self.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+        removed = ckpt_io.remove_temporary_files(ck_dir)
+        if removed:
+            print(f"[sbgan_fast] removed {len(removed)} temporary file(s) of interrupted checkpoint writes from "
+                  f"{ck_dir}", file=sys.stderr, flush=True)
+        if not self.resume:
+            clash = [os.path.basename(p) for s in self.cfg.stages for p in present[s]]
+            if clash:
+                raise RunExistsError(f"run folder {self.out} already holds {', '.join(clash)}: running that stage "
+                                     "again would overwrite it; pass --resume to continue that run, or choose "
+                                     "another --out")
+        check_writable(self.out)   # before any training, not at the first save
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        self.out = cfg.out
-        ck_dir = os.path.join(self.out, "checkpoints")
-        if not resume and os.path.isdir(ck_dir) and any(f.endswith(".pt") for f in os.listdir(ck_dir)):
-            raise FileExistsError(f"run folder {self.out} already holds checkpoints; pass --resume to continue "
-                                  "that run, or choose another --out")
+        D.on_main(self._open_run_folder, self.dist)
         from ..data.factory import build_dataset
         self.dataset, info = build_dataset(cfg)
         self.dataset_size = len(self.dataset)
@@ -105,6 +155,9 @@ class Trainer:
         self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
         self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
         self._last_ckpt: Optional[str] = None
+        self._saved_step: Dict[str, int] = {}    # stage -> step of the checkpoint written last in this process
+        # every checkpoint this run will load must fit its networks: checked before anything is written
+        D.on_main(self._check_checkpoints, self.dist)
         self.logger = RunLogger(cfg, self.out, enabled=self.is_main)
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
@@ -113,6 +166,8 @@ class Trainer:
         self.monitor = GPUMonitor(self.device, quiet=not self.is_main) if cfg.monitor_every > 0 else None
         self.fid_extractor = self._fid_extractor() if cfg.fid_every > 0 and self.is_main else None
         self._fid_skipped: set = set()
+        self._grid_failures: Dict[str, list] = {}   # stage -> steps whose sample grid could not be written
+        self.signals = StopSignals(say=self.is_main)
         if self.dist.enabled:
             self._describe_distributed()
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
@@ -120,6 +175,75 @@ class Trainer:
                 # single-process run. The networks were initialised above from the common seed.
                 torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
             D.barrier(self.dist)
+
+    def _checkpoints_to_load(self):
+        """[(path, stage expected or None, networks loaded from it or None for all)] that the stages of this run
+        will load (mirrors :meth:`_init_stage`), and the G_seg source of synthetic label maps (classes only)."""
+        cfg, out = self.cfg, self.out
+        plan, seg_sources = [], []
+        for name in cfg.stages:
+            if self.resume:
+                path = ckpt_io.find_checkpoint(out, name)
+                if path is not None:
+                    plan.append((path, name, None))
+                    continue
+            if name == "e2e":
+                for prev in ("seg", "spade"):
+                    path = None if prev in cfg.stages else ckpt_io.find_checkpoint(out, prev)
+                    if path is not None:
+                        plan.append((path, None, ("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2")))
+        if "spade" in cfg.stages and cfg.spade.synthetic_labels > 0 and (cfg.spade.seg_checkpoint or
+                                                                           "seg" not in cfg.stages):
+            from .synthetic_labels import _seg_checkpoint
+            try:
+                seg_sources.append(_seg_checkpoint(self))
+            except FileNotFoundError:
+                pass   # reported by the spade stage, which needs it
+        return plan, seg_sources
+
+    def _check_checkpoints(self) -> None:
+        """(rank 0) Compare each checkpoint this run will load with the run's classes and architecture.
+
+        Raises:
+            CheckpointMismatchError: naming the file, the config key (or network entry) and both values.
+        """
+        plan, seg_sources = self._checkpoints_to_load()
+        for path in seg_sources:
+            if os.path.isfile(path):
+                ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
+                if int(ck.get("num_classes", -1)) != self.num_classes:
+                    raise CheckpointMismatchError(
+                        f"{path}: its G_seg makes {ck.get('num_classes')}-class label maps (num_classes), this run "
+                        f"has {self.num_classes} classes; pass the seg checkpoint of a run on the same dataset")
+        for path, stage, names in plan:
+            ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
+            if stage is not None and ck["stage"] != stage:
+                raise CheckpointMismatchError(f"{path} holds stage {ck['stage']!r}, expected {stage!r}")
+            k = int(ck.get("num_classes", -1))
+            if k != self.num_classes:
+                raise CheckpointMismatchError(
+                    f"{path} was written for {k} label classes, this run has {self.num_classes} (num_classes: "
+                    f"data.num_classes {ck['config'].get('data', {}).get('num_classes')!r} vs "
+                    f"{self.cfg.data.num_classes!r}, dataset {ck['config'].get('data', {}).get('dataset')!r} vs "
+                    f"{self.cfg.data.dataset!r}); resume with the data it was trained on, or choose another --out")
+            nets = [n for n in ck["nets"] if n in self.nets and (names is None or n in names)]
+            mine, theirs = self.cfg.to_dict(), ck["config"]
+            for net in nets:
+                for key in ARCH_KEYS.get(net, ()):
+                    a, b = _dotted(theirs, key), _dotted(mine, key)
+                    if a != b:
+                        raise CheckpointMismatchError(
+                            f"{path} was written with {key}={_show(a)}, this run has {key}={_show(b)} (the shapes of "
+                            f"{net} differ); use the value it was trained with, or choose another --out")
+            for net in nets:
+                have = {k: tuple(v.shape) for k, v in self.nets[net].state_dict().items()}
+                got = {k: tuple(v.shape) for k, v in ck["nets"][net].items()}
+                for key in sorted(set(have) | set(got)):
+                    if have.get(key) != got.get(key):
+                        raise CheckpointMismatchError(
+                            f"{path}: {net}.{key} is {_shape(got.get(key))} in the checkpoint but "
+                            f"{_shape(have.get(key))} in this run's network; use the settings the checkpoint was "
+                            "written with (its config is stored in it), or choose another --out")
 
     def _describe_distributed(self) -> None:
         from ..models.discriminator import parse_norm_D
@@ -247,9 +371,10 @@ class Trainer:
             }
             if self.dist.enabled:
                 state["rng_ranks"] = rngs
-            ckpt_io.atomic_torch_save(state, path)
+            ckpt_io.save_checkpoint(state, path)
         D.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
         self._last_ckpt = path
+        self._saved_step[stage] = step
         return path
 
     def _restore_rng(self, ck: dict, path: str) -> None:
@@ -279,18 +404,31 @@ class Trainer:
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
+        """Run the stages. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step and a checkpoint
+        (:class:`~sbgan_fast.errors.Interrupted`; see :class:`~sbgan_fast.train.run.StopSignals`)."""
+        self.signals.install()
         try:
-            for stage_name in self.cfg.stages:
+            stages = list(self.cfg.stages)
+            for i, stage_name in enumerate(stages):
                 self.run_stage(stage_name)
+                if i + 1 < len(stages):
+                    signum, _ = self._stop_flags(False)
+                    if signum:
+                        raise Interrupted(f"stopped by {signal_name(signum)} after stage {stage_name} (complete: "
+                                          f"{self._last_ckpt})", signum, self._last_ckpt)
         finally:
+            self.signals.restore()
             self.close()
 
     def close(self) -> None:
-        """Close the logs and the monitor; leave the process group if this trainer created it."""
-        self.logger.close()
+        """Close the logs and the monitor; leave the process group if this trainer created it; release the
+        run folder's lock."""
+        if self.logger is not None:
+            self.logger.close()
         if self.monitor is not None:
             self.monitor.close()
         D.teardown(self.dist)
+        self._release_lock()
 
     def _exists_everywhere(self, path: str) -> bool:
         """Whether ``path`` exists, checked by every process: a checkpoint that some processes cannot
@@ -298,8 +436,8 @@ class Trainer:
         seen = D.all_gather_object(os.path.isfile(path), self.dist)
         if any(seen) and not all(seen):
             missing = [r for r, s in enumerate(seen) if not s]
-            raise RuntimeError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node runs "
-                               "the run folder (--out) must be on a filesystem shared by every node")
+            raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node "
+                                 "runs the run folder (--out) must be on a filesystem shared by every node")
         return seen[0]
 
     def _own_nets(self, stage: Stage, ck: dict):
@@ -317,17 +455,19 @@ class Trainer:
             ck = ckpt_io.load_checkpoint(final, map_location=self.device)
             self.load_nets(ck, names=self._own_nets(stage, ck))
             self._last_ckpt = final
+            self.log_message(f"[sbgan_fast] stage {name} is complete ({final}): its networks are loaded")
             return -1
         if self.resume and self._exists_everywhere(latest):
             ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
             if ck["stage"] != name:
-                raise RuntimeError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
+                raise CheckpointMismatchError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
+            self.log_message(f"[sbgan_fast] resuming stage {name} after step {int(ck['step'])} ({latest})")
             self.load_nets(ck, names=self._own_nets(stage, ck))
             for k, opt in self.optims.items():
                 if k not in ck.get("optims", {}):
-                    raise RuntimeError(f"{latest} lacks the optimizer state of {k}: that run trained "
-                                       f"{sorted(ck.get('optims', {}))}; resume with the settings it was started "
-                                       "with (e.g. the same spade.synthetic_labels)")
+                    raise CheckpointMismatchError(f"{latest} lacks the optimizer state of {k}: that run trained "
+                                                  f"{sorted(ck.get('optims', {}))}; resume with the settings it was "
+                                                  "started with (e.g. the same spade.synthetic_labels)")
                 opt.load_state_dict(ck["optims"][k])
             self.updater.load_scaler_states(ck.get("scalers", {}))
             self._restore_rng(ck, latest)
@@ -367,6 +507,8 @@ class Trainer:
         self.updater.reset(self.optims, list(self.nets.values()))
         start = self._init_stage(stage)
         self.trained.update(stage.trains)
+        if start >= 0:
+            self.logger.truncate(name, start)   # steps after the checkpoint are logged again
         # every process starts the stage from rank 0's networks (identical by construction; cheap insurance)
         D.broadcast_(D.module_state_tensors(self.nets.values()), info)
         return stage, start
@@ -392,8 +534,15 @@ class Trainer:
                              device=self.device, need_image=name != "seg")
         acc: Dict[str, torch.Tensor] = {}
         count = 0
-        step = start
-        for step, batch in enumerate(loader, start=start):
+        batches = iter(loader)
+        self.signals.guard_loader_workers()
+        for step in range(start, end):
+            batch, failure = self._next_batch(batches, name, step)
+            signum, failed = self._stop_flags(failure is not None)
+            if signum:
+                self._stop_on_signal(stage, step, start, signum)
+            if failed:
+                self._stop_on_bad_data(stage, step, start, failure)
             lrs = stage.set_lr(step)
             self.updater.begin_step()
             scalars = stage.step(step, batch)
@@ -418,18 +567,78 @@ class Trainer:
                     last_monitor = step + 1
                 self.logger.log(name, step + 1, stage.images_done(step + 1), rec)
                 acc, count = {}, 0
+            # the checkpoint of a step comes first: nothing after it (a preview, FID) can cost it
+            if step + 1 == end:
+                self.save(name, end, done=done, which="final" if done else "latest")
+            elif cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+                self.save(name, step + 1, done=False, which="latest")
             if self.is_main and cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or step + 1 == end):
-                self.save_grid(stage, step + 1)
+                self._save_grid_or_say_why(stage, step + 1)
             if self.fid_due(stage, step + 1):
                 self.log_fid(stage, step + 1)
-            if not done and step + 1 < end and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                self.save(name, step + 1, done=False, which="latest")
         self.current_step = end
-        if end == total:
-            self.save(name, total, done=True, which="final")
-        elif end > start:
-            self.save(name, end, done=False, which="latest")
+        self._report_grid_failures(stage)
         self.logger.end_stage()
+
+    @staticmethod
+    def _next_batch(batches, stage: str, step: int):
+        """(batch, None), or (None, the exception) when reading it failed (a file that does not decode)."""
+        try:
+            return next(batches), None
+        except StopIteration:
+            raise RuntimeError(f"stage {stage!r}: the loader ended before step {step + 1}") from None
+        except Exception as e:  # noqa: BLE001 - handled by the caller, after every process has said
+            return None, e
+
+    def _stop_flags(self, failed: bool):
+        """(a stop signal received by any process (0: none), whether any process failed to read its batch),
+        agreed by every process: one 2-element all-reduce per step under torchrun, so that all of them stop
+        at the same step."""
+        if not self.dist.enabled:
+            return self.signals.received, failed
+        flags = torch.tensor([float(self.signals.received), 1.0 if failed else 0.0], device=self.device)
+        signum, failed_any = D.all_reduce_(flags, self.dist, "max").tolist()
+        return int(signum), failed_any > 0
+
+    def _stop_on_signal(self, stage: Stage, step: int, start: int, signum: int) -> None:
+        path = self._checkpoint_before_stopping(stage, step, start)
+        if path and step > start:
+            what = f"the checkpoint of step {step} is {path}"
+        elif path:
+            what = f"no step was completed since {path}"
+        else:
+            what = "no step was completed, no checkpoint written"
+        raise Interrupted(f"stopped by {signal_name(signum)} after step {step} of stage {stage.name}; {what}",
+                          signum, path)
+
+    def _checkpoint_before_stopping(self, stage: Stage, step: int, start: int) -> Optional[str]:
+        """The latest checkpoint of ``step`` completed steps (written unless there is one already); the path of
+        the checkpoint to resume from, or None when there is none."""
+        if step > start and self._saved_step.get(stage.name) != step:
+            return self.save(stage.name, step, done=False, which="latest")
+        return self._last_ckpt
+
+    def _stop_on_bad_data(self, stage: Stage, step: int, start: int, failure: Optional[BaseException]) -> None:
+        """A batch could not be read (here or on another process): write the checkpoint of the last completed
+        step, then stop with the failing file's message."""
+        from ..data.datasets import DataError
+        from ..errors import one_line
+        path = self._checkpoint_before_stopping(stage, step, start)
+        mine = None if failure is None else (isinstance(failure, DataError), one_line(failure),
+                                             type(failure).__name__)
+        seen = [(r, m) for r, m in enumerate(D.all_gather_object(mine, self.dist)) if m is not None]
+        rank, (is_data, msg, kind) = seen[0]
+        where = f" (rank {rank})" if self.dist.enabled else ""
+        saved = (f"the checkpoint of step {step} is {path}" if path and step > start else
+                 f"no step was completed since {path}" if path else "no checkpoint has been written")
+        text = (f"{msg}{where}: stopped before step {step + 1} of stage {stage.name}; {saved}. Fix or remove that "
+                f"file (or set data.skip_bad_files=true), then continue with --resume")
+        if not is_data:   # not a data error: kept as it is (its traceback), after the checkpoint
+            if failure is not None:
+                self.log_message(f"[sbgan_fast] reading the batch of step {step + 1} failed ({kind}); {saved}")
+                raise failure
+            raise RuntimeError(f"rank {rank} could not read its batch of step {step + 1} ({kind}: {msg}); {saved}")
+        raise DataError(text, getattr(failure, "path", None)) from failure
 
     def _mean_over_processes(self, scalars: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Scalar tensors -> floats, averaged over the processes (the global batch's values)."""
@@ -446,6 +655,25 @@ class Trainer:
         vecs = D.all_gather_object(to_vector(self.monitor.sample()), self.dist)
         return records(vecs)
 
+    def _save_grid_or_say_why(self, stage: Stage, step: int) -> None:
+        """:meth:`save_grid`; a failure is reported (its first time in a stage, as one line) and training goes
+        on: a preview is never worth a run."""
+        try:
+            self.save_grid(stage, step)
+        except Exception as e:  # noqa: BLE001 - any failure of a preview
+            from ..errors import one_line
+            failed = self._grid_failures.setdefault(stage.name, [])
+            failed.append(step)
+            if len(failed) == 1:
+                self.log_message(f"[sbgan_fast] sample grid of stage {stage.name} step {step} not written "
+                                 f"({type(e).__name__}: {one_line(e)}); training goes on")
+
+    def _report_grid_failures(self, stage: Stage) -> None:
+        failed = self._grid_failures.pop(stage.name, [])
+        if len(failed) > 1:
+            self.log_message(f"[sbgan_fast] {len(failed)} sample grids of stage {stage.name} were not written "
+                             f"(steps {failed[0]}..{failed[-1]}); the first failure is reported above")
+
     def save_grid(self, stage: Stage, step: int) -> Optional[str]:
         from ..metrics.grids import make_grid_array, save_pairs_grid
         labels, images = stage.preview()
@@ -457,6 +685,22 @@ class Trainer:
         self.logger.image(f"{stage.name}/samples", make_grid_array(
             labels.cpu(), None if images is None else images.cpu(), self.palette, dontcare=dc), step)
         return path
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _shape(s) -> str:
+    return "absent" if s is None else f"shape {s}"
+
+
+def _show(v) -> str:
+    return "(absent)" if v is None else json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Trainer:
