@@ -312,6 +312,7 @@ def test_double_backward_scope_never_picks_triton(auto_eligible):
 
 
 def test_missing_triton_warns_once_and_strict_raises(monkeypatch, auto_eligible):
+    monkeypatch.delenv("SBGAN_FAST_STRICT", raising=False)   # the test sets strict mode itself below
     x, gamma, beta = _small()
     monkeypatch.setattr(ft, "_kernels_loaded", False)
     monkeypatch.setattr(ft, "_import_error", "ModuleNotFoundError: No module named 'triton'")
