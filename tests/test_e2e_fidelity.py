@@ -176,12 +176,12 @@ def test_learning_rates_follow_the_authors_e2e_loop(base, tmp_path, d2_lr):
 
 
 def test_resume_across_the_pretraining_boundary_and_the_first_decay(base, tmp_path):
-    extra = ("stages=e2e", "e2e.batch_size=8", "e2e.epochs=0", "e2e.epochs_decay=3")
-    # 1 pre-training step, 4 joint steps per epoch, the first decayed epoch (2) starts at step 9
+    extra = ("stages=e2e", "data.synthetic_size=16", "e2e.batch_size=8", "e2e.epochs=0", "e2e.epochs_decay=3")
+    # 1 pre-training step, 2 joint steps per epoch, the first decayed epoch (2) starts at step 5
     shutil.copytree(base, tmp_path / "a")
     shutil.copytree(base, tmp_path / "b")
-    full = train(tiny_cfg(tmp_path / "a", *extra, max_steps=10), resume=True)
-    for stop in (1, 9, 10):
+    full = train(tiny_cfg(tmp_path / "a", *extra, max_steps=6), resume=True)
+    for stop in (1, 5, 6):
         resumed = train(tiny_cfg(tmp_path / "b", *extra, max_steps=stop), resume=True)
     for name in NETS:
         for (k, a), b in zip(full.nets[name].state_dict().items(), resumed.nets[name].state_dict().values()):

@@ -166,9 +166,9 @@ def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, mo
     seen = []
     real = grids.save_pairs_grid
 
-    def spy(labels, images, palette, path):
+    def spy(labels, images, palette, path, **kwargs):
         seen.append((os.path.basename(path), sorted(os.listdir(out / "checkpoints"))))
-        return real(labels, images, palette, path)
+        return real(labels, images, palette, path, **kwargs)
     monkeypatch.setattr(grids, "save_pairs_grid", spy)
     train(tiny_cfg(out, "stages=seg", "sample_every=2", "ckpt_every=2", max_steps=2))
     assert seen == [("seg-0000002.png", ["seg-latest.pt"])]
