@@ -14,6 +14,7 @@ Two ways to run it:
   bandwidth, speedup over the baseline, device, versions, commit)::
 
       python bench/bench_one_hot.py [--quick] [--threads N] [--device cpu|cuda] [--what one_hot,conv,conv-compile]
+                                    [--resize-mode nearest|nearest-exact]
 
 Shapes (Cityscapes, 35 classes):
   one_hot        labels (8, 256, 512) -> (8, 35, 256, 512) fp32. Baseline: ``F.one_hot(l, K).permute(0, 3, 1, 2)
@@ -21,7 +22,9 @@ Shapes (Cityscapes, 35 classes):
   onehot_conv2d  SPADE's ``mlp_shared``: the full (N, 256, 512) label map resized to the layer's size, 3x3 conv
                  35 -> 128 channels, padding 1, at 8x16 ... 256x512 (batch 8; on the CPU smaller above 64x128).
                  Baselines: ``F.conv2d(one_hot(resize(labels)), w, b, padding=1)`` eager and (``conv-compile``)
-                 under ``torch.compile``; forward and forward+backward (grad of weight and bias).
+                 under ``torch.compile``; forward and forward+backward (grad of weight and bias). The resize
+                 rule is a parameter (``--resize-mode``; the pytest cases run both): ``nearest`` (SPADE's own,
+                 the default) or ``nearest-exact`` (PIL's NEAREST); CSV column ``resize_mode``.
 Every case first checks the fast result against the baseline (bitwise for one_hot; against a float64 reference
 for the convolution). ``--tiny`` (the GPU suite's dry run) uses tiny shapes: its rows test the code, not speed.
 Needs the compiled extension (``pip install --no-build-isolation -e .``); with ``--device cuda``, built with its
@@ -51,6 +54,7 @@ K = 35
 C_OUT = 128
 FULL = (256, 512)
 CONV_RES = [(8, 16), (16, 32), (32, 64), (64, 128), (128, 256), (256, 512)]
+RESIZE_MODES = ("nearest", "nearest-exact")
 
 
 def conv_batch(h: int, w: int) -> int:
@@ -69,28 +73,28 @@ def torch_one_hot(labels: torch.Tensor) -> torch.Tensor:
     return F.one_hot(labels, K).permute(0, 3, 1, 2).float()
 
 
-def ref_conv(labels, weight, bias, size):
-    return ops.onehot_conv2d(labels, weight, bias, size=size, padding=1, impl="ref")
+def ref_conv(labels, weight, bias, size, rule="nearest"):
+    return ops.onehot_conv2d(labels, weight, bias, size=size, mode=rule, padding=1, impl="ref")
 
 
-def cpp_conv(labels, weight, bias, size):
-    return ops.onehot_conv2d(labels, weight, bias, size=size, padding=1, impl="cpp")
+def cpp_conv(labels, weight, bias, size, rule="nearest"):
+    return ops.onehot_conv2d(labels, weight, bias, size=size, mode=rule, padding=1, impl="cpp")
 
 
 _compiled = {}
 
 
-def compiled_ref_conv(labels, weight, bias, size):
+def compiled_ref_conv(labels, weight, bias, size, rule="nearest"):
     """torch.compile of one-hot + conv2d (without the reference's label range check, whose host
     synchronisation would split the graph: this favours the baseline)."""
     fn = _compiled.get("conv")
     if fn is None:
         fn = _compiled["conv"] = torch.compile(_plain_conv, dynamic=False)
-    return fn(labels, weight, bias, size)
+    return fn(labels, weight, bias, size, rule)
 
 
-def _plain_conv(labels, weight, bias, size):
-    oh = F.one_hot(ops.nearest_resize_labels(labels, size), K).permute(0, 3, 1, 2).to(weight.dtype)
+def _plain_conv(labels, weight, bias, size, rule="nearest"):
+    oh = F.one_hot(ops.nearest_resize_labels(labels, size, rule), K).permute(0, 3, 1, 2).to(weight.dtype)
     return F.conv2d(oh, weight, bias, padding=1)
 
 
@@ -101,9 +105,9 @@ def conv_params(requires_grad=False):
     return w, b
 
 
-def fwd_bwd(fn, labels, weight, bias, size, grad):
+def fwd_bwd(fn, labels, weight, bias, size, grad, rule="nearest"):
     weight.grad = bias.grad = None
-    out = fn(labels, weight, bias, size)
+    out = fn(labels, weight, bias, size, rule)
     out.backward(grad)
     return out, weight.grad, bias.grad
 
@@ -137,18 +141,19 @@ def test_one_hot(benchmark, provider):
 CONV_PROVIDERS = {"ref": ref_conv, "ref_compiled": compiled_ref_conv, "cpp": cpp_conv}
 
 
+@pytest.mark.parametrize("rule", RESIZE_MODES)
 @pytest.mark.parametrize("res", CONV_RES, ids=[f"{h}x{w}" for h, w in CONV_RES])
 @pytest.mark.parametrize("provider", list(CONV_PROVIDERS))
-def test_onehot_conv2d_forward(benchmark, provider, res):
+def test_onehot_conv2d_forward(benchmark, provider, res, rule):
     _need_ext()
     labels = make_labels(conv_batch(*res))
     weight, bias = conv_params()
     fn = CONV_PROVIDERS[provider]
     with torch.no_grad():
-        torch.testing.assert_close(fn(labels, weight, bias, res), ref_conv(labels, weight, bias, res),
+        torch.testing.assert_close(fn(labels, weight, bias, res, rule), ref_conv(labels, weight, bias, res, rule),
                                    atol=1e-4, rtol=1e-4)
-        benchmark.group = f"onehot_conv2d fwd N={labels.shape[0]} K={K}->{C_OUT} {res[0]}x{res[1]}"
-        benchmark.pedantic(fn, args=(labels, weight, bias, res), rounds=3, iterations=1, warmup_rounds=1)
+        benchmark.group = f"onehot_conv2d fwd N={labels.shape[0]} K={K}->{C_OUT} {res[0]}x{res[1]} {rule}"
+        benchmark.pedantic(fn, args=(labels, weight, bias, res, rule), rounds=3, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("res", CONV_RES[:-1], ids=[f"{h}x{w}" for h, w in CONV_RES[:-1]])
@@ -201,21 +206,22 @@ def _provider_fns(impl):
 
 
 def _conv_fns(impl):
-    return {"ref": ref_conv, impl: lambda l, w, b, s: ops.onehot_conv2d(l, w, b, size=s, padding=1, impl=impl)}
+    return {"ref": ref_conv,
+            impl: lambda l, w, b, s, r: ops.onehot_conv2d(l, w, b, size=s, mode=r, padding=1, impl=impl)}
 
 
-def _check_conv(fn, labels, w, b, res, grad=None):
+def _check_conv(fn, labels, w, b, res, rule, grad=None):
     """``fn`` equals one-hot + conv2d computed in float64 (output; with ``grad``, the weight and bias gradients)."""
     if grad is None:  # forward only, without autograd (as it is timed: a compiled fn is not compiled twice)
         with torch.no_grad():
-            torch.testing.assert_close(fn(labels, w, b, res).double(), ref_conv(labels, w.double(), b.double(), res),
-                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(fn(labels, w, b, res, rule).double(),
+                                       ref_conv(labels, w.double(), b.double(), res, rule), atol=1e-4, rtol=1e-4)
         return
     w64, b64 = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
-    want = ref_conv(labels, w64, b64, res)
+    want = ref_conv(labels, w64, b64, res, rule)
     with torch.enable_grad():
         wg, bg = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
-        got = fn(labels, wg, bg, res)
+        got = fn(labels, wg, bg, res, rule)
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
         got.backward(grad)
         want.backward(grad.double())
@@ -232,11 +238,13 @@ class _Rows:
         self.env = benchlib.environment(str(dev))
         self.copy = benchlib.copy_gbps(str(dev))
 
-    def add(self, *, op, provider, mode, shape, labels, layout, seconds, nbytes, baseline, base_seconds):
+    def add(self, *, op, provider, mode, shape, labels, layout, seconds, nbytes, baseline, base_seconds,
+            resize_mode=""):
         gbps = nbytes / seconds / 1e9
         if self.write:
             benchlib.append_row("one_hot", dict(
-                utc_time=benchlib.utc_now(), op=op, provider=provider, mode=mode, shape=benchlib.shape_str(shape),
+                utc_time=benchlib.utc_now(), op=op, provider=provider, mode=mode, resize_mode=resize_mode,
+                shape=benchlib.shape_str(shape),
                 labels=benchlib.shape_str(labels), dtype="fp32", layout=layout, median_ms=f"{seconds * 1e3:.4f}",
                 gbps=benchlib.fnum(gbps), copy_gbps=benchlib.fnum(self.copy), baseline=baseline,
                 speedup=f"{base_seconds / seconds:.3f}", **self.env))
@@ -253,6 +261,8 @@ def parse_args(argv=None):
                         help="comma list of one_hot, conv, conv-compile (the torch.compile baseline of conv)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a check of the code path, not a timing")
     parser.add_argument("--no-csv", action="store_true", help="do not append rows to bench/results/one_hot.csv")
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="nearest",
+                        help="resize rule of onehot_conv2d's labels (default: nearest, SPADE's own)")
     args = parser.parse_args(argv)
     what = [w for w in args.what.split(",") if w]
     for w in what:
@@ -310,8 +320,9 @@ def main(argv=None) -> None:
     conv_res = CONV_RES[:2] if args.tiny else [r for r in CONV_RES if not args.quick or r[0] <= 128]
     if "conv" in what or "conv-compile" in what:
         fns = _conv_fns(impl)
+        rule = args.resize_mode
         print(f"\nonehot_conv2d K={K} -> C_out={C_OUT}, 3x3, padding 1, labels {full[0]}x{full[1]} resized "
-              f"(baseline: one_hot + F.conv2d, eager; {impl} = the gather kernel)")
+              f"(mode={rule}; baseline: one_hot + F.conv2d, eager; {impl} = the gather kernel)")
         for res in conv_res:
             n = 2 if args.tiny else (8 if dev.type == "cuda" else conv_batch(*res))
             labels = make_labels(n, full).to(dev)
@@ -322,31 +333,32 @@ def main(argv=None) -> None:
             fwd_bytes = out_b + lab_b + w_b
             fb_bytes = fwd_bytes + out_b + lab_b + w_b + C_OUT * 4
             with torch.no_grad():
-                t_ref = timed(ref_conv, labels, w, b, res)
+                t_ref = timed(ref_conv, labels, w, b, res, rule)
             line = f"  {res[0]:>3d}x{res[1]:<4d} N={n}"
             if "conv" in what:
-                _check_conv(fns[impl], labels, w, b, res, grad)
+                _check_conv(fns[impl], labels, w, b, res, rule, grad)
                 with torch.no_grad():
-                    t_fast = timed(fns[impl], labels, w, b, res)
+                    t_fast = timed(fns[impl], labels, w, b, res, rule)
                 wg, bg = (t.detach().clone().requires_grad_() for t in (w, b))
-                tb_ref = timed(fwd_bwd, ref_conv, labels, wg, bg, res, grad)
-                tb_fast = timed(fwd_bwd, fns[impl], labels, wg, bg, res, grad)
+                tb_ref = timed(fwd_bwd, ref_conv, labels, wg, bg, res, grad, rule)
+                tb_fast = timed(fwd_bwd, fns[impl], labels, wg, bg, res, grad, rule)
                 for name, t, mode, nb, base in (("ref", t_ref, "fwd", fwd_bytes, t_ref),
                                                 (impl, t_fast, "fwd", fwd_bytes, t_ref),
                                                 ("ref", tb_ref, "fwd+bwd", fb_bytes, tb_ref),
                                                 (impl, tb_fast, "fwd+bwd", fb_bytes, tb_ref)):
                     rows.add(op="onehot_conv2d", provider=name, mode=mode, shape=out_shape, labels=labels.shape,
-                             layout="nchw", seconds=t, nbytes=nb, baseline="ref", base_seconds=base)
+                             layout="nchw", seconds=t, nbytes=nb, baseline="ref", base_seconds=base,
+                             resize_mode=rule)
                 line += (f"  fwd ref {t_ref * 1e3:8.3f} ms {impl} {t_fast * 1e3:8.3f} ms ({t_ref / t_fast:5.2f}x, "
                          f"{fwd_bytes / t_fast / 1e9:7.1f} GB/s)  fwd+bwd ref {tb_ref * 1e3:8.3f} ms {impl} "
                          f"{tb_fast * 1e3:8.3f} ms ({tb_ref / tb_fast:5.2f}x)")
             if "conv-compile" in what:
-                _check_conv(compiled_ref_conv, labels, w, b, res)
+                _check_conv(compiled_ref_conv, labels, w, b, res, rule)
                 with torch.no_grad():
-                    t_cmp = timed(compiled_ref_conv, labels, w, b, res)
+                    t_cmp = timed(compiled_ref_conv, labels, w, b, res, rule)
                 rows.add(op="onehot_conv2d", provider="ref_compiled", mode="fwd", shape=out_shape,
                          labels=labels.shape, layout="nchw", seconds=t_cmp, nbytes=fwd_bytes, baseline="ref",
-                         base_seconds=t_ref)
+                         base_seconds=t_ref, resize_mode=rule)
                 line += f"  compiled ref fwd {t_cmp * 1e3:8.3f} ms ({t_ref / t_cmp:5.2f}x)"
             print(line, flush=True)
 

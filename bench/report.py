@@ -205,8 +205,11 @@ def ops_summary(csvs) -> list:
             continue
         by_dev = OrderedDict()
         for r in rows:
+            mode = r.get("mode")
+            if r.get("resize_mode") not in (None, "", "nearest"):  # one_hot.csv: the labels' resize rule
+                mode = f"{mode}, {r['resize_mode']}"
             key = (r.get("op"), r.get("shape"), r.get("dtype"), r.get("layout") if name == "triton_ops" else "",
-                   r.get("mode"))
+                   mode)
             by_dev.setdefault(r.get("device", "?"), OrderedDict()).setdefault(key, OrderedDict())[r.get("provider")] = r
         parts += [f"## Op microbenchmarks (summary of `results/{name}.csv`)", "",
                   "The newest row of each case and provider: median ms, GB/s from the bytes the op must move at "

@@ -88,3 +88,14 @@ def test_report_reads_old_and_new_rows(bench, tmp_path):
     text = out.read_text()
     assert "| seg | 64x128 | 2.00 |" in text        # an old seg row: its final resolution
     assert "| seg | 8x16 | 40.00 |" in text
+
+
+def test_report_keeps_the_resize_rule_of_onehot_rows(bench):
+    """one_hot.csv rows that differ only in the labels' resize rule stay two rows of the summary."""
+    base = dict(op="onehot_conv2d", provider="cpp", mode="fwd", shape="8x128x8x16", dtype="fp32", layout="nchw",
+                median_ms="1.0", gbps="1.0", copy_gbps="10.0", speedup="2.0", device="CPU")
+    rows = [dict(base), dict(base, resize_mode="nearest"), dict(base, resize_mode="nearest-exact", median_ms="3.0")]
+    text = "\n".join(bench.report.ops_summary({"one_hot": rows}))
+    assert "| onehot_conv2d | fwd | 8x128x8x16 |" in text                  # old rows (no column) and 'nearest'
+    assert "| onehot_conv2d | fwd, nearest-exact | 8x128x8x16 |" in text
+    assert "3.000" in text and "1.000" in text

@@ -257,6 +257,14 @@ def test_gpu_commands_are_valid_for_the_benchmarks(gpu_suite, tmp_path, monkeypa
     suite.close()
 
 
+def test_dry_parity_cases_exist(gpu_suite):
+    """The dry run's parity cases name tests that exist (a renamed parametrization would make pytest fail)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           *gpu_suite.DRY_PARITY], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{len(gpu_suite.DRY_PARITY)} tests collected" in proc.stdout, proc.stdout[-2000:]
+
+
 def test_targets_from_rows(gpu_suite):
     t = gpu_suite.suite_targets
     env = {"device": "GPU", "size": "256x512", "res": "256x512", "classes": "35", "upsampling": "more", "ngf": "64",
