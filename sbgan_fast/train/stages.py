@@ -40,6 +40,13 @@ def _part(t, sl):
     return None if t is None else t[sl]
 
 
+def st_sample(p: torch.Tensor, tau: float, gumbel, impl: str) -> torch.Tensor:
+    """The semantic bottleneck: G_seg's class probabilities p (N,K,h,w) -> the Gumbel straight-through sample
+    of ``log(p + 1e-5)`` (an exact one-hot forward; the gradient of the soft sample). ``gumbel``: the noise, or
+    None to let the op draw it."""
+    return ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), tau, noise=gumbel, impl=impl)
+
+
 class _Means:
     """Means over the micro-batches of a step of detached scalar tensors."""
 
@@ -206,7 +213,7 @@ class SegStage(Stage):
 
     def step(self, step, batch, noise=None):
         t, c = self.t, self.cfg.seg
-        u, noise = t.updater, noise or t.noise
+        u, noise = t.updater, noise if noise is not None else t.noise
         ph, alpha = self.phase(step), self.alpha(step)
         labels, _ = self.real_batch(step, batch, need_image=False)
         n = labels.shape[0]
@@ -226,8 +233,7 @@ class SegStage(Stage):
             for sl in parts:
                 with u.autocast():
                     p = G(z[sl], res=ph.res, alpha=alpha)
-                    fake = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), c.tau, noise=_part(g_noise, sl),
-                                                 impl=self.cfg.impl)
+                    fake = st_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
                     g_loss = L.wgan_g_loss(D(fake, alpha=alpha))
                 upd.backward({"G_seg": g_loss / k})
                 means.add({"loss_G": g_loss})
@@ -240,8 +246,7 @@ class SegStage(Stage):
             for sl in parts:
                 with torch.no_grad(), u.autocast():
                     p = G(z[sl], res=ph.res, alpha=alpha)
-                    fake = ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), c.tau, noise=_part(g_noise, sl),
-                                                 impl=self.cfg.impl)
+                    fake = st_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
                 with u.autocast():
                     d_loss, parts_d = L.wgan_gp_d_loss(D, real[sl], fake, c.lambda_gp, eps=_part(eps, sl),
                                                        scale=u.scale_tensor("D_seg"), alpha=alpha)
@@ -519,8 +524,7 @@ class E2EStage(SpadeStage):
 
     def st_sample(self, z, gumbel):
         """G_seg(z) -> its Gumbel straight-through sample (N,K,h,w) (the semantic bottleneck)."""
-        p = self.t.G_seg(z)
-        return ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), self.cfg.seg.tau, noise=gumbel, impl=self.cfg.impl)
+        return st_sample(self.t.G_seg(z), self.cfg.seg.tau, gumbel, self.cfg.impl)
 
     def render(self, fake_seg):
         """G_spd on an ST sample, upsampled to the image size. The sample is an exact one-hot: its argmax
@@ -537,7 +541,7 @@ class E2EStage(SpadeStage):
         """D2 alone: real images vs G_spd(argmax G_seg(z)), hinge. G_spd then renders the real label maps too
         (output unused: the authors' step does, and it moves G_spd's normalization buffers)."""
         t, cs = self.t, self.cfg.seg
-        u, noise = t.updater, noise or t.noise
+        u, noise = t.updater, noise if noise is not None else t.noise
         labels, image = self.real_batch(step, batch, need_image=True)
         ids = t.label_ids(labels)
         n = image.shape[0]
@@ -562,7 +566,7 @@ class E2EStage(SpadeStage):
 
     def joint_step(self, step, batch, noise=None):
         t, c, cs = self.t, self.cfg.e2e, self.cfg.seg
-        u, noise = t.updater, noise or t.noise
+        u, noise = t.updater, noise if noise is not None else t.noise
         seg_on, spd_on = "G_seg" in self.trains, "G_spd" in self.trains   # e2e.finetune
         labels, image = self.real_batch(step, batch, need_image=True)
         n = labels.shape[0]
