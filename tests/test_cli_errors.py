@@ -1,25 +1,15 @@
 """The command line reports the project's own errors as one line with exit status 2; --debug (or
 SBGAN_FAST_DEBUG=1) adds the traceback."""
-import numpy as np
 import pytest
-from PIL import Image
 
 from sbgan_fast.cli import main as cli_main
 from sbgan_fast.errors import SbganError, one_line
 
-from tiny import TINY
+from tiny import TINY, folder_dataset
 
 
 def _bad_folder(tmp_path):
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lab").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 9 if i == 1 else 5, (32, 32), dtype=np.uint8)).save(
-            tmp_path / "lab" / f"{i}.png")
-    return ["data.dataset=folder", f"data.image_dir={tmp_path / 'img'}", f"data.label_dir={tmp_path / 'lab'}",
-            "data.num_classes=5", "stages=spade"]
+    return folder_dataset(tmp_path, high={1: 9}) + ["stages=spade"]
 
 
 def _one_error_line(err, *needles):

@@ -12,7 +12,7 @@ from sbgan_fast.errors import RunLockedError
 from sbgan_fast.train.run import LOCK_NAME, RunLock
 from sbgan_fast.train.trainer import Trainer, train
 
-from tiny import tiny_cfg
+from tiny import folder_dataset, tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,19 +175,9 @@ def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, mo
 
 
 def test_a_file_that_fails_to_decode_mid_run_stops_after_a_checkpoint(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from sbgan_fast.data.datasets import DataError
     from sbgan_fast.train import checkpoint as ckpt_io
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lab").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 5, (32, 32), dtype=np.uint8)).save(tmp_path / "lab" / f"{i}.png")
-    data = ["data.dataset=folder", f"data.image_dir={tmp_path / 'img'}", f"data.label_dir={tmp_path / 'lab'}",
-            "data.num_classes=5", "stages=seg", "ckpt_every=0", "log_every=1"]
+    data = folder_dataset(tmp_path) + ["stages=seg", "ckpt_every=0", "log_every=1"]
     out = tmp_path / "r"
     bad = tmp_path / "lab" / "2.png"
     good = bad.read_bytes()

@@ -10,7 +10,7 @@ import torch
 from sbgan_fast.cli import main as cli_main
 from sbgan_fast.train.trainer import Trainer, train
 
-from tiny import tiny_cfg
+from tiny import folder_dataset, tiny_cfg
 
 
 def state_of(trainer):
@@ -120,32 +120,15 @@ def test_info_prints_exact_parameter_counts(capsys):
 
 
 def test_class_count_mismatch_names_the_file(tmp_path):
-    from PIL import Image
-
     from sbgan_fast.data.datasets import DataError
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lab").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 8 if i == 2 else 5, (32, 32), dtype=np.uint8)).save(tmp_path / "lab" / f"{i}.png")
-    cfg = tiny_cfg(tmp_path / "run", "data.dataset=folder", f"data.image_dir={tmp_path / 'img'}",
-                   f"data.label_dir={tmp_path / 'lab'}", "data.num_classes=5", "stages=spade", max_steps=2)
+    cfg = tiny_cfg(tmp_path / "run", *folder_dataset(tmp_path, high={2: 8}), "stages=spade", max_steps=2)
     with pytest.raises(DataError, match=r"2\.png has values outside \[0, 5\)"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_seg_stage_on_files_without_a_cache_gives_a_hint(tmp_path, capsys):
-    from PIL import Image
-    (tmp_path / "img").mkdir()
-    (tmp_path / "lab").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 5, (32, 32), dtype=np.uint8)).save(tmp_path / "lab" / f"{i}.png")
-    train(tiny_cfg(tmp_path / "run", "data.dataset=folder", f"data.image_dir={tmp_path / 'img'}",
-                   f"data.label_dir={tmp_path / 'lab'}", "data.num_classes=5", "stages=seg", max_steps=1))
+    train(tiny_cfg(tmp_path / "run", *folder_dataset(tmp_path), "stages=seg", max_steps=1))
     assert "data.cache=DIR" in capsys.readouterr().err
     train(tiny_cfg(tmp_path / "synthetic", "stages=seg", max_steps=1))   # built-in scenes: nothing to cache
     assert "data.cache=DIR" not in capsys.readouterr().err

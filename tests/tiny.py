@@ -15,3 +15,20 @@ def tiny_cfg(out, *extra, **direct):
     """The demo preset with the TINY overrides, then ``extra`` KEY=VALUE overrides and ``direct`` keys."""
     from sbgan_fast.train.config import build_config
     return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
+
+
+def folder_dataset(root, *, classes=5, high=None, n=4, size=32):
+    """``n`` random (image, label map) pairs of ``size`` x ``size`` in ``root/img`` and ``root/lab`` (seeded: the
+    same files every call) and the overrides that train on them as a folder dataset of ``classes`` classes.
+    ``high``: {index: bound} draws that file's labels from [0, bound) instead (a bad file)."""
+    import numpy as np
+    from PIL import Image
+    (root / "img").mkdir()
+    (root / "lab").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        bound = (high or {}).get(i, classes)
+        Image.fromarray(rng.integers(0, bound, (size, size), dtype=np.uint8)).save(root / "lab" / f"{i}.png")
+    return ["data.dataset=folder", f"data.image_dir={root / 'img'}", f"data.label_dir={root / 'lab'}",
+            f"data.num_classes={classes}"]
