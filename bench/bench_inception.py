@@ -2,6 +2,7 @@
 folded into the convolutions.
 
     python bench/bench_inception.py [--n 48] [--batch 8 16 32 50] [--threads 1 2] [--rounds 2] [--device cpu]
+                                    [--keep-freed-memory]
 
 Each configuration turns the same n uint8 images (the demo preset's 32x64 image size) into 2048-d pool3
 features the way ``FIDExtractor.features`` does (round to uint8, resize to 299, 2x-1, network); configurations
@@ -73,8 +74,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, nargs=2, default=[32, 64], metavar=("H", "W"))
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc malloc keeps freed memory (as sbgan-fast eval does by default): no page faults "
+                         "for each batch's activations")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/inception.csv")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory:
+        from sbgan_fast.metrics.evaluate import keep_freed_memory
+        if not keep_freed_memory():
+            print("warning: --keep-freed-memory does not apply here (not glibc)")
     dev = torch.device(args.device)
     threads = args.threads or [torch.get_num_threads()]
     g = torch.Generator().manual_seed(0)
@@ -124,6 +132,7 @@ def main(argv=None) -> int:
         print(f"{t:7d} {b:5d} {cl:3d} {mode:15s} {fold:4d} {args.n / best[c]:7.2f} {best_cpu[c] / args.n:9.3f} "
               f"{diff[c]:9.2e}")
         rows.append({"device": name, "threads": t, "batch": b, "channels_last": cl, "mode": mode, "fold_bn": fold,
+                     "malloc": "keep" if args.keep_freed_memory else "default",
                      "n": args.n,
                      "input": f"{args.size[0]}x{args.size[1]}", "img_per_s": round(args.n / best[c], 3),
                      "cpu_s_per_img": round(best_cpu[c] / args.n, 4),

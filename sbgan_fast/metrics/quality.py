@@ -6,7 +6,7 @@ number. Features are (N, D) numpy arrays or torch tensors; every computation run
 **KID** (Binkowski et al. 2018, "Demystifying MMD GANs"; the definition of torch-fidelity, clean-fid and
 StyleGAN2-ADA): the squared MMD with the polynomial kernel ``k(x, y) = (x.y / D + 1)^3``, unbiased estimator
 
-    ``MMD^2 = sum_{i != j} k(x_i, x_j) / (m (m-1)) + sum_{i != j} k(y_i, y_j) / (m (m-1)) - 2 sum_{i,j} k(x_i, y_j) / m^2``
+    ``MMD^2 = sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m-1)) - 2 sum_{i,j} k(x_i, y_j) / m^2``
 
 averaged over ``subsets`` (100) random subsets of ``m = min(subset_size, N_fake, N_real)`` (subset size 1000)
 vectors of each set, drawn without replacement (``numpy.random.RandomState(seed)``: for each subset first the
