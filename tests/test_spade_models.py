@@ -16,7 +16,7 @@ from sbgan_fast.models.discriminator import MultiscaleDiscriminator, NLayerDiscr
 from sbgan_fast.models.spade_gen import SPADEGenerator
 from sbgan_fast.nn.spade import SPADE, SPADEResnetBlock, parse_norm_G
 from sbgan_fast.nn.spectral import remove_spectral_norm, spectral_norm
-from tolerances import tol
+from tolerances import FP32_GRAD, tol
 
 
 
@@ -534,7 +534,7 @@ def test_generator_auto_dispatch_matches_reference_with_int_labels():
         y_auto.square().mean().backward()
     torch.testing.assert_close(y_auto, y_ref, **tol(torch.float32))
     for (name, pa), (_, pr) in zip(g_auto.named_parameters(), g_ref.named_parameters()):
-        torch.testing.assert_close(pa.grad, pr.grad, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(pa.grad, pr.grad, **FP32_GRAD, msg=name)
 
 
 def test_networks_run_under_bf16_autocast():
