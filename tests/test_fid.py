@@ -518,7 +518,7 @@ from sbgan_fast.metrics.evaluate import keep_freed_memory
 ok = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.ones(1 << 24)                     # 64 MiB, freed at once
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+for _ in range(24):
     torch.ones(1 << 24)
 print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -535,5 +535,6 @@ def test_keep_freed_memory_reuses_pages():
         ok, faults = out.stdout.split()
         runs[mode] = (ok, int(faults))
     assert runs["keep"][0] == "True"
-    # default: 8 x 16k faults; kept: at most the pages of a tensor or two, however many iterations
-    assert runs["default"][1] > 8 * 10_000 and runs["keep"][1] < runs["default"][1] / 3, runs
+    # default: 24 x 16k faults; kept: the pages of a few tensors (1 to 3 measured: where the heap's top lands
+    # varies from run to run), however many iterations
+    assert runs["default"][1] > 24 * 10_000 and runs["keep"][1] < runs["default"][1] / 3, runs
