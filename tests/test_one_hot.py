@@ -205,6 +205,7 @@ def test_source_indices_sweep_equals_pil_and_cpp():
                 assert got == ops.nearest_source_indices(n_in, n_out, mode), (n_in, n_out, mode)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (EXT_ERROR is None and torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
                     reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
 @pytest.mark.parametrize("mode", MODES)

@@ -188,6 +188,7 @@ def test_out_of_range_label_raises_naming_value(bad):
         ops.onehot_conv2d(lab, torch.randn(4, 21, 3, 3), dontcare=255, size=(16, 16), impl="cpp")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
                     reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
 @pytest.mark.parametrize("mode", MODES)
