@@ -1,9 +1,11 @@
 """SPADE normalization: param-free normalization of x, then ``x_hat * (1 + gamma) + beta``.
 
-Reference path and public entry point. Statistics are computed in fp32 whatever x's dtype.
-``norm='sync_batch'`` all-reduces the per-process sums over ``process_group`` (default: the world)
-when torch.distributed is initialised with more than one process; it works on CPU (gloo) too,
-unlike ``torch.nn.SyncBatchNorm``.
+Public functions (:func:`spade_norm`, :func:`param_free_norm`), the reference path and the Triton impl
+(autograd Function, eligibility check, registration in the dispatch). Statistics are computed in fp32
+whatever x's dtype. ``norm='sync_batch'`` merges the per-process statistics over ``process_group``
+(default: the world) when torch.distributed is initialised with more than one process: every process's
+(count, mean, variance) is all-gathered and merged exactly in fp64 (:func:`merge_stats`), in both the
+reference and the Triton path. It works on CPU (gloo) too, unlike ``torch.nn.SyncBatchNorm``.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _dispatch, _triton
 from ._checks import check_float
+from ._dispatch import Verdict
 
 OP = "spade_norm"
 NORMS = ("batch", "instance", "sync_batch")
@@ -48,18 +51,59 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad.contiguous(), ctx.process_group), None
 
 
+class _AllGather(torch.autograd.Function):
+    """(L,) per process -> (P, L): every process's tensor, stacked in rank order. Its gradient is the
+    sum over the processes of their gradients of this process's row. Twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, t, process_group):
+        import torch.distributed as dist
+        ctx.process_group = process_group
+        ctx.rank = dist.get_rank(process_group)
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(process_group))]
+        dist.all_gather(parts, t.contiguous(), group=process_group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad.contiguous(), ctx.process_group)[ctx.rank], None
+
+
+def merge_stats(counts: torch.Tensor, means: torch.Tensor, variances: torch.Tensor):
+    """Exact merge of P groups' statistics: counts (P, 1), means and biased variances (P, C) ->
+    (mean (C,), biased var (C,), total count (0-d)), ``var = sum n_i (var_i + (mean_i - mean)^2) / n``.
+
+    Unlike all-reducing (sum, sum of squares), this cannot cancel catastrophically when |mean| >> std.
+    Differentiable; callers pass fp64."""
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
+    return mean, var, total
+
+
 def sync_batch_stats(x: torch.Tensor, process_group=None):
-    """Differentiable global (mean, biased var, count) over N,H,W of all processes, in fp32 (fp64 for
-    fp64 input)."""
+    """Differentiable global (mean, biased var, count) over N,H,W of all processes of ``process_group``.
+
+    Each process computes its (count, mean, biased var) with two passes over its slice in fp32 (fp64
+    for fp64 input); they are all-gathered and merged with :func:`merge_stats` in fp64 (as the Triton
+    path does). Returns mean and var in fp32 (fp64 for fp64 input) and the count as an fp64 0-d tensor.
+    Any gradient order."""
     xf = _compute(x)
-    c = x.shape[1]
-    local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)),
-                       xf.new_full((1,), float(x.numel() // c))])
-    total = _AllReduceSum.apply(local, process_group)
-    s, ss, count = total[:c], total[c:2 * c], total[2 * c]
-    mean = s / count
-    var = (ss / count - mean * mean).clamp_min(0)
-    return mean, var, count
+    mean = xf.mean(dim=(0, 2, 3))
+    var = (xf - mean.view(1, -1, 1, 1)).square().mean(dim=(0, 2, 3))
+    g_mean, g_var, count = merge_process_stats(mean, var, x.numel() // x.shape[1], process_group)
+    return g_mean.to(xf.dtype), g_var.to(xf.dtype), count
+
+
+def merge_process_stats(mean: torch.Tensor, var: torch.Tensor, count: int, process_group=None):
+    """Global (mean, biased var, count) of a synchronized batch norm from each process's local ones:
+    mean, var (C,) and the local element count per channel. The (count, mean, var) of every process
+    are all-gathered and merged in fp64 with :func:`merge_stats`; processes may hold different batch
+    sizes. Returns fp64 mean and var (C,) and the fp64 0-d total count. Differentiable."""
+    c = mean.numel()
+    local = torch.cat([mean.new_full((1,), float(count)), mean, var])
+    allv = _AllGather.apply(local, process_group).double()
+    return merge_stats(allv[:, :1], allv[:, 1:1 + c], allv[:, 1 + c:])
 
 
 def param_free_norm_ref(x, norm="batch", eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
@@ -88,6 +132,28 @@ def param_free_norm_ref(x, norm="batch", eps=1e-5, running_mean=None, running_va
                 running_var.copy_(rv)
         return out
     return F.batch_norm(xf, running_mean, running_var, None, None, use_batch_stats, momentum, eps)
+
+
+def param_free_norm(x: torch.Tensor, norm: str = "batch", *, eps: float = 1e-5,
+                    running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
+                    momentum: float = 0.1, training: bool = True, process_group=None,
+                    impl: str = "auto") -> torch.Tensor:
+    """The normalization of :func:`spade_norm` alone: ``(x - mean) / sqrt(var + eps)``, no affine.
+
+    Args: as :func:`spade_norm` (x float (N,C,H,W); ``norm='sync_batch'`` merges the statistics of
+    every process of ``process_group`` with :func:`merge_stats` when more than one process runs).
+    Returns:
+        x_hat (N,C,H,W) in fp32 (fp64 for fp64 input): callers apply their affine and cast. Only a
+        ``ref`` impl (any gradient order); used by :class:`sbgan_fast.nn.SyncBatchNorm2d`.
+    """
+    check_float("param_free_norm", "x", x, dims=(4,))
+    if norm not in NORMS:
+        raise ValueError(f"param_free_norm: norm must be one of {NORMS}, got {norm!r}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("param_free_norm: give both running_mean and running_var or neither")
+    fn = _dispatch.dispatch("param_free_norm", impl, x, norm, eps, running_mean, running_var, momentum, training,
+                            process_group)
+    return fn(x, norm, eps, running_mean, running_var, momentum, training, process_group)
 
 
 def spade_norm_ref(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, running_var=None,
@@ -130,4 +196,108 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
     return fn(x, gamma, beta, norm, eps, running_mean, running_var, momentum, training, process_group)
 
 
+# ------------------------------------------------------------------------------------------------
+# Triton impl
+# ------------------------------------------------------------------------------------------------
+
+class SpadeNorm(torch.autograd.Function):
+    """``(x - mean) * rstd * (1 + gamma) + beta`` with fused Triton passes (stats, apply; backward:
+    sums + dgamma, then dx). First-order only."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, norm, eps, running_mean, running_var, momentum, training, process_group):
+        ks = _triton.kernels("spade_norm")
+        n, c, h, w = x.shape
+        instance = norm == "instance"
+        sync = norm == "sync_batch" and training and _world(process_group) > 1
+        batch_stats = instance or training or running_mean is None
+        count = h * w if instance else n * h * w
+        if batch_stats:
+            if count <= 1:
+                raise ValueError(f"sbgan_fast.ops.spade_norm: expected more than 1 value per "
+                                 f"{'instance channel' if instance else 'channel'} when using batch "
+                                 f"statistics, got x of shape {tuple(x.shape)}")
+            update = running_mean is not None and training and not instance
+            if sync:
+                mean_l, var_l, _ = ks.compute_stats(x, instance=False, eps=eps)
+                mean, var, count = merge_process_stats(mean_l, var_l, count, process_group)
+                mean, var, count = mean.float(), var.float(), float(count)
+                rstd = torch.rsqrt(var + eps)
+                if update:
+                    with torch.no_grad():
+                        unbiased = var * (count / max(count - 1.0, 1.0))
+                        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            else:
+                mean, _, rstd = ks.compute_stats(x, instance=instance, eps=eps,
+                                                 running_mean=running_mean if update else None,
+                                                 running_var=running_var if update else None,
+                                                 momentum=momentum)
+        else:  # eval with running statistics (copied: the buffers may change before backward)
+            mean = running_mean.detach().to(torch.float32, copy=True).contiguous()
+            rstd = torch.rsqrt(running_var.detach().float() + eps).contiguous()
+        out_dtype = torch.promote_types(x.dtype, gamma.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            out_dtype = gamma.dtype
+        out = torch.empty_like(x, dtype=out_dtype)
+        ks.apply(x, gamma, beta, mean, rstd, out, instance=instance)
+        ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.instance, ctx.batch_stats, ctx.count = instance, batch_stats, count
+        ctx.sync, ctx.process_group, ctx.beta_dtype = sync, process_group, beta.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        _triton.first_order_only("spade_norm")
+        ks = _triton.kernels("spade_norm")
+        x, gamma, mean, rstd = ctx.saved_tensors
+        need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
+        dx = torch.empty_like(x) if need_x else None
+        dgamma = torch.empty_like(gamma) if need_gamma else None
+        if need_x and ctx.batch_stats:
+            sums = ks.backward_sums(grad, x, gamma, mean, rstd, instance=ctx.instance, dgamma=dgamma)
+            if ctx.sync:
+                import torch.distributed as dist
+                dist.all_reduce(sums, group=ctx.process_group)
+            ks.backward_apply(grad, x, gamma, mean, rstd, instance=ctx.instance, sums=sums,
+                              count=ctx.count, dx=dx)
+        elif need_x or need_gamma:
+            ks.backward_apply(grad, x, gamma, mean, rstd, instance=ctx.instance, dx=dx, dgamma=dgamma)
+        dbeta = grad.to(ctx.beta_dtype) if need_beta else None
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None
+
+
+def spade_norm_triton(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, running_var=None,
+                      momentum=0.1, training=True, process_group=None):
+    """Triton impl of :func:`sbgan_fast.ops.spade_norm` (same contract, first order only)."""
+    return SpadeNorm.apply(x, gamma, beta, norm, float(eps), running_mean, running_var, float(momentum),
+                           bool(training), process_group)
+
+
+def _check_spade(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
+                 training=True, process_group=None) -> Optional[Verdict]:
+    tensors = [x, gamma, beta]
+    for name, t in (("x", x), ("gamma", gamma), ("beta", beta)):
+        verdict = _triton.dtype_verdict(name, t)
+        if verdict is not None:
+            return verdict
+    verdict = _triton.size_verdict(x)
+    if verdict is not None:
+        return verdict
+    if not isinstance(momentum, (int, float)):
+        return Verdict(f"momentum={momentum!r} (cumulative averaging) is not supported by the kernel",
+                       "use impl='ref'", applicable=False)
+    if running_mean is not None and norm != "instance":
+        c = x.shape[1]
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if (not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() != c
+                    or t.dim() != 1 or not t.is_contiguous()):
+                return Verdict(f"{name} is not a contiguous float (C,) = ({c},) tensor", "use impl='ref'",
+                               applicable=False)
+        tensors += [running_mean, running_var]
+    return _triton.device_verdict(tensors)
+
+
 _dispatch.register(OP, "ref", spade_norm_ref)
+_dispatch.register(OP, "triton", spade_norm_triton, check=_check_spade, supports_double_backward=False)
+_dispatch.register("param_free_norm", "ref", param_free_norm_ref)
