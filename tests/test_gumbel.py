@@ -228,7 +228,7 @@ def test_auto_on_cpu_uses_ref_and_use_impl_selects_the_interpreter():
     with ops.use_impl("gumbel_softmax_st", "triton"):
         assert "'triton'" in ops.explain("gumbel_softmax_st", x, 1.0, None)
         y = ops.gumbel_softmax_st(x.requires_grad_(), 1.0)
-    assert type(y.grad_fn).__name__ == "GumbelSoftmaxSTBackward"
+    assert type(y.grad_fn).__name__ == "GeneratedBackwardFor_sbgan_fast_gumbel_st_triton_defaultBackward"
 
 
 def test_auto_selection_and_double_backward_scope(auto_eligible):

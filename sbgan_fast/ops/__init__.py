@@ -1,7 +1,7 @@
 """Public functional API of sbgan_fast's custom ops: dispatch, autograd and reference paths.
 
-One module per op holds its public function, its reference path and its fast impls (autograd
-Functions, eligibility checks, registration in the dispatch): :mod:`.gumbel` (``gumbel_softmax_st``,
+One module per op holds its public function, its reference path and its fast impls (custom ops or
+autograd Functions, eligibility checks, registration in the dispatch): :mod:`.gumbel` (``gumbel_softmax_st``,
 ``argmax_one_hot``), :mod:`.spade_norm` (``spade_norm``, ``param_free_norm``), :mod:`.one_hot`,
 :mod:`.onehot_conv2d`. Every op takes ``impl='auto'|'triton'|'cuda'|'cpp'|'ref'``; see
 :mod:`sbgan_fast.ops._dispatch`. Fast paths (``sbgan_fast.kernels`` for Triton through

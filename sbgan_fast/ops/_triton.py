@@ -14,6 +14,8 @@ Eligibility (read at call time):
   uses ``ref``). Triton reads that variable when a kernel is defined, so setting it after
   ``sbgan_fast.kernels`` was imported cannot work: that case is reported as unavailable with the fix.
 * float64, more than 65535 images, 2**31 or more elements: not applicable (each op adds its own).
+* Inside torch.compile the checks run while tracing (:func:`load` and :func:`kernels_interpreted` are
+  evaluated then, not traced); the impl chosen is part of the compiled graph.
 * Second-order graphs: the Triton impls are first-order only (:func:`first_order_only` raises in their
   backward when a graph for second-order gradients is being built); they are registered with
   ``supports_double_backward=False`` so ``auto`` never picks them inside
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -37,6 +39,7 @@ KERNEL_MODULES = ("sbgan_fast.kernels.utils", "sbgan_fast.kernels.gumbel", "sbga
 
 _import_error: Optional[str] = None
 _kernels_loaded = False
+_modules: Dict[str, object] = {}
 
 
 def interpreter_requested() -> bool:
@@ -44,6 +47,7 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, not traced
 def load() -> Optional[str]:
     """Import Triton and the kernel modules once; return None or the import error text."""
     global _import_error, _kernels_loaded
@@ -54,7 +58,7 @@ def load() -> Optional[str]:
     try:
         importlib.import_module("triton")
         for name in KERNEL_MODULES:
-            importlib.import_module(name)
+            _modules[name.rsplit(".", 1)[1]] = importlib.import_module(name)
     except Exception as e:  # ImportError, or a Triton too old for the kernels
         _import_error = f"{type(e).__name__}: {e}"
         return _import_error
@@ -63,8 +67,18 @@ def load() -> Optional[str]:
 
 
 def kernels(name: str):
-    """The kernel module ``sbgan_fast.kernels.<name>`` (call after :func:`load` succeeded)."""
-    return importlib.import_module(f"sbgan_fast.kernels.{name}")
+    """The kernel module ``sbgan_fast.kernels.<name>`` ('utils', 'gumbel', 'spade_norm'); imports them
+    when :func:`load` has not run yet (raising the import error where Triton is missing)."""
+    if name not in _modules:
+        for module in KERNEL_MODULES:
+            _modules[module.rsplit(".", 1)[1]] = importlib.import_module(module)
+    return _modules[name]
+
+
+@torch.compiler.assume_constant_result
+def kernels_interpreted() -> bool:
+    """Whether the kernels were defined under Triton's interpreter (call after :func:`load` succeeded)."""
+    return kernels("utils").is_interpreted()
 
 
 def unavailable(op: str) -> _dispatch.ImplUnavailableError:
@@ -91,7 +105,7 @@ def device_verdict(tensors: Sequence[torch.Tensor]) -> Optional[Verdict]:
     err = load()
     if err is not None:
         return Verdict(f"Triton or sbgan_fast.kernels cannot be imported ({err})", "pip install triton")
-    interpreted = kernels("utils").is_interpreted()
+    interpreted = kernels_interpreted()
     if interp and not interpreted:
         return Verdict("TRITON_INTERPRET=1 is set but sbgan_fast.kernels was imported before it was set "
                        "(Triton reads it when the kernels are defined)",

@@ -1,5 +1,6 @@
 """Gumbel-softmax straight-through sampling and the argmax one-hot: public functions, reference
-paths and the Triton impls (autograd Function, eligibility checks, registration in the dispatch).
+paths and the Triton impls (``torch.library`` custom ops with fake kernels and an autograd formula,
+so torch.compile traces through them; eligibility checks; registration in the dispatch).
 
 Forward: ``one_hot(argmax((logits + g) / tau))`` exactly, in logits' dtype; backward: the gradient of
 ``softmax((logits + g) / tau)`` over the class dim 1. ``g`` is ``noise`` when given, else
@@ -113,49 +114,70 @@ def gumbel_noise(shape: Sequence[int], seed: torch.Tensor) -> torch.Tensor:
 # gumbel_softmax_st
 # ------------------------------------------------------------------------------------------------
 
-class GumbelSoftmaxST(torch.autograd.Function):
-    """Forward: the exact one-hot of argmax((logits + g) / tau); backward: the softmax Jacobian-vector
-    product, recomputing the soft sample from logits and the noise (regenerated from the seed when
-    the noise was drawn in the kernel). First-order only."""
+# The kernels are wrapped as torch.library custom ops (``torch.ops.sbgan_fast.*``) with fake-tensor
+# kernels and an autograd formula, so that torch.compile(fullgraph=True) traces through them: the
+# compiled graph calls the same kernels as eager mode.
 
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, tau: float, noise: Optional[torch.Tensor]):
-        kg = _kg()
-        inv_tau = 1.0 / float(tau)
-        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device,
-                          memory_format=_memory_format(logits))
-        if noise is None:
-            seed = draw_seed(logits.device)
-            kg.gumbel_hard(logits, out, inv_tau, seed=seed)
-            ctx.save_for_backward(logits, seed)
-        else:
-            kg.gumbel_hard(logits, out, inv_tau, noise=noise)
-            ctx.save_for_backward(logits, noise)
-        ctx.explicit_noise = noise is not None
-        ctx.inv_tau = inv_tau
-        return out
+@torch.library.custom_op("sbgan_fast::gumbel_st_triton", mutates_args=())
+def _gumbel_st_op(logits: torch.Tensor, inv_tau: float, noise: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor]) -> torch.Tensor:
+    """The exact one-hot of argmax((logits + g) * inv_tau), g = noise, or Philox noise of seed."""
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device,
+                      memory_format=_memory_format(logits))
+    _kg().gumbel_hard(logits, out, inv_tau, noise=noise, seed=seed)
+    return out
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        _triton.first_order_only("gumbel_softmax_st")
-        logits, aux = ctx.saved_tensors
-        need_x, _, need_noise = ctx.needs_input_grad
-        if not (need_x or need_noise):
-            return None, None, None
-        kwargs = dict(noise=aux) if ctx.explicit_noise else dict(seed=aux)
-        # Both gradients are the same fp32 quantity, cast to each input's dtype (as the reference).
-        dtype = logits.dtype if not need_noise or aux.dtype == logits.dtype else torch.float32
-        g = torch.empty(logits.shape, dtype=dtype, device=logits.device, memory_format=_memory_format(logits))
-        _kg().gumbel_softmax_backward(logits, grad, g, ctx.inv_tau, **kwargs)
-        grad_x = g.to(logits.dtype) if need_x else None
-        grad_noise = g.to(aux.dtype) if need_noise else None
-        return grad_x, None, grad_noise
+
+@_gumbel_st_op.register_fake
+def _(logits, inv_tau, noise, seed):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device,
+                       memory_format=_memory_format(logits))
+
+
+@torch.library.custom_op("sbgan_fast::gumbel_st_triton_backward", mutates_args=())
+def _gumbel_st_backward_op(logits: torch.Tensor, grad: torch.Tensor, inv_tau: float, noise: Optional[torch.Tensor],
+                           seed: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The softmax Jacobian-vector product of the soft sample (recomputed from logits and the noise,
+    regenerated from the seed when the noise was drawn in the kernel), in ``dtype``."""
+    g = torch.empty(logits.shape, dtype=dtype, device=logits.device, memory_format=_memory_format(logits))
+    _kg().gumbel_softmax_backward(logits, grad, g, inv_tau, noise=noise, seed=seed)
+    return g
+
+
+@_gumbel_st_backward_op.register_fake
+def _(logits, grad, inv_tau, noise, seed, dtype):
+    return torch.empty(logits.shape, dtype=dtype, device=logits.device, memory_format=_memory_format(logits))
+
+
+def _gumbel_st_setup(ctx, inputs, output):
+    logits, inv_tau, noise, seed = inputs
+    ctx.save_for_backward(logits, noise, seed)
+    ctx.inv_tau = inv_tau
+
+
+def _gumbel_st_backward(ctx, grad):
+    _triton.first_order_only("gumbel_softmax_st")
+    logits, noise, seed = ctx.saved_tensors
+    need_x, _, need_noise, _ = ctx.needs_input_grad
+    if not (need_x or need_noise):
+        return None, None, None, None
+    # Both gradients are the same fp32 quantity, cast to each input's dtype (as the reference).
+    dtype = logits.dtype if not need_noise or noise.dtype == logits.dtype else torch.float32
+    g = _gumbel_st_backward_op(logits, grad, ctx.inv_tau, noise, seed, dtype)
+    grad_x = g.to(logits.dtype) if need_x else None
+    grad_noise = g.to(noise.dtype) if need_noise else None
+    return grad_x, None, grad_noise, None
+
+
+_gumbel_st_op.register_autograd(_gumbel_st_backward, setup_context=_gumbel_st_setup)
 
 
 def gumbel_softmax_st_triton(logits: torch.Tensor, tau: float = 1.0,
                              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Triton impl of :func:`sbgan_fast.ops.gumbel_softmax_st` (same contract, first order only)."""
-    return GumbelSoftmaxST.apply(logits, tau, noise)
+    """Triton impl of :func:`sbgan_fast.ops.gumbel_softmax_st` (same contract, first order only).
+    Without ``noise`` the seed of the in-kernel noise is drawn with :func:`draw_seed`."""
+    seed = draw_seed(logits.device) if noise is None else None
+    return _gumbel_st_op(logits, 1.0 / float(tau), noise, seed)
 
 
 def _check_gumbel(logits, tau=1.0, noise=None) -> Optional[Verdict]:
@@ -173,13 +195,22 @@ def _check_gumbel(logits, tau=1.0, noise=None) -> Optional[Verdict]:
 # argmax_one_hot
 # ------------------------------------------------------------------------------------------------
 
+@torch.library.custom_op("sbgan_fast::argmax_one_hot_triton", mutates_args=())
+def _argmax_one_hot_op(probs: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(probs)
+    _kg().argmax_one_hot(probs, out)
+    return out
+
+
+@_argmax_one_hot_op.register_fake
+def _(probs):
+    return torch.empty_like(probs)
+
+
 def argmax_one_hot_triton(probs: torch.Tensor) -> torch.Tensor:
     """Triton impl of :func:`sbgan_fast.ops.argmax_one_hot`: (N,K,H,W) -> exact one-hot in probs'
     dtype and memory format (``torch.empty_like``); ties -> lowest index, NaN wins; no gradient."""
-    out = torch.empty_like(probs)
-    with torch.no_grad():
-        _kg().argmax_one_hot(probs.detach(), out)
-    return out
+    return _argmax_one_hot_op(probs.detach())
 
 
 def _check_argmax(probs) -> Optional[Verdict]:

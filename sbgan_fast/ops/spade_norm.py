@@ -1,7 +1,8 @@
 """SPADE normalization: param-free normalization of x, then ``x_hat * (1 + gamma) + beta``.
 
 Public functions (:func:`spade_norm`, :func:`param_free_norm`), the reference path and the Triton impl
-(autograd Function, eligibility check, registration in the dispatch). Statistics are computed in fp32
+(``torch.library`` custom ops with fake kernels and an autograd formula, so torch.compile traces
+through them; eligibility check; registration in the dispatch). Statistics are computed in fp32
 whatever x's dtype. ``norm='sync_batch'`` merges the per-process statistics over ``process_group``
 (default: the world) when torch.distributed is initialised with more than one process: every process's
 (count, mean, variance) is all-gathered and merged exactly in fp64 (:func:`merge_stats`), in both the
@@ -200,78 +201,151 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
 # Triton impl
 # ------------------------------------------------------------------------------------------------
 
-class SpadeNorm(torch.autograd.Function):
-    """``(x - mean) * rstd * (1 + gamma) + beta`` with fused Triton passes (stats, apply; backward:
-    sums + dgamma, then dx). First-order only."""
+# The kernels are wrapped as torch.library custom ops (``torch.ops.sbgan_fast.*``) with fake-tensor
+# kernels and an autograd formula, so that torch.compile(fullgraph=True) traces through them: the
+# compiled graph calls the same kernels as eager mode. Three ops: the statistics (which update the
+# running buffers in place, so they carry no autograd formula and take x detached), the fused apply
+# (whose gradient for x includes the terms through the batch statistics), and its backward.
 
-    @staticmethod
-    def forward(ctx, x, gamma, beta, norm, eps, running_mean, running_var, momentum, training, process_group):
-        ks = _triton.kernels("spade_norm")
-        n, c, h, w = x.shape
-        instance = norm == "instance"
-        sync = norm == "sync_batch" and training and _world(process_group) > 1
-        batch_stats = instance or training or running_mean is None
-        count = h * w if instance else n * h * w
-        if batch_stats:
-            if count <= 1:
-                raise ValueError(f"sbgan_fast.ops.spade_norm: expected more than 1 value per "
-                                 f"{'instance channel' if instance else 'channel'} when using batch "
-                                 f"statistics, got x of shape {tuple(x.shape)}")
-            update = running_mean is not None and training and not instance
-            if sync:
-                mean_l, var_l, _ = ks.compute_stats(x, instance=False, eps=eps)
-                mean, var, count = merge_process_stats(mean_l, var_l, count, process_group)
-                mean, var, count = mean.float(), var.float(), float(count)
-                rstd = torch.rsqrt(var + eps)
-                if update:
-                    with torch.no_grad():
-                        unbiased = var * (count / max(count - 1.0, 1.0))
-                        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-            else:
-                mean, _, rstd = ks.compute_stats(x, instance=instance, eps=eps,
-                                                 running_mean=running_mean if update else None,
-                                                 running_var=running_var if update else None,
-                                                 momentum=momentum)
-        else:  # eval with running statistics (copied: the buffers may change before backward)
-            mean = running_mean.detach().to(torch.float32, copy=True).contiguous()
-            rstd = torch.rsqrt(running_var.detach().float() + eps).contiguous()
-        out_dtype = torch.promote_types(x.dtype, gamma.dtype)
-        if torch.is_autocast_enabled(x.device.type):
-            out_dtype = gamma.dtype
-        out = torch.empty_like(x, dtype=out_dtype)
-        ks.apply(x, gamma, beta, mean, rstd, out, instance=instance)
-        ctx.save_for_backward(x, gamma, mean, rstd)
-        ctx.instance, ctx.batch_stats, ctx.count = instance, batch_stats, count
-        ctx.sync, ctx.process_group, ctx.beta_dtype = sync, process_group, beta.dtype
-        return out
+def _group_name(process_group) -> str:
+    """The name under which torch.distributed resolves ``process_group`` (default: the world)."""
+    import torch.distributed as dist
+    return (process_group if process_group is not None else dist.group.WORLD).group_name
 
-    @staticmethod
-    def backward(ctx, grad):
-        _triton.first_order_only("spade_norm")
-        ks = _triton.kernels("spade_norm")
-        x, gamma, mean, rstd = ctx.saved_tensors
-        need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
-        dx = torch.empty_like(x) if need_x else None
-        dgamma = torch.empty_like(gamma) if need_gamma else None
-        if need_x and ctx.batch_stats:
-            sums = ks.backward_sums(grad, x, gamma, mean, rstd, instance=ctx.instance, dgamma=dgamma)
-            if ctx.sync:
-                import torch.distributed as dist
-                dist.all_reduce(sums, group=ctx.process_group)
-            ks.backward_apply(grad, x, gamma, mean, rstd, instance=ctx.instance, sums=sums,
-                              count=ctx.count, dx=dx)
-        elif need_x or need_gamma:
-            ks.backward_apply(grad, x, gamma, mean, rstd, instance=ctx.instance, dx=dx, dgamma=dgamma)
-        dbeta = grad.to(ctx.beta_dtype) if need_beta else None
-        return dx, dgamma, dbeta, None, None, None, None, None, None, None
+
+def _resolve_group(name: str):
+    from torch.distributed.distributed_c10d import _resolve_process_group
+    return _resolve_process_group(name)
+
+
+def _ks():
+    return _triton.kernels("spade_norm")
+
+
+@torch.library.custom_op("sbgan_fast::spade_norm_stats_triton", mutates_args=("running_mean", "running_var"))
+def _spade_stats_op(x: torch.Tensor, instance: bool, batch_stats: bool, eps: float,
+                    running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor], momentum: float,
+                    update: bool, group_name: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, rstd) fp32 of C (batch) or N*C (instance) groups, and the count of elements per group
+    (an fp64 0-d CPU tensor). Batch statistics (merged over the processes of ``group_name`` when
+    given; running buffers updated when ``update``), else the running statistics."""
+    ks = _ks()
+    n, c, h, w = x.shape
+    count = float(h * w if instance else n * h * w)
+    if not batch_stats:  # eval with running statistics (copied: the buffers may change before backward)
+        mean = running_mean.detach().to(torch.float32, copy=True).contiguous()
+        rstd = torch.rsqrt(running_var.detach().float() + eps).contiguous()
+    elif group_name is not None:
+        mean_l, var_l, _ = ks.compute_stats(x, instance=False, eps=eps)
+        mean, var, total = merge_process_stats(mean_l, var_l, int(count), _resolve_group(group_name))
+        mean, var, count = mean.float(), var.float(), float(total)
+        rstd = torch.rsqrt(var + eps)
+        if update:
+            unbiased = var * (count / max(count - 1.0, 1.0))
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    else:
+        mean, _, rstd = ks.compute_stats(x, instance=instance, eps=eps,
+                                         running_mean=running_mean if update else None,
+                                         running_var=running_var if update else None, momentum=momentum)
+        mean, rstd = mean.clone(), rstd.clone()  # views of one buffer: outputs must not share storage
+    return mean, rstd, torch.tensor(count, dtype=torch.float64)
+
+
+@_spade_stats_op.register_fake
+def _(x, instance, batch_stats, eps, running_mean, running_var, momentum, update, group_name):
+    groups = x.shape[0] * x.shape[1] if instance and batch_stats else x.shape[1]
+    return (x.new_empty((groups,), dtype=torch.float32), x.new_empty((groups,), dtype=torch.float32),
+            torch.empty((), dtype=torch.float64, device="cpu"))
+
+
+@torch.library.custom_op("sbgan_fast::spade_norm_apply_triton", mutates_args=())
+def _spade_apply_op(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
+                    rstd: torch.Tensor, count: torch.Tensor, instance: bool, batch_stats: bool,
+                    group_name: Optional[str], out_dtype: torch.dtype) -> torch.Tensor:
+    """(x - mean) * rstd * (1 + gamma) + beta in ``out_dtype`` (count, batch_stats and group_name are
+    for the backward)."""
+    out = torch.empty_like(x, dtype=out_dtype)
+    _ks().apply(x, gamma, beta, mean, rstd, out, instance=instance)
+    return out
+
+
+@_spade_apply_op.register_fake
+def _(x, gamma, beta, mean, rstd, count, instance, batch_stats, group_name, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype)
+
+
+@torch.library.custom_op("sbgan_fast::spade_norm_backward_triton", mutates_args=())
+def _spade_backward_op(grad: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor, count: torch.Tensor, instance: bool, batch_stats: bool,
+                       group_name: Optional[str], need_x: bool,
+                       need_gamma: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dgamma); each an empty (0,) tensor when not needed. With batch statistics dx carries the
+    terms through them (their per-group sums all-reduced over ``group_name`` when given)."""
+    ks = _ks()
+    dx = torch.empty_like(x) if need_x else None
+    dgamma = torch.empty_like(gamma) if need_gamma else None
+    if need_x and batch_stats:
+        sums = ks.backward_sums(grad, x, gamma, mean, rstd, instance=instance, dgamma=dgamma)
+        if group_name is not None:
+            import torch.distributed as dist
+            dist.all_reduce(sums, group=_resolve_group(group_name))
+        ks.backward_apply(grad, x, gamma, mean, rstd, instance=instance, sums=sums, count=float(count.item()), dx=dx)
+    elif need_x or need_gamma:
+        ks.backward_apply(grad, x, gamma, mean, rstd, instance=instance, dx=dx, dgamma=dgamma)
+    return (dx if need_x else x.new_empty((0,)), dgamma if need_gamma else gamma.new_empty((0,)))
+
+
+@_spade_backward_op.register_fake
+def _(grad, x, gamma, mean, rstd, count, instance, batch_stats, group_name, need_x, need_gamma):
+    return (torch.empty_like(x) if need_x else x.new_empty((0,)),
+            torch.empty_like(gamma) if need_gamma else gamma.new_empty((0,)))
+
+
+def _spade_apply_setup(ctx, inputs, output):
+    x, gamma, beta, mean, rstd, count, instance, batch_stats, group_name, _ = inputs
+    ctx.save_for_backward(x, gamma, mean, rstd, count)
+    ctx.instance, ctx.batch_stats, ctx.group_name, ctx.beta_dtype = instance, batch_stats, group_name, beta.dtype
+
+
+def _spade_apply_backward(ctx, grad):
+    _triton.first_order_only("spade_norm")
+    x, gamma, mean, rstd, count = ctx.saved_tensors
+    need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
+    dx = dgamma = None
+    if need_x or need_gamma:
+        dx, dgamma = _spade_backward_op(grad, x, gamma, mean, rstd, count, ctx.instance, ctx.batch_stats,
+                                        ctx.group_name, need_x, need_gamma)
+    dbeta = grad.to(ctx.beta_dtype) if need_beta else None
+    return (dx if need_x else None, dgamma if need_gamma else None, dbeta) + (None,) * 7
+
+
+_spade_apply_op.register_autograd(_spade_apply_backward, setup_context=_spade_apply_setup)
 
 
 def spade_norm_triton(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, running_var=None,
                       momentum=0.1, training=True, process_group=None):
-    """Triton impl of :func:`sbgan_fast.ops.spade_norm` (same contract, first order only)."""
-    return SpadeNorm.apply(x, gamma, beta, norm, float(eps), running_mean, running_var, float(momentum),
-                           bool(training), process_group)
+    """Triton impl of :func:`sbgan_fast.ops.spade_norm` (same contract, first order only): fused
+    statistics, apply, and backward (sums + dgamma, then dx)."""
+    n, c, h, w = x.shape
+    instance = norm == "instance"
+    sync = norm == "sync_batch" and training and _world(process_group) > 1
+    batch_stats = instance or training or running_mean is None
+    count = h * w if instance else n * h * w
+    if batch_stats and count <= 1:
+        raise ValueError(f"sbgan_fast.ops.spade_norm: expected more than 1 value per "
+                         f"{'instance channel' if instance else 'channel'} when using batch "
+                         f"statistics, got x of shape {tuple(x.shape)}")
+    if instance:
+        running_mean = running_var = None
+    update = batch_stats and running_mean is not None and training
+    group_name = _group_name(process_group) if sync else None
+    out_dtype = torch.promote_types(x.dtype, gamma.dtype)
+    if torch.is_autocast_enabled(x.device.type):
+        out_dtype = gamma.dtype
+    mean, rstd, total = _spade_stats_op(x.detach(), instance, batch_stats, float(eps), running_mean, running_var,
+                                        float(momentum), update, group_name)
+    return _spade_apply_op(x, gamma, beta, mean, rstd, total, instance, batch_stats, group_name, out_dtype)
 
 
 def _check_spade(x, gamma, beta, norm="batch", eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
