@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from sbgan_fast import ops
-from sbgan_fast.ops import _fast_cpp
+from sbgan_fast.ops import _cpp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402  (bench/benchlib.py)
@@ -113,9 +113,9 @@ def fwd_bwd(fn, labels, weight, bias, size, grad, rule="nearest"):
 
 
 def _need_ext():
-    err = _fast_cpp.extension_error()
+    err = _cpp.extension_error()
     if err is not None:
-        pytest.skip(f"{err}; build it with: {_fast_cpp.BUILD_FIX}")
+        pytest.skip(f"{err}; build it with: {_cpp.BUILD_FIX}")
 
 
 # ---------------------------------------------------------------------------------------- pytest-benchmark
@@ -284,11 +284,11 @@ def main(argv=None) -> None:
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    err = _fast_cpp.extension_error()
+    err = _cpp.extension_error()
     if err is not None:
-        raise SystemExit(f"{err}; build it with: {_fast_cpp.BUILD_FIX}")
-    if dev.type == "cuda" and not _fast_cpp.cuda_compiled():
-        raise SystemExit(f"sbgan_fast._C has no CUDA kernels; {_fast_cpp.CUDA_BUILD_FIX}")
+        raise SystemExit(f"{err}; build it with: {_cpp.BUILD_FIX}")
+    if dev.type == "cuda" and not _cpp.cuda_compiled():
+        raise SystemExit(f"sbgan_fast._C has no CUDA kernels; {_cpp.CUDA_BUILD_FIX}")
     impl = "cuda" if dev.type == "cuda" else "cpp"
     repeat = 1 if args.tiny else (3 if args.quick else 5)
     timed = _seconds(dev, repeat)

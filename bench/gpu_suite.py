@@ -595,15 +595,15 @@ def _cmd_build() -> int:
 def _cmd_check(dry: bool) -> int:
     """The extension loads (with its CUDA kernels on a GPU) beside the torch and Triton installed."""
     import torch
-    from sbgan_fast.ops import _fast_cpp
+    from sbgan_fast.ops import _cpp
     try:
         import triton
         tv = triton.__version__
     except ImportError:
         tv = "not installed"
-    err = _fast_cpp.extension_error()
+    err = _cpp.extension_error()
     cuda = torch.cuda.is_available()
-    kernels = err is None and _fast_cpp.cuda_compiled()
+    kernels = err is None and _cpp.cuda_compiled()
     print(f"check: torch {torch.__version__} (CUDA {torch.version.cuda}), Triton {tv}, "
           f"device {torch.cuda.get_device_name() if cuda else 'CPU'}, extension "
           f"{'loaded' if err is None else err}, CUDA kernels {'yes' if kernels else 'no'}", flush=True)
@@ -615,7 +615,7 @@ def _cmd_check(dry: bool) -> int:
         print("check: no CUDA device is visible to torch", flush=True)
         return 1
     if not kernels:
-        print(f"check: the extension has no CUDA kernels; {_fast_cpp.CUDA_BUILD_FIX}", flush=True)
+        print(f"check: the extension has no CUDA kernels; {_cpp.CUDA_BUILD_FIX}", flush=True)
         return 1
     return 0
 

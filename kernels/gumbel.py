@@ -24,7 +24,7 @@ is bitwise the reference's ``argmax`` given the same noise. Ties go to the lowes
 NaN score wins (the first NaN), as in ``torch.argmax``.
 
 All launchers take and return torch tensors; they do no autograd and no argument checking beyond
-shapes (``sbgan_fast.ops._fast_triton`` checks at the public boundary).
+shapes (``sbgan_fast.ops.gumbel`` checks at the public boundary).
 """
 from __future__ import annotations
 
@@ -34,10 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # Triton's CPU interpreter (TRITON_INTERPRET=1 when the kernels below are defined)
-    from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
-except ImportError:  # pragma: no cover - older/newer Triton layouts
-    _InterpretedFunction = ()
+from .utils import INTERPRETER_TILE, flat_hw, is_interpreted, strides, tile_budget, tile_offsets
 
 NOISE_EXPLICIT = 0
 NOISE_PHILOX = 1
@@ -45,22 +42,6 @@ NOISE_NONE = 2
 
 #: Largest class count handled in one register tile (the ops layer falls back to ``ref`` above it).
 MAX_CLASSES = 16384
-#: Elements per program tile on a GPU (BLOCK_P * BLOCK_K) and under the interpreter, where every
-#: program costs ~30 ms regardless of its size, so tiles are as large as Triton allows.
-_GPU_TILE = 4096
-_INTERPRETER_TILE = 1 << 16
-
-
-@triton.jit
-def _pixel_offsets(hw, s_h, s_w, W, FLAT_HW: tl.constexpr):
-    """Element offsets (int64) of flat spatial indices ``hw`` for strides (s_h, s_w)."""
-    hw64 = hw.to(tl.int64)
-    if FLAT_HW:  # s_h == W * s_w: (h, w) collapse to one index
-        return hw64 * s_w
-    else:
-        h = hw64 // W
-        w = hw64 - h * W
-        return h * s_h + w * s_w
 
 
 @triton.jit
@@ -72,13 +53,6 @@ def _tile(HW, K, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     k = tl.arange(0, BLOCK_K)
     mask = (hw < HW)[:, None] & (k < K)[None, :]
     return n, hw, k, mask
-
-
-@triton.jit
-def _tile_offsets(n, hw, k, sn, sk, sh, sw, W, FLAT_HW: tl.constexpr):
-    """Element offsets (int64, (BLOCK_P, BLOCK_K)) of image ``n``, pixels ``hw``, classes ``k`` for strides
-    (sn, sk, sh, sw)."""
-    return n.to(tl.int64) * sn + _pixel_offsets(hw, sh, sw, W, FLAT_HW)[:, None] + (k.to(tl.int64) * sk)[None, :]
 
 
 @triton.jit
@@ -114,10 +88,10 @@ def _load_scores(x_ptr, noise_ptr, seed_ptr, n, hw, k, mask, K, HW, W,
                  BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """fp32 scores (BLOCK_P, BLOCK_K) of image ``n``; masked lanes are -inf. ``ROWS4``: H*W and BLOCK_P are
     multiples of 4 (each group of 4 pixels of a class shares one Philox call)."""
-    x_off = _tile_offsets(n, hw, k, sxn, sxk, sxh, sxw, W, FLAT_HW)
+    x_off = tile_offsets(n, hw, k, sxn, sxk, sxh, sxw, W, FLAT_HW)
     x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 0:
-        g_off = _tile_offsets(n, hw, k, sgn, sgk, sgh, sgw, W, FLAT_HW)
+        g_off = tile_offsets(n, hw, k, sgn, sgk, sgh, sgw, W, FLAT_HW)
         g = tl.load(noise_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
         s = (x + g) * inv_tau
     elif NOISE_MODE == 1:
@@ -149,7 +123,7 @@ def _store_one_hot(out_ptr, s, n, hw, k, mask, son, sok, soh, sow, W,
     """out[n, :, hw] = one_hot(argmax_k s) (see :func:`_first_argmax`) in out's dtype."""
     idx = _first_argmax(s, k, mask, BLOCK_K)
     y = tl.where(k[None, :] == idx[:, None], 1.0, 0.0)
-    o_off = _tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
+    o_off = tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
     tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -194,11 +168,11 @@ def _gumbel_softmax_bwd_kernel(x_ptr, noise_ptr, seed_ptr, dy_ptr, dx_ptr,
     e = tl.exp(s - m[:, None])
     den = tl.sum(e, axis=1)
     y = e / tl.where(den == 0.0, 1.0, den)[:, None]  # den == 0 only on rows past the end
-    d_off = _tile_offsets(n, hw, k, sdn, sdk, sdh, sdw, W, FLAT_HW)
+    d_off = tile_offsets(n, hw, k, sdn, sdk, sdh, sdw, W, FLAT_HW)
     dy = tl.load(dy_ptr + d_off, mask=mask, other=0.0).to(tl.float32)
     dot = tl.sum(dy * y, axis=1)
     dx = y * (dy - dot[:, None]) * inv_tau
-    o_off = _tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
+    o_off = tile_offsets(n, hw, k, son, sok, soh, sow, W, FLAT_HW)
     tl.store(dx_ptr + o_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -210,20 +184,10 @@ def _gumbel_noise_kernel(seed_ptr, out_ptr, numel, BLOCK: tl.constexpr):
     tl.store(out_ptr + i, g, mask=i < numel)
 
 
-def is_interpreted() -> bool:
-    """True when these kernels were defined under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
-    return bool(_InterpretedFunction) and isinstance(_gumbel_hard_kernel, _InterpretedFunction)
-
-
-def _flat_hw(t: torch.Tensor) -> bool:
-    _, _, h, w = t.shape
-    return h <= 1 or t.stride(2) == w * t.stride(3)
-
-
 def _blocks(num_classes: int, hw: int) -> Tuple[int, int, int]:
     """(BLOCK_P, BLOCK_K, num_warps) for K classes and H*W pixels per image."""
     block_k = triton.next_power_of_2(max(num_classes, 1))
-    tile = _INTERPRETER_TILE if is_interpreted() else _GPU_TILE
+    tile = tile_budget()
     block_p = max(1, min(triton.next_power_of_2(max(hw, 1)), tile // block_k))
     num_warps = 4 if block_p * block_k <= 4096 else 8
     return block_p, block_k, num_warps
@@ -235,10 +199,6 @@ def _rows4(hw: int, block_p: int) -> bool:
     return hw % 4 == 0 and block_p % 4 == 0
 
 
-def _strides(t: Optional[torch.Tensor]):
-    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
-
-
 def _check_4d(name: str, t: torch.Tensor, shape) -> None:
     if t.dim() != 4 or tuple(t.shape) != tuple(shape):
         raise ValueError(f"sbgan_fast.kernels.gumbel: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
@@ -247,7 +207,7 @@ def _check_4d(name: str, t: torch.Tensor, shape) -> None:
 def _noise_args(logits, noise, seed):
     if noise is not None:
         _check_4d("noise", noise, logits.shape)
-        return NOISE_EXPLICIT, noise, logits, _strides(noise)  # seed pointer unused: any tensor
+        return NOISE_EXPLICIT, noise, logits, strides(noise)  # seed pointer unused: any tensor
     if seed is None:
         raise ValueError("sbgan_fast.kernels.gumbel: give either noise or seed")
     if seed.dtype != torch.int64 or seed.numel() < 1:
@@ -274,7 +234,7 @@ def gumbel_hard(logits: torch.Tensor, out: torch.Tensor, inv_tau: float, *,
     if logits.numel() == 0:
         return out
     block_p, block_k, num_warps = _blocks(k, h * w)
-    flat = _flat_hw(logits) and _flat_hw(out) and (noise is None or _flat_hw(noise))
+    flat = flat_hw(logits, out, noise)
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_hard_kernel[grid](logits, noise_t, seed_t, out, k, h * w, w,
                               *logits.stride(), *g_strides, *out.stride(), float(inv_tau),
@@ -290,7 +250,7 @@ def argmax_one_hot(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         return out
     block_p, block_k, num_warps = _blocks(k, h * w)
-    flat = _flat_hw(x) and _flat_hw(out)
+    flat = flat_hw(x, out)
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_hard_kernel[grid](x, x, x, out, k, h * w, w,
                               *x.stride(), 0, 0, 0, 0, *out.stride(), 1.0,
@@ -319,8 +279,7 @@ def gumbel_softmax_backward(logits: torch.Tensor, grad_out: torch.Tensor, grad_i
     if logits.numel() == 0:
         return grad_in
     block_p, block_k, num_warps = _blocks(k, h * w)
-    flat = (_flat_hw(logits) and _flat_hw(grad_out) and _flat_hw(grad_in)
-            and (noise is None or _flat_hw(noise)))
+    flat = flat_hw(logits, grad_out, grad_in, noise)
     grid = (triton.cdiv(h * w, block_p), n)
     _gumbel_softmax_bwd_kernel[grid](logits, noise_t, seed_t, grad_out, grad_in, k, h * w, w,
                                      *logits.stride(), *g_strides, *grad_out.stride(), *grad_in.stride(),
@@ -341,6 +300,6 @@ def gumbel_noise(shape, seed: torch.Tensor) -> torch.Tensor:
     numel = out.numel()
     if numel == 0:
         return out
-    block = min(triton.next_power_of_2(numel), _INTERPRETER_TILE if is_interpreted() else 1024)
+    block = min(triton.next_power_of_2(numel), INTERPRETER_TILE if is_interpreted() else 1024)
     _gumbel_noise_kernel[(triton.cdiv(numel, block),)](seed, out, numel, BLOCK=block, enable_fp_fusion=False)
     return out

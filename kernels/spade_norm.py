@@ -22,7 +22,7 @@ the per-(n, chunk) partials of each group with the centred formula, block by blo
 (no cancellation-prone difference is formed from them).
 
 Launchers take and return torch tensors; no autograd, no argument checks beyond shapes
-(``sbgan_fast.ops._fast_triton`` checks at the public boundary).
+(``sbgan_fast.ops.spade_norm`` checks at the public boundary).
 """
 from __future__ import annotations
 
@@ -33,25 +33,37 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # Triton's CPU interpreter (TRITON_INTERPRET=1 when the kernels below are defined)
-    from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
-except ImportError:  # pragma: no cover
-    _InterpretedFunction = ()
-
-_GPU_TILE = 4096
-_INTERPRETER_TILE = 1 << 16
+from .utils import INTERPRETER_TILE, flat_hw, is_interpreted, strides, tile_budget, tile_offsets
 
 
 @triton.jit
-def _tile_offsets(n, hw, c, s_n, s_c, s_h, s_w, W, FLAT_HW: tl.constexpr):
-    """int64 element offsets (BLOCK_HW, BLOCK_C) of image n, spatial indices hw, channels c."""
-    hw64 = hw.to(tl.int64)
-    if FLAT_HW:  # s_h == W * s_w
-        row = hw64 * s_w
-    else:
-        h = hw64 // W
-        row = h * s_h + (hw64 - h * W) * s_w
-    return n.to(tl.int64) * s_n + row[:, None] + (c.to(tl.int64) * s_c)[None, :]
+def _chunk_tile(C, HW, tiles_per_chunk, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's part of a (n_chunks, N, cdiv(C, BLOCK_C)) reduction grid: (chunk, image n,
+    channels c (BLOCK_C,), channel mask, first flat spatial index of the chunk, its number of rows)."""
+    chunk = tl.program_id(0)
+    n = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    start = chunk * tiles_per_chunk * BLOCK_HW
+    rows = tl.minimum(tiles_per_chunk * BLOCK_HW, HW - start)
+    return chunk, n, c, c < C, start, rows
+
+
+@triton.jit
+def _elementwise_tile(C, HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of a (cdiv(HW, BLOCK_HW), N, cdiv(C, BLOCK_C)) elementwise grid: (image n,
+    flat spatial indices hw (BLOCK_HW,), channels c (BLOCK_C,), channel mask, tile mask)."""
+    n = tl.program_id(1)
+    hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    return n, hw, c, cmask, (hw < HW)[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _load_stats(mean_ptr, rstd_ptr, n, c, cmask, stat_n_stride):
+    """(group indices, mean, rstd) of image n, channels c: group ``n * stat_n_stride + c``."""
+    sidx = n * stat_n_stride + c
+    return sidx, tl.load(mean_ptr + sidx, mask=cmask, other=0.0), tl.load(rstd_ptr + sidx, mask=cmask, other=0.0)
 
 
 @triton.jit
@@ -61,18 +73,13 @@ def _stats_partial_kernel(x_ptr, part_ptr, C, HW, W, sxn, sxc, sxh, sxw,
     """Per (n, chunk of H*W, c): (count, mean, M2) into part[0..2, n, chunk, c].
 
     Grid: (n_chunks, N, cdiv(C, BLOCK_C))."""
-    chunk = tl.program_id(0)
-    n = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    start = chunk * tiles_per_chunk * BLOCK_HW
-    rows = tl.minimum(tiles_per_chunk * BLOCK_HW, HW - start)
+    chunk, n, c, cmask, start, rows = _chunk_tile(C, HW, tiles_per_chunk, BLOCK_HW, BLOCK_C)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for t in range(0, tl.cdiv(rows, BLOCK_HW)):
         hw = start + t * BLOCK_HW + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + _tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
+        x = tl.load(x_ptr + tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
                     mask=mask, other=0.0).to(tl.float32)
         nb = tl.minimum(rows - t * BLOCK_HW, BLOCK_HW).to(tl.float32)
         mb = tl.sum(x, axis=0) / nb
@@ -146,20 +153,14 @@ def _apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, out_ptr,
                   sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sbn, sbc, sbh, sbw, son, soc, soh, sow,
                   FLAT_HW: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """out = (x - mean) * rstd * (1 + gamma) + beta. Grid: (cdiv(HW, BLOCK_HW), N, cdiv(C, BLOCK_C))."""
-    n = tl.program_id(1)
-    hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    mask = (hw < HW)[:, None] & cmask[None, :]
-    sidx = n * stat_n_stride + c
-    mean = tl.load(mean_ptr + sidx, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + sidx, mask=cmask, other=0.0)
-    x = tl.load(x_ptr + _tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW), mask=mask, other=0.0)
-    gm = tl.load(gamma_ptr + _tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW), mask=mask, other=0.0)
-    bt = tl.load(beta_ptr + _tile_offsets(n, hw, c, sbn, sbc, sbh, sbw, W, FLAT_HW), mask=mask, other=0.0)
+    n, hw, c, cmask, mask = _elementwise_tile(C, HW, BLOCK_HW, BLOCK_C)
+    sidx, mean, rstd = _load_stats(mean_ptr, rstd_ptr, n, c, cmask, stat_n_stride)
+    x = tl.load(x_ptr + tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW), mask=mask, other=0.0)
+    gm = tl.load(gamma_ptr + tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW), mask=mask, other=0.0)
+    bt = tl.load(beta_ptr + tile_offsets(n, hw, c, sbn, sbc, sbh, sbw, W, FLAT_HW), mask=mask, other=0.0)
     x_hat = (x.to(tl.float32) - mean[None, :]) * rstd[None, :]
     out = x_hat * (1.0 + gm.to(tl.float32)) + bt.to(tl.float32)
-    tl.store(out_ptr + _tile_offsets(n, hw, c, son, soc, soh, sow, W, FLAT_HW),
+    tl.store(out_ptr + tile_offsets(n, hw, c, son, soc, soh, sow, W, FLAT_HW),
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -171,32 +172,25 @@ def _bwd_reduce_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, dgamma_ptr,
                        BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (n, chunk, c): sum(gy) and sum(gy * x_hat) into part[0..1, n, chunk, c], gy = dy * (1 + gamma);
     with WRITE_DGAMMA also dgamma = dy * x_hat. Grid: (n_chunks, N, cdiv(C, BLOCK_C))."""
-    chunk = tl.program_id(0)
-    n = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    sidx = n * stat_n_stride + c
-    mean = tl.load(mean_ptr + sidx, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + sidx, mask=cmask, other=0.0)
-    start = chunk * tiles_per_chunk * BLOCK_HW
-    rows = tl.minimum(tiles_per_chunk * BLOCK_HW, HW - start)
+    chunk, n, c, cmask, start, rows = _chunk_tile(C, HW, tiles_per_chunk, BLOCK_HW, BLOCK_C)
+    sidx, mean, rstd = _load_stats(mean_ptr, rstd_ptr, n, c, cmask, stat_n_stride)
     acc1 = tl.zeros([BLOCK_C], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for t in range(0, tl.cdiv(rows, BLOCK_HW)):
         hw = start + t * BLOCK_HW + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & cmask[None, :]
-        dy = tl.load(dy_ptr + _tile_offsets(n, hw, c, sdn, sdc, sdh, sdw, W, FLAT_HW),
+        dy = tl.load(dy_ptr + tile_offsets(n, hw, c, sdn, sdc, sdh, sdw, W, FLAT_HW),
                      mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + _tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
+        x = tl.load(x_ptr + tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
                     mask=mask, other=0.0).to(tl.float32)
-        gm = tl.load(gamma_ptr + _tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW),
+        gm = tl.load(gamma_ptr + tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW),
                      mask=mask, other=0.0).to(tl.float32)
         x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
         gy = dy * (1.0 + gm)
         acc1 += tl.sum(gy, axis=0)
         acc2 += tl.sum(gy * x_hat, axis=0)
         if WRITE_DGAMMA:
-            tl.store(dgamma_ptr + _tile_offsets(n, hw, c, son, soc, soh, sow, W, FLAT_HW),
+            tl.store(dgamma_ptr + tile_offsets(n, hw, c, son, soc, soh, sow, W, FLAT_HW),
                      (dy * x_hat).to(dgamma_ptr.dtype.element_ty), mask=mask)
     out = part_ptr + (n * n_chunks + chunk).to(tl.int64) * C + c
     tl.store(out, acc1, mask=cmask)
@@ -214,21 +208,15 @@ def _bwd_apply_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, sums_ptr, dx
     dx = gy * rstd (statistics are constants); dgamma = dy * x_hat.
 
     Grid: (cdiv(HW, BLOCK_HW), N, cdiv(C, BLOCK_C))."""
-    n = tl.program_id(1)
-    hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    mask = (hw < HW)[:, None] & cmask[None, :]
-    sidx = n * stat_n_stride + c
-    mean = tl.load(mean_ptr + sidx, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + sidx, mask=cmask, other=0.0)
-    dy = tl.load(dy_ptr + _tile_offsets(n, hw, c, sdn, sdc, sdh, sdw, W, FLAT_HW),
+    n, hw, c, cmask, mask = _elementwise_tile(C, HW, BLOCK_HW, BLOCK_C)
+    sidx, mean, rstd = _load_stats(mean_ptr, rstd_ptr, n, c, cmask, stat_n_stride)
+    dy = tl.load(dy_ptr + tile_offsets(n, hw, c, sdn, sdc, sdh, sdw, W, FLAT_HW),
                  mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + _tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
+    x = tl.load(x_ptr + tile_offsets(n, hw, c, sxn, sxc, sxh, sxw, W, FLAT_HW),
                 mask=mask, other=0.0).to(tl.float32)
     x_hat = (x - mean[None, :]) * rstd[None, :]
     if WRITE_DX:
-        gm = tl.load(gamma_ptr + _tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW),
+        gm = tl.load(gamma_ptr + tile_offsets(n, hw, c, sgn, sgc, sgh, sgw, W, FLAT_HW),
                      mask=mask, other=0.0).to(tl.float32)
         gy = dy * (1.0 + gm)
         if HAS_SUMS:
@@ -237,10 +225,10 @@ def _bwd_apply_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, sums_ptr, dx
             dx = (gy - s1[None, :] - x_hat * s2[None, :]) * rstd[None, :]
         else:
             dx = gy * rstd[None, :]
-        tl.store(dx_ptr + _tile_offsets(n, hw, c, sxon, sxoc, sxoh, sxow, W, FLAT_HW),
+        tl.store(dx_ptr + tile_offsets(n, hw, c, sxon, sxoc, sxoh, sxow, W, FLAT_HW),
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
     if WRITE_DGAMMA:
-        tl.store(dgamma_ptr + _tile_offsets(n, hw, c, sgon, sgoc, sgoh, sgow, W, FLAT_HW),
+        tl.store(dgamma_ptr + tile_offsets(n, hw, c, sgon, sgoc, sgoh, sgow, W, FLAT_HW),
                  (dy * x_hat).to(dgamma_ptr.dtype.element_ty), mask=mask)
 
 
@@ -248,25 +236,9 @@ def _bwd_apply_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, sums_ptr, dx
 # Launchers
 # ----------------------------------------------------------------------------------------------
 
-def is_interpreted() -> bool:
-    """True when these kernels were defined under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
-    return bool(_InterpretedFunction) and isinstance(_apply_kernel, _InterpretedFunction)
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _flat_hw(*tensors: Optional[torch.Tensor]) -> bool:
-    for t in tensors:
-        if t is not None and t.shape[2] > 1 and t.stride(2) != t.shape[3] * t.stride(3):
-            return False
-    return True
-
-
-def _strides(t: Optional[torch.Tensor]) -> Tuple[int, int, int, int]:
-    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
 def blocks_for(x: torch.Tensor) -> Tuple[int, int, int]:
@@ -274,7 +246,7 @@ def blocks_for(x: torch.Tensor) -> Tuple[int, int, int]:
     _, c, h, w = x.shape
     hw = h * w
     interp = is_interpreted()
-    tile = _INTERPRETER_TILE if interp else _GPU_TILE
+    tile = tile_budget()
     if x.stride(1) == 1 and c > 1:  # channels-last: C is contiguous
         block_c = min(triton.next_power_of_2(c), tile if interp else 128)
         block_hw = min(triton.next_power_of_2(hw), max(1, tile // block_c))
@@ -350,7 +322,7 @@ def compute_stats(x: torch.Tensor, *, instance: bool, eps: float,
     part_stride = n * n_chunks * c
     grid = (n_chunks, n, triton.cdiv(c, block_c))
     _stats_partial_kernel[grid](x, part, c, h * w, w, *x.stride(), tpc, n_chunks, part_stride,
-                                FLAT_HW=_flat_hw(x), BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                                FLAT_HW=flat_hw(x), BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     groups = n * c if instance else c
     stats = torch.empty((3, groups), dtype=torch.float32, device=x.device)
     mean, var, rstd = stats[0], stats[1], stats[2]
@@ -358,7 +330,7 @@ def compute_stats(x: torch.Tensor, *, instance: bool, eps: float,
     partials_per_group = n_chunks if instance else n * n_chunks
     if is_interpreted():  # one program, one block of partials
         dflt_j = triton.next_power_of_2(partials_per_group)
-        block_g = max(1, min(triton.next_power_of_2(groups), _INTERPRETER_TILE // dflt_j))
+        block_g = max(1, min(triton.next_power_of_2(groups), INTERPRETER_TILE // dflt_j))
     else:  # spread groups over programs; merge up to 32 partials per load
         dflt_j = min(triton.next_power_of_2(partials_per_group), 32)
         block_g = min(triton.next_power_of_2(groups), 128)
@@ -389,7 +361,7 @@ def apply(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.
     grid = (triton.cdiv(h * w, block_hw), n, triton.cdiv(c, block_c))
     _apply_kernel[grid](x, gamma, beta, mean, rstd, out, c, h * w, w, c if instance else 0,
                         *x.stride(), *gamma.stride(), *beta.stride(), *out.stride(),
-                        FLAT_HW=_flat_hw(x, gamma, beta, out), BLOCK_HW=block_hw, BLOCK_C=block_c,
+                        FLAT_HW=flat_hw(x, gamma, beta, out), BLOCK_HW=block_hw, BLOCK_C=block_c,
                         num_warps=num_warps)
     return out
 
@@ -424,8 +396,8 @@ def backward_sums(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, mean: 
     grid = (n_chunks, n, triton.cdiv(c, block_c))
     _bwd_reduce_kernel[grid](dy, x, gamma, mean, rstd, dgamma if dgamma is not None else x, part,
                              c, h * w, w, c if instance else 0, tpc, n_chunks, n * n_chunks * c,
-                             *dy.stride(), *x.stride(), *gamma.stride(), *_strides(dgamma),
-                             WRITE_DGAMMA=dgamma is not None, FLAT_HW=_flat_hw(dy, x, gamma, dgamma),
+                             *dy.stride(), *x.stride(), *gamma.stride(), *strides(dgamma),
+                             WRITE_DGAMMA=dgamma is not None, FLAT_HW=flat_hw(dy, x, gamma, dgamma),
                              BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     if instance:
         return part.sum(dim=2).reshape(2, n * c)
@@ -466,7 +438,7 @@ def backward_apply(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, mean:
                             dx if dx is not None else x, dgamma if dgamma is not None else x,
                             c, h * w, w, c if instance else 0, groups,
                             1.0 / float(count) if sums is not None else 1.0,
-                            *dy.stride(), *x.stride(), *gamma.stride(), *_strides(dx), *_strides(dgamma),
+                            *dy.stride(), *x.stride(), *gamma.stride(), *strides(dx), *strides(dgamma),
                             HAS_SUMS=sums is not None, WRITE_DX=dx is not None, WRITE_DGAMMA=dgamma is not None,
-                            FLAT_HW=_flat_hw(dy, x, gamma, dx, dgamma), BLOCK_HW=block_hw, BLOCK_C=block_c,
+                            FLAT_HW=flat_hw(dy, x, gamma, dx, dgamma), BLOCK_HW=block_hw, BLOCK_C=block_c,
                             num_warps=num_warps)

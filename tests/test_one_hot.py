@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sbgan_fast import ops
-from sbgan_fast.ops import _dispatch, _fast_cpp
+from sbgan_fast.ops import _cpp, _dispatch
 from sbgan_fast.ops.one_hot import one_hot_ref
 
-EXT_ERROR = _fast_cpp.extension_error()
-needs_ext = pytest.mark.skipif(EXT_ERROR is not None, reason=f"{EXT_ERROR}; build it with: {_fast_cpp.BUILD_FIX}")
+EXT_ERROR = _cpp.extension_error()
+needs_ext = pytest.mark.skipif(EXT_ERROR is not None, reason=f"{EXT_ERROR}; build it with: {_cpp.BUILD_FIX}")
 
 SIZES = [None, (26, 40), (7, 9), (13, 31), (5, 18)]  # identity, x2 up, down, odd up/down mixes
 SIZE_IDS = ["same", "up2", "down", "odd-up", "odd-mixed"]
@@ -46,7 +46,7 @@ def test_extension_is_built_when_required():
     """CI sets SBGAN_FAST_REQUIRE_EXT=1: a missing or broken build must fail, never skip."""
     if os.environ.get("SBGAN_FAST_REQUIRE_EXT", "0") in ("", "0"):
         pytest.skip("SBGAN_FAST_REQUIRE_EXT is not set")
-    assert EXT_ERROR is None, f"{EXT_ERROR}; fix: {_fast_cpp.BUILD_FIX}"
+    assert EXT_ERROR is None, f"{EXT_ERROR}; fix: {_cpp.BUILD_FIX}"
     assert hasattr(torch.ops.sbgan_fast, "one_hot") and hasattr(torch.ops.sbgan_fast, "onehot_conv2d")
 
 
@@ -206,7 +206,7 @@ def test_source_indices_sweep_equals_pil_and_cpp():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (EXT_ERROR is None and torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
+@pytest.mark.skipif(not (EXT_ERROR is None and torch.cuda.is_available() and _cpp.cuda_compiled()),
                     reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_kernel_equals_reference(mode):
@@ -324,7 +324,7 @@ def test_cuda_impl_with_cpu_tensors_raises():
 def test_missing_extension_is_reported(monkeypatch):
     """With the extension unavailable: an explicit impl raises with the build fix; auto warns once and
     runs the reference; strict mode raises."""
-    monkeypatch.setattr(_fast_cpp, "extension_error", lambda: "the C++ extension sbgan_fast._C is not built (test)")
+    monkeypatch.setattr(_cpp, "extension_error", lambda: "the C++ extension sbgan_fast._C is not built (test)")
     ops.reset_warnings()
     lab = _labels(1, 4, 4, 5)
     with pytest.raises(ops.ImplUnavailableError, match=r"impl='cpp' cannot run: the C\+\+ extension .*Fix: pip install"):

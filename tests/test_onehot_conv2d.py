@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from sbgan_fast import ops
-from sbgan_fast.ops import _fast_cpp
-from sbgan_fast.ops.one_hot import one_hot_ref, onehot_conv2d_ref
+from sbgan_fast.ops import _cpp
+from sbgan_fast.ops.one_hot import one_hot_ref
+from sbgan_fast.ops.onehot_conv2d import onehot_conv2d_ref
 
 from tolerances import tol
 
-EXT_ERROR = _fast_cpp.extension_error()
-pytestmark = pytest.mark.skipif(EXT_ERROR is not None, reason=f"{EXT_ERROR}; build it with: {_fast_cpp.BUILD_FIX}")
+EXT_ERROR = _cpp.extension_error()
+pytestmark = pytest.mark.skipif(EXT_ERROR is not None, reason=f"{EXT_ERROR}; build it with: {_cpp.BUILD_FIX}")
 
 SIZES = [None, (22, 26), (6, 7), (15, 9)]  # identity, x2 up, down, odd mix
 SIZE_IDS = ["same", "up2", "down", "odd"]
@@ -189,7 +190,7 @@ def test_out_of_range_label_raises_naming_value(bad):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and _fast_cpp.cuda_compiled()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and _cpp.cuda_compiled()),
                     reason="needs a CUDA device and sbgan_fast._C built with its CUDA kernels")
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_kernels_match_reference(mode):

@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 
 from sbgan_fast import ops
 from sbgan_fast.ops import _dispatch
-from sbgan_fast.ops import _fast_triton as ft
-from sbgan_fast.ops.spade_norm import spade_norm_ref
+from sbgan_fast.ops import _triton
+from sbgan_fast.nn import SyncBatchNorm2d
+from sbgan_fast.ops.spade_norm import merge_process_stats, merge_stats, spade_norm_ref, sync_batch_stats
 from tolerances import FP32_LOOSE_SUM, FP32_STATS_OF_1E4_MEAN, tol
 
 pytest.importorskip("triton")
@@ -224,27 +225,71 @@ def _sync_worker(rank, world, init_file, out_dir, data):
             out = ops.spade_norm(*xs, norm="sync_batch", running_mean=rm, running_var=rv, impl=impl)
             grads = torch.autograd.grad(out, xs, grad[lo:hi])
             results[impl] = dict(out=out.detach(), grads=[g.detach() for g in grads], rm=rm, rv=rv)
+        results["far"] = _far_stats(data["far"][lo:hi])
+        bn = SyncBatchNorm2d(x.shape[1], momentum=0.25)
+        with torch.no_grad():
+            bn.weight.copy_(data["bn_weight"])
+            bn.bias.copy_(data["bn_bias"])
+        xs = x[lo:hi].clone().requires_grad_()
+        out = bn(xs)
+        grads = torch.autograd.grad(out, [xs, bn.weight, bn.bias], grad[lo:hi])
+        results["bn"] = dict(out=out.detach(), grads=[g.detach() for g in grads], rm=bn.running_mean,
+                             rv=bn.running_var)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.distributed
-def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(tmp_path, on_cpu):
-    shape = (5, 6, 3, 4)  # rank 0 holds 2 images, rank 1 holds 3: unequal local batches
-    x, gamma, beta = (t.detach() for t in _inputs(shape, torch.float32, "channels_last", offset=3.0))
-    grad = torch.randn(shape)
-    rm, rv = _running(6)
-    data = dict(x=x, gamma=gamma, beta=beta, grad=grad, rm=rm, rv=rv, bounds=[0, 2, 5])
-    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path), data), nprocs=2, join=True)
+def _far_stats(x):
+    """Synchronized statistics of this process's slice of ``x`` by the reference (merge of the
+    processes' statistics), by the Triton path, and by the sum / sum-of-squares all-reduce that the
+    reference used before (kept here to show its cancellation)."""
+    import torch.distributed as dist
+    mean, var, _ = sync_batch_stats(x)
+    c = x.shape[1]
+    local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), x.new_full((1,), float(x.numel() // c))])
+    dist.all_reduce(local)
+    old_mean = local[:c] / local[2 * c]
+    old_var = (local[c:2 * c] / local[2 * c] - old_mean * old_mean).clamp_min(0)
+    ks = _triton.kernels("spade_norm")
+    mean_l, var_l, _ = ks.compute_stats(x, instance=False, eps=1e-5)
+    t_mean, t_var, _ = merge_process_stats(mean_l, var_l, x.numel() // c)  # as the Triton path merges
+    return dict(ref=(mean, var), old=(old_mean, old_var), triton=(t_mean, t_var))
 
+
+@pytest.fixture(scope="module")
+def sync_run(tmp_path_factory):
+    """Two gloo processes (rank 0 holds 2 images, rank 1 holds 3: unequal local batches) run the
+    synchronized paths on their slices; returns (inputs, per-rank results)."""
+    tmp_path = tmp_path_factory.mktemp("sync")
+    previous = torch.get_default_device()
+    torch.set_default_device("cpu")
+    try:
+        torch.manual_seed(0)
+        shape = (5, 6, 3, 4)
+        x, gamma, beta = (t.detach() for t in _inputs(shape, torch.float32, "channels_last", offset=3.0))
+        grad = torch.randn(shape)
+        rm, rv = _running(6)
+        far = (torch.randn(shape, dtype=torch.float64) + 1e4).float()  # |mean| / std = 1e4
+        data = dict(x=x, gamma=gamma, beta=beta, grad=grad, rm=rm, rv=rv, bounds=[0, 2, 5], far=far,
+                    bn_weight=torch.randn(6), bn_bias=torch.randn(6))
+        mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path), data), nprocs=2, join=True)
+        return data, [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    finally:
+        torch.set_default_device(previous)
+
+
+@pytest.mark.distributed
+def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(sync_run, on_cpu):
+    data, results = sync_run
+    x, gamma, beta, grad, rm, rv = (data[k] for k in ("x", "gamma", "beta", "grad", "rm", "rv"))
     xs = [t.clone().requires_grad_() for t in (x, gamma, beta)]
     rm_e, rv_e = rm.clone(), rv.clone()
     out_e = ops.spade_norm(*xs, norm="batch", running_mean=rm_e, running_var=rv_e, impl="ref")
     grads_e = torch.autograd.grad(out_e, xs, grad)
     t = tol(torch.float32)
     for rank, (lo, hi) in enumerate(((0, 2), (2, 5))):
-        res = torch.load(tmp_path / f"rank{rank}.pt")
+        res = results[rank]
         for impl in ("triton", "ref"):
             r = res[impl]
             torch.testing.assert_close(r["out"], out_e[lo:hi], **t)
@@ -252,6 +297,95 @@ def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(tmp_pa
                 torch.testing.assert_close(g, g_e[lo:hi], **t, msg=lambda m: f"{impl} rank {rank} grad {name}: {m}")
             torch.testing.assert_close(r["rm"], rm_e, **t)
             torch.testing.assert_close(r["rv"], rv_e, **t)
+
+
+@pytest.mark.distributed
+def test_sync_statistics_merge_is_stable_where_sums_cancel(sync_run, on_cpu):
+    """With |mean| / std = 1e4 the old reference (all-reduced sum and sum of squares in fp32) loses the
+    variance to cancellation; the reference's merge of per-process statistics and the Triton path
+    match an fp64 two-pass computation over the concatenated batch."""
+    data, results = sync_run
+    far = data["far"].double()
+    mean64, var64 = far.mean(dim=(0, 2, 3)), far.var(dim=(0, 2, 3), unbiased=False)
+    for res in results:
+        old_mean, old_var = res["far"]["old"]
+        assert ((old_var.double() - var64).abs() / var64).max() > 0.1  # the data do break the old formula
+        for path in ("ref", "triton"):
+            mean, var = res["far"][path]
+            torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0, msg=lambda m: f"{path}: {m}")
+            torch.testing.assert_close(var.double(), var64, rtol=2e-3, atol=0, msg=lambda m: f"{path}: {m}")
+
+
+@pytest.mark.distributed
+def test_sync_batch_norm_layer_two_processes_equals_batch_norm(sync_run, on_cpu):
+    """nn.SyncBatchNorm2d on each process's slice equals nn.BatchNorm2d on the concatenated batch
+    (output, gradients of x, weight and bias, running statistics)."""
+    data, results = sync_run
+    bn = torch.nn.BatchNorm2d(6, momentum=0.25)
+    with torch.no_grad():
+        bn.weight.copy_(data["bn_weight"])
+        bn.bias.copy_(data["bn_bias"])
+    x = data["x"].clone().requires_grad_()
+    out = bn(x)
+    gx, gw, gb = torch.autograd.grad(out, [x, bn.weight, bn.bias], data["grad"])
+    t = tol(torch.float32)
+    for rank, (lo, hi) in enumerate(((0, 2), (2, 5))):
+        r = results[rank]["bn"]
+        torch.testing.assert_close(r["out"], out[lo:hi], **t)
+        torch.testing.assert_close(r["grads"][0], gx[lo:hi], **t)
+        # weight and bias gradients are per-process (DDP averages them): their sum is the full one
+    for i, g in ((1, gw), (2, gb)):
+        torch.testing.assert_close(results[0]["bn"]["grads"][i] + results[1]["bn"]["grads"][i], g, **t)
+    for r in results:
+        torch.testing.assert_close(r["bn"]["rm"], bn.running_mean, **t)
+        torch.testing.assert_close(r["bn"]["rv"], bn.running_var, **t)
+
+
+def test_merged_statistics_match_fp64_two_pass_where_sums_cancel():
+    """merge_stats (the rule both synchronized paths use) of per-slice two-pass statistics in fp32 matches
+    fp64 two-pass statistics of the whole batch, where the sum-of-squares formula cancels."""
+    x = (torch.randn(7, 3, 5, 6, dtype=torch.float64) * 0.5 + 1e4).float()
+    x64 = x.double()
+    var64 = x64.var(dim=(0, 2, 3), unbiased=False)
+    naive = (x * x).mean(dim=(0, 2, 3)) - x.mean(dim=(0, 2, 3)) ** 2
+    assert ((naive.double() - var64).abs() / var64).max() > 0.1
+    parts = [x[:2], x[2:3], x[3:]]  # unequal slices
+    counts = torch.tensor([[float(p.numel() // 3)] for p in parts], dtype=torch.float64)
+    means = torch.stack([p.mean(dim=(0, 2, 3)) for p in parts]).double()
+    variances = torch.stack([p.var(dim=(0, 2, 3), unbiased=False) for p in parts]).double()
+    mean, var, total = merge_stats(counts, means, variances)
+    assert total.item() == x.numel() // 3
+    torch.testing.assert_close(mean, x64.mean(dim=(0, 2, 3)), rtol=1e-7, atol=0)
+    torch.testing.assert_close(var, var64, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sync_batch_norm_layer_single_process_is_plain_batch_norm_bitwise(dtype, on_cpu):
+    """Without torch.distributed, nn.SyncBatchNorm2d computes exactly F.batch_norm in fp32 (fp64 for
+    fp64) followed by its fp32 affine, in training and eval, updating the running statistics alike."""
+    from sbgan_fast.models.discriminator import SyncBatchNorm2d as FromModels
+    assert FromModels is SyncBatchNorm2d
+    bn = SyncBatchNorm2d(4, momentum=0.2)
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(4))
+        bn.bias.copy_(torch.randn(4))
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    for training in (True, False):
+        bn.train(training)
+        x = (torch.randn(3, 4, 5, 6) * 2 + 1).to(dtype)
+        xf = x if dtype == torch.float64 else x.float()
+        if dtype == torch.float64:
+            rm64, rv64 = rm.double(), rv.double()
+            x_hat = torch.nn.functional.batch_norm(xf, rm64, rv64, None, None, training, 0.2, 1e-5)
+            rm.copy_(rm64)
+            rv.copy_(rv64)
+        else:
+            x_hat = torch.nn.functional.batch_norm(xf, rm, rv, None, None, training, 0.2, 1e-5)
+        want = (x_hat * bn.weight.float().view(1, -1, 1, 1) + bn.bias.float().view(1, -1, 1, 1)).to(dtype)
+        got = bn(x)
+        assert got.dtype == dtype and torch.equal(got, want)
+        assert torch.equal(bn.running_mean, rm) and torch.equal(bn.running_var, rv)
+    assert int(bn.num_batches_tracked) == 1
 
 
 # ---------------------------------------------------------------- dispatch contract
@@ -283,7 +417,7 @@ def test_auto_on_cpu_picks_ref_silently_with_or_without_interpreter(monkeypatch,
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with ops.use_impl("spade_norm", "triton"):  # asked for by name: the interpreter runs
         out = ops.spade_norm(x, gamma, beta)
-    assert type(out.grad_fn).__name__ == "SpadeNormBackward"
+    assert type(out.grad_fn).__name__ == "GeneratedBackwardFor_sbgan_fast_spade_norm_apply_triton_defaultBackward"
 
 
 def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch, on_cpu):
@@ -314,8 +448,8 @@ def test_double_backward_scope_never_picks_triton(auto_eligible):
 def test_missing_triton_warns_once_and_strict_raises(monkeypatch, auto_eligible):
     monkeypatch.delenv("SBGAN_FAST_STRICT", raising=False)   # the test sets strict mode itself below
     x, gamma, beta = _small()
-    monkeypatch.setattr(ft, "_kernels_loaded", False)
-    monkeypatch.setattr(ft, "_import_error", "ModuleNotFoundError: No module named 'triton'")
+    monkeypatch.setattr(_triton, "_kernels_loaded", False)
+    monkeypatch.setattr(_triton, "_import_error", "ModuleNotFoundError: No module named 'triton'")
     _dispatch.reset_warnings()
     with pytest.warns(_dispatch.SbganFallbackWarning, match="pip install triton"):
         out = ops.spade_norm(x, gamma, beta)
@@ -333,7 +467,7 @@ def test_missing_triton_warns_once_and_strict_raises(monkeypatch, auto_eligible)
 @needs_interpreter
 def test_interpreter_flag_set_after_kernel_import_is_reported(monkeypatch, on_cpu):
     x, gamma, beta = _small()
-    monkeypatch.setattr(ft._kg(), "is_interpreted", lambda: False)
+    monkeypatch.setattr(_triton.kernels("utils"), "is_interpreted", lambda: False)
     with pytest.raises(_dispatch.ImplUnavailableError, match="imported before it was set"):
         ops.spade_norm(x, gamma, beta, impl="triton")
 

@@ -37,7 +37,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from sbgan_fast.ops import _fast_triton as ft  # noqa: E402
+from sbgan_fast.ops import _triton, gumbel  # noqa: E402
+from sbgan_fast.ops.spade_norm import spade_norm_triton  # noqa: E402
 
 CAPABILITY = 90
 #: Kernels whose first pointer argument is not the op's input (one dtype whatever the input's).
@@ -67,19 +68,19 @@ def _gumbel(k, dtype, layout, explicit_noise=False, hw=(32, 48)):
     def run(kg, ks):
         logits = _tensor((2, k) + hw, dtype, layout, requires_grad=True)
         noise = _tensor((2, k) + hw, dtype, layout) if explicit_noise else None
-        y = ft.gumbel_softmax_st_triton(logits, 0.7, noise)
+        y = gumbel.gumbel_softmax_st_triton(logits, 0.7, noise)
         y.backward(torch.ones_like(y))
     return run
 
 
 def _argmax(k, dtype, layout):
     def run(kg, ks):
-        ft.argmax_one_hot_triton(_tensor((2, k, 32, 48), dtype, layout))
+        gumbel.argmax_one_hot_triton(_tensor((2, k, 32, 48), dtype, layout))
     return run
 
 
 def _philox_noise(kg, ks):
-    ft.gumbel_noise((2, 35, 32, 48), ft.draw_seed("cpu"))
+    gumbel.gumbel_noise((2, 35, 32, 48), gumbel.draw_seed("cpu"))
 
 
 def _spade(c, dtype, layout, norm="batch", training=True, param_dtype=None):
@@ -93,7 +94,7 @@ def _spade(c, dtype, layout, norm="batch", training=True, param_dtype=None):
         rm, rv = (torch.zeros(c), torch.ones(c)) if norm != "instance" else (None, None)
         ctx = torch.autocast("cpu", dtype=param_dtype) if param_dtype else contextlib.nullcontext()
         with ctx:
-            y = ft.spade_norm_triton(x, gamma, beta, norm=norm, running_mean=rm, running_var=rv,
+            y = spade_norm_triton(x, gamma, beta, norm=norm, running_mean=rm, running_var=rv,
                                      training=training)
         y.backward(torch.ones_like(y))
     return run
@@ -274,14 +275,14 @@ def _worker(out_path: str, shard: int = 0, shards: int = 1) -> None:
     """Child process entry: write a JSON report of the launches of scenarios ``shard::shards`` and
     their compilation."""
     reason = _unavailable_reason()
-    if reason is None and ft.interpreter_requested():
+    if reason is None and _triton.interpreter_requested():
         reason = "TRITON_INTERPRET is set in the compile process"
     if reason is not None:
         with open(out_path, "w") as f:
             json.dump({"unavailable": reason}, f)
         return
     torch.manual_seed(0)
-    kg, ks = ft._kg(), ft._ks()
+    kg, ks = _triton.kernels("gumbel"), _triton.kernels("spade_norm")
     recorder = Recorder([kg, ks])
     compiler = Sm90Compiler()
     scenarios = {}

@@ -13,10 +13,10 @@ tl = pytest.importorskip("triton.language")
 interpreter = pytest.importorskip("triton.runtime.interpreter")
 
 from sbgan_fast.kernels import _interpreter_index_fix  # noqa: E402
-from sbgan_fast.ops import _fast_triton as ft  # noqa: E402
+from sbgan_fast.ops import _triton  # noqa: E402
 from tolerances import FP32_LOOSE_SUM
 
-pytestmark = pytest.mark.skipif(not ft.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
+pytestmark = pytest.mark.skipif(not _triton.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
 
 
 @triton.jit

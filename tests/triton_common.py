@@ -3,11 +3,11 @@ interpreter, the GPU when run with TRITON_INTERPRET=0 on a CUDA machine) and the
 import pytest
 import torch
 
-from sbgan_fast.ops import _fast_triton as ft
+from sbgan_fast.ops import _triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DEVICE = "cuda" if torch.cuda.is_available() and not ft.interpreter_requested() else "cpu"
-needs_interpreter = pytest.mark.skipif(not ft.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() and not _triton.interpreter_requested() else "cpu"
+needs_interpreter = pytest.mark.skipif(not _triton.interpreter_requested(), reason="needs TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nn.batchnorm import SyncBatchNorm2d
 from ..nn.spectral import spectral_norm
-from ..ops.spade_norm import param_free_norm_ref
 from .spade_gen import init_xavier, load_reference_state_dict, reference_state_dict
 
 __all__ = ["MultiscaleDiscriminator", "NLayerDiscriminator", "SyncBatchNorm2d", "parse_norm_D"]
@@ -48,24 +48,6 @@ def parse_norm_D(norm_D: str):
                          f"('instance', 'batch', 'sync_batch', 'none') or nothing, e.g. 'spectralinstance'")
     sub = {"syncbatch": "sync_batch", "": "none"}.get(sub, sub)
     return spectral, sub
-
-
-class SyncBatchNorm2d(nn.BatchNorm2d):
-    """Affine batch norm whose training statistics are all-reduced over the process group when
-    torch.distributed runs more than one process (CPU/gloo included); plain batch norm otherwise.
-    Same parameters and buffers as ``nn.BatchNorm2d`` (so the state-dict keys are the reference's)."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, process_group=None):
-        super().__init__(num_features, eps=eps, momentum=momentum, affine=True)
-        self.process_group = process_group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        x_hat = param_free_norm_ref(x, "sync_batch", self.eps, self.running_mean, self.running_var, self.momentum,
-                                    self.training, self.process_group)
-        out = x_hat * self.weight.float().view(1, -1, 1, 1) + self.bias.float().view(1, -1, 1, 1)
-        return out.to(x.dtype)
 
 
 def _norm_conv(conv: nn.Conv2d, spectral: bool, sub: str) -> nn.Module:

@@ -45,8 +45,18 @@ def check_mode(op: str, mode) -> str:
 
 
 def check_label_range(op: str, labels: torch.Tensor, num_classes: int, dontcare: Optional[int]) -> None:
-    """Raise naming the first bad value when a label is outside [0, num_classes) and not ``dontcare``."""
+    """Raise naming the first bad value when a label is outside [0, num_classes) and not ``dontcare``.
+    Inside a torch.compile graph (where reading a value would break the graph) the check is an
+    in-graph assertion that names the op and the valid range instead."""
     if labels.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        ok = (labels >= 0) & (labels < num_classes)
+        if dontcare is not None:
+            ok = ok | (labels == dontcare)
+        torch._assert_async(ok.all(), f"{op}: a label value is outside [0, {num_classes})"
+                            + (f" and is not the don't-care value {dontcare}" if dontcare is not None else "")
+                            + f" (num_classes={num_classes}); check the dataset's class count")
         return
     lab = labels if dontcare is None else labels[labels != dontcare]
     if lab.numel() == 0:

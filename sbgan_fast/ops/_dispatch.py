@@ -17,6 +17,9 @@ Every op takes ``impl='auto' | 'triton' | 'cuda' | 'cpp' | 'ref'``.
 
 ``SBGAN_FAST_IMPL`` sets the default impl (``auto`` if unset), :func:`use_impl` overrides it in a
 scope, and :func:`explain` says what would be chosen and why.
+
+Inside ``torch.compile`` all of this runs while tracing (dynamo guards on the scopes, so entering
+:func:`double_backward` or :func:`use_impl` recompiles): the compiled graph calls the chosen impl.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import os
 import threading
 import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
 
 from ..errors import SbganError
 
@@ -206,11 +211,16 @@ def dispatch(op: str, impl: str, *args, **kwargs) -> Callable:
                + (f" Fix: {fallback.fix}." if fallback.fix else ""))
         if strict():
             raise ImplUnavailableError(msg + " (SBGAN_FAST_STRICT=1 makes this an error.)")
-        key = (op, fallback.reason)
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(msg, SbganFallbackWarning, stacklevel=3)
+        _warn_once(op, fallback.reason, msg)
     return be.fn
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, not traced
+def _warn_once(op: str, reason: str, msg: str) -> None:
+    key = (op, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, SbganFallbackWarning, stacklevel=4)
 
 
 def explain(op: str, *args, impl: str = "auto", **kwargs) -> str:

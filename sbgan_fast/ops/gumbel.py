@@ -1,4 +1,6 @@
-"""Gumbel-softmax straight-through sampling (reference path and public entry point).
+"""Gumbel-softmax straight-through sampling and the argmax one-hot: public functions, reference
+paths and the Triton impls (``torch.library`` custom ops with fake kernels and an autograd formula,
+so torch.compile traces through them; eligibility checks; registration in the dispatch).
 
 Forward: ``one_hot(argmax((logits + g) / tau))`` exactly, in logits' dtype; backward: the gradient of
 ``softmax((logits + g) / tau)`` over the class dim 1. ``g`` is ``noise`` when given, else
@@ -6,14 +8,16 @@ Gumbel(0,1) noise ``-log(E + 1e-10)``, ``E ~ Exp(1)`` drawn from torch's RNG (th
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
-from . import _dispatch
+from . import _dispatch, _triton
 from ._checks import check_float
+from ._dispatch import Verdict
 
 OP = "gumbel_softmax_st"
+_MAX_CLASSES = 16384  # == sbgan_fast.kernels.gumbel.MAX_CLASSES (kept here so checks need no import)
 
 
 def sample_gumbel(shape, *, dtype=torch.float32, device=None, generator=None) -> torch.Tensor:
@@ -81,5 +85,145 @@ def argmax_one_hot(probs: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     return fn(probs)
 
 
+# ------------------------------------------------------------------------------------------------
+# Triton impls
+# ------------------------------------------------------------------------------------------------
+
+def _kg():
+    return _triton.kernels("gumbel")
+
+
+def draw_seed(device) -> torch.Tensor:
+    """The Philox seed of one in-kernel-noise Gumbel call: an int64 (1,) tensor on ``device`` drawn
+    from torch's generator for that device (so ``torch.manual_seed`` makes runs reproducible; on CUDA
+    no host synchronisation: the kernel reads the seed from device memory)."""
+    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
+
+
+def gumbel_noise(shape: Sequence[int], seed: torch.Tensor) -> torch.Tensor:
+    """The exact fp32 Gumbel noise that ``gumbel_softmax_st(..., impl='triton')`` without ``noise``
+    uses for ``seed`` (see :func:`draw_seed`): contiguous (N, K, H, W) on seed's device. To reproduce
+    a call: ``torch.manual_seed(s)`` before it, and ``torch.manual_seed(s); seed = draw_seed(device)``
+    before this."""
+    if _triton.load() is not None:
+        raise _triton.unavailable("gumbel_noise")
+    return _kg().gumbel_noise(shape, seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# gumbel_softmax_st
+# ------------------------------------------------------------------------------------------------
+
+# The kernels are wrapped as torch.library custom ops (``torch.ops.sbgan_fast.*``) with fake-tensor
+# kernels and an autograd formula, so that torch.compile(fullgraph=True) traces through them: the
+# compiled graph calls the same kernels as eager mode.
+
+@torch.library.custom_op("sbgan_fast::gumbel_st_triton", mutates_args=())
+def _gumbel_st_op(logits: torch.Tensor, inv_tau: float, noise: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor]) -> torch.Tensor:
+    """The exact one-hot of argmax((logits + g) * inv_tau), g = noise, or Philox noise of seed."""
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device,
+                      memory_format=_memory_format(logits))
+    _kg().gumbel_hard(logits, out, inv_tau, noise=noise, seed=seed)
+    return out
+
+
+@_gumbel_st_op.register_fake
+def _(logits, inv_tau, noise, seed):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device,
+                       memory_format=_memory_format(logits))
+
+
+@torch.library.custom_op("sbgan_fast::gumbel_st_triton_backward", mutates_args=())
+def _gumbel_st_backward_op(logits: torch.Tensor, grad: torch.Tensor, inv_tau: float, noise: Optional[torch.Tensor],
+                           seed: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The softmax Jacobian-vector product of the soft sample (recomputed from logits and the noise,
+    regenerated from the seed when the noise was drawn in the kernel), in ``dtype``."""
+    g = torch.empty(logits.shape, dtype=dtype, device=logits.device, memory_format=_memory_format(logits))
+    _kg().gumbel_softmax_backward(logits, grad, g, inv_tau, noise=noise, seed=seed)
+    return g
+
+
+@_gumbel_st_backward_op.register_fake
+def _(logits, grad, inv_tau, noise, seed, dtype):
+    return torch.empty(logits.shape, dtype=dtype, device=logits.device, memory_format=_memory_format(logits))
+
+
+def _gumbel_st_setup(ctx, inputs, output):
+    logits, inv_tau, noise, seed = inputs
+    ctx.save_for_backward(logits, noise, seed)
+    ctx.inv_tau = inv_tau
+
+
+def _gumbel_st_backward(ctx, grad):
+    _triton.first_order_only("gumbel_softmax_st")
+    logits, noise, seed = ctx.saved_tensors
+    need_x, _, need_noise, _ = ctx.needs_input_grad
+    if not (need_x or need_noise):
+        return None, None, None, None
+    # Both gradients are the same fp32 quantity, cast to each input's dtype (as the reference).
+    dtype = logits.dtype if not need_noise or noise.dtype == logits.dtype else torch.float32
+    g = _gumbel_st_backward_op(logits, grad, ctx.inv_tau, noise, seed, dtype)
+    grad_x = g.to(logits.dtype) if need_x else None
+    grad_noise = g.to(noise.dtype) if need_noise else None
+    return grad_x, None, grad_noise, None
+
+
+_gumbel_st_op.register_autograd(_gumbel_st_backward, setup_context=_gumbel_st_setup)
+
+
+def gumbel_softmax_st_triton(logits: torch.Tensor, tau: float = 1.0,
+                             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton impl of :func:`sbgan_fast.ops.gumbel_softmax_st` (same contract, first order only).
+    Without ``noise`` the seed of the in-kernel noise is drawn with :func:`draw_seed`."""
+    seed = draw_seed(logits.device) if noise is None else None
+    return _gumbel_st_op(logits, 1.0 / float(tau), noise, seed)
+
+
+def _check_gumbel(logits, tau=1.0, noise=None) -> Optional[Verdict]:
+    tensors = [logits] + ([noise] if noise is not None else [])
+    verdict = _triton.dtype_verdict("logits", logits) or _triton.size_verdict(logits)
+    if verdict is None and noise is not None and not noise.is_floating_point():
+        verdict = Verdict(f"noise has dtype {noise.dtype}", "pass floating-point noise", applicable=False)
+    if verdict is None and logits.shape[1] > _MAX_CLASSES:
+        verdict = Verdict(f"{logits.shape[1]} classes exceed the kernel's {_MAX_CLASSES}", "use impl='ref'",
+                          applicable=False)
+    return verdict or _triton.device_verdict(tensors)
+
+
+# ------------------------------------------------------------------------------------------------
+# argmax_one_hot
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("sbgan_fast::argmax_one_hot_triton", mutates_args=())
+def _argmax_one_hot_op(probs: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(probs)
+    _kg().argmax_one_hot(probs, out)
+    return out
+
+
+@_argmax_one_hot_op.register_fake
+def _(probs):
+    return torch.empty_like(probs)
+
+
+def argmax_one_hot_triton(probs: torch.Tensor) -> torch.Tensor:
+    """Triton impl of :func:`sbgan_fast.ops.argmax_one_hot`: (N,K,H,W) -> exact one-hot in probs'
+    dtype and memory format (``torch.empty_like``); ties -> lowest index, NaN wins; no gradient."""
+    return _argmax_one_hot_op(probs.detach())
+
+
+def _check_argmax(probs) -> Optional[Verdict]:
+    verdict = _triton.dtype_verdict("probs", probs) or _triton.size_verdict(probs)
+    if verdict is None and probs.shape[1] > _MAX_CLASSES:
+        verdict = Verdict(f"{probs.shape[1]} classes exceed the kernel's {_MAX_CLASSES}", "use impl='ref'",
+                          applicable=False)
+    return verdict or _triton.device_verdict([probs])
+
+
 _dispatch.register(OP, "ref", gumbel_softmax_st_ref)
+_dispatch.register(OP, "triton", gumbel_softmax_st_triton, check=_check_gumbel, supports_double_backward=False)
 _dispatch.register("argmax_one_hot", "ref", argmax_one_hot_ref)
+# argmax_one_hot carries no gradient in any impl, so it is safe inside a second-order graph.
+_dispatch.register("argmax_one_hot", "triton", argmax_one_hot_triton, check=_check_argmax,
+                   supports_double_backward=True)

@@ -1,6 +1,7 @@
-"""One-hot label embedding and the label-embedding convolution (reference paths + entry points).
+"""One-hot label embedding: public function, reference path, the C++/CUDA impl and the nearest
+resize of integer label maps shared with :mod:`sbgan_fast.ops.onehot_conv2d`.
 
-Both ops can resize the integer label map to ``size`` = (H', W') in the same pass, by one of two
+Both label ops can resize the integer label map to ``size`` = (H', W') in the same pass, by one of two
 nearest-neighbour rules (the ``mode`` argument; :func:`nearest_source_indices` gives the indices):
 
 * ``"nearest"`` (default): torch's ``F.interpolate(mode='nearest')`` exactly: output index ``i``
@@ -25,8 +26,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _cpp, _dispatch
 from ._checks import check_label_range, check_labels, check_mode, check_size
+from ._dispatch import Verdict
 
 
 def _source_indices(n_in: int, n_out: int, mode: str) -> Tuple[int, ...]:
@@ -124,25 +126,51 @@ def one_hot(labels: torch.Tensor, num_classes: int, *, dontcare: Optional[int] =
     return fn(labels, num_classes, dontcare, size, dtype, memory_format, mode)
 
 
-def onehot_conv2d_ref(labels, weight, bias=None, dontcare=None, size=None, padding=1, mode="nearest"):
-    mode = check_mode("onehot_conv2d", mode)
-    k = weight.shape[1] - (1 if dontcare is not None else 0)
-    oh = one_hot_ref(labels, k, dontcare, size, dtype=weight.dtype, mode=mode)
-    return F.conv2d(oh, weight, bias, padding=padding)
+# ------------------------------------------------------------------------------------------------
+# C++/CUDA impl (sbgan_fast._C)
+# ------------------------------------------------------------------------------------------------
+
+def _make_one_hot_check(impl: str):
+    def check(labels, num_classes, dontcare=None, size=None, dtype=torch.float32,
+              memory_format=torch.contiguous_format, mode="nearest") -> Optional[Verdict]:
+        if not _cpp.labels_ok(labels):
+            return None
+        v = _cpp.device_verdict(labels.device, impl)
+        if v is not None:
+            return v
+        if dtype not in _cpp.ONE_HOT_DTYPES:
+            return Verdict(f"output dtype {dtype} is not one of {_cpp.ONE_HOT_DTYPES}", applicable=False)
+        if memory_format not in (torch.contiguous_format, torch.channels_last):
+            return Verdict(f"memory_format {memory_format} is not torch.contiguous_format or torch.channels_last",
+                           applicable=False)
+        return _cpp.build_verdict(impl)
+    check.__name__ = f"check_one_hot_{impl}"
+    return check
 
 
-def onehot_conv2d(labels: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                  dontcare: Optional[int] = None, size=None, mode: str = "nearest", padding: int = 1,
-                  impl: str = "auto"):
-    """``F.conv2d(one_hot(resize(labels, size, mode)), weight, bias, padding=padding)`` computed from
-    the integer labels. weight (C_out, K (+1 with dontcare), kh, kw). ``size`` and ``mode`` resize the
-    labels as in :func:`one_hot`. Gradients for weight and bias only."""
-    mode = check_mode("onehot_conv2d", mode)
-    if weight.dim() != 4:
-        raise ValueError(f"onehot_conv2d: weight must be (C_out, K, kh, kw), got shape {tuple(weight.shape)}")
-    fn = _dispatch.dispatch("onehot_conv2d", impl, labels, weight, bias, dontcare, size, padding, mode)
-    return fn(labels, weight, bias, dontcare, size, padding, mode)
+def one_hot_cpp(labels: torch.Tensor, num_classes: int, dontcare: Optional[int] = None, size=None,
+                dtype: torch.dtype = torch.float32, memory_format=torch.contiguous_format,
+                mode: str = "nearest") -> torch.Tensor:
+    """One-hot through ``torch.ops.sbgan_fast.one_hot`` (CPU or CUDA kernel, by the labels' device).
+
+    labels: int (N,H,W) or (N,1,H,W), any strides. Returns (N, K (+1), H', W') in ``dtype`` and
+    ``memory_format``, exact 0/1, bitwise equal to the reference. Raises ValueError naming a label
+    value outside [0, K) that is not ``dontcare``. Labels that the nearest downsampling skips are not
+    read, so not checked (the reference checks the whole map; the data loaders validate it).
+    ``mode``: the resize rule, ``"nearest"`` or ``"nearest-exact"`` (see :func:`sbgan_fast.ops.one_hot`).
+    """
+    mode = check_mode("one_hot", mode)
+    labels = check_labels("one_hot", labels)
+    size = check_size("one_hot", size)
+    if _cpp.load_extension() is None:
+        raise _cpp.unavailable("one_hot")
+    return torch.ops.sbgan_fast.one_hot(labels, int(num_classes), None if dontcare is None else int(dontcare),
+                                        None if size is None else list(size), dtype,
+                                        memory_format == torch.channels_last, mode)
 
 
 _dispatch.register("one_hot", "ref", one_hot_ref)
-_dispatch.register("onehot_conv2d", "ref", onehot_conv2d_ref)
+for _impl in ("cpp", "cuda"):
+    _dispatch.register("one_hot", _impl, one_hot_cpp, check=_make_one_hot_check(_impl),
+                       supports_double_backward=True)  # no gradient flows through a one-hot of labels
+del _impl
