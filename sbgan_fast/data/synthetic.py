@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .files import check_index
 from .palettes import SYNTHETIC_CLASSES, get_palette
 from .scene import (BUILDING, CAR, CLOUD, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, VEGETATION,
                     render_sample)
@@ -77,26 +78,17 @@ class SyntheticScenes(Dataset):
 
     def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Draw sample ``index``: (image uint8 (H, W, 3), label int64 (H, W)) as numpy arrays."""
-        index = self._check_index(index)
+        index = check_index("SyntheticScenes", index, self.size)
         img, lab = render_sample(self.seed, index, self.height, self.width)
         return img, self._lut[lab]
 
     def __getitem__(self, index: int) -> Dict[str, object]:
-        index = self._check_index(index)
+        index = check_index("SyntheticScenes", index, self.size)
         img, lab = self.generate(index)
         item: Dict[str, object] = {"label": torch.from_numpy(np.ascontiguousarray(lab)), "index": index}
         if self.with_images:
             item["image"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return item
-
-    def _check_index(self, index) -> int:
-        if isinstance(index, torch.Tensor) and index.numel() == 1:
-            index = int(index)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"SyntheticScenes: index must be an int, got {type(index).__name__}")
-        if not 0 <= index < self.size:
-            raise IndexError(f"SyntheticScenes: index {index} out of range for a dataset of size {self.size}")
-        return int(index)
 
     def __repr__(self) -> str:
         return (f"SyntheticScenes(size={self.size}, height={self.height}, width={self.width}, seed={self.seed}, "
