@@ -22,7 +22,6 @@ DALI is optional: :func:`dali_status` says whether it can be used and why not.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -271,7 +270,3 @@ def _chain(first: List, rest: Iterator) -> Iterator:
 def _dali_np_dtype(t) -> np.dtype:
     from nvidia.dali import types
     return np.dtype(types.to_numpy_type(t.dtype))
-
-
-def default_threads() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))

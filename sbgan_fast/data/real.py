@@ -3,10 +3,6 @@
 Every file dataset becomes one: the official layouts and paired folders (:mod:`.layouts`), label maps read for
 sampling (:func:`.factory.build_label_dataset`). Raw label values go through a value table (:mod:`.values`).
 
-Class-mapping file (:func:`read_class_map`): text lines ``<ade150 value> <indoor value>`` (``#`` starts a
-comment; values of ADE20K-150 not listed map to 0), or JSON: an object ``{"ade150 value": indoor value}`` or a list
-of 151 indoor values.
-
 Augmentation (what the authors' data code does): ADE datasets take a square crop of side ``min(H, W)`` along the
 long edge at a random offset in ``[0, long - short)``, shared by image and label; then image and label are resized
 to ``height x width`` (nearest for labels, bilinear or bicubic for images); images map to [-1, 1] in the training
@@ -159,10 +155,6 @@ class RealPairsDataset(torch.utils.data.Dataset):
 
     def out_size(self, ch: int, cw: int) -> Tuple[int, int]:
         return self.height or ch, self.width or cw
-
-    def load_label(self, index: int, epoch: int = 0) -> np.ndarray:
-        """Label map of item ``index`` in ``epoch``: decoded, mapped, cropped, nearest-resized; int64 (H, W)."""
-        return self.finish_label(self.read_label(index), index, epoch)
 
     def read_label(self, index: int) -> np.ndarray:
         """Label map of pair ``index`` at its file's size: decoded and mapped through the value table."""
