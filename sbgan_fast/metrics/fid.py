@@ -116,7 +116,7 @@ class FIDExtractor:
         channels_last: run the network on channels-last (NHWC) tensors. None (default): on for the CPU, where
             it is faster (``bench/bench_inception.py``), off elsewhere.
         fuse_bn: fold the Inception network's batch norms into its convolutions
-            (:func:`.inception.fuse_batch_norms_`, in place). None (default): on for the CPU, where it is
+            (:func:`.inception_net.fuse_batch_norms_`, in place). None (default): on for the CPU, where it is
             faster, off elsewhere. With either option the features agree with the plain network to float32
             rounding (tested).
 
