@@ -49,7 +49,7 @@ def fold_batch_norms(model):
     """A copy of the network with each batch norm folded into its convolution."""
     import copy
 
-    from sbgan_fast.metrics.inception import fuse_batch_norms_
+    from sbgan_fast.metrics.inception_net import fuse_batch_norms_
     return fuse_batch_norms_(copy.deepcopy(model))
 
 

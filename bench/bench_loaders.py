@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from sbgan_fast.data.cache import ResidentLoader, build_cache, fits_on_device
     from sbgan_fast.data.dali import DaliLoader, dali_status
     from sbgan_fast.data.loaders import build_loader
-    from sbgan_fast.data.real import ade20k, cityscapes
+    from sbgan_fast.data.layouts import ade20k, cityscapes
     dev = torch.device(args.device)
     ok, why = dali_status()
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ from real_lookalike import make_ade20k, make_cityscapes
 from sbgan_fast.data.dali import dali_status
 from sbgan_fast.data.datasets import DataError
 from sbgan_fast.data.loaders import build_loader, choose_loader
-from sbgan_fast.data.real import ade20k, cityscapes
+from sbgan_fast.data.layouts import ade20k, cityscapes
 
 DALI_OK, DALI_WHY = dali_status()
 needs_dali = pytest.mark.skipif(not DALI_OK, reason=f"DALI unavailable: {DALI_WHY}")

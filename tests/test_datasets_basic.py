@@ -42,7 +42,7 @@ def _write_pairs(root, n=4, h=24, w=40, image_ext=".png", encode=True):
 # ---------------------------------------------------------------------------------------------------------------
 def test_paired_basic_no_resize(tmp_path):
     img_dir, lab_dir = _write_pairs(tmp_path)
-    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None, hflip=False)
+    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None)
     assert len(ds) == 4
     item = ds[1]
     assert set(item) >= {"image", "label", "index"}
@@ -55,7 +55,7 @@ def test_paired_basic_no_resize(tmp_path):
 
 def test_paired_resize_and_jpg(tmp_path):
     img_dir, lab_dir = _write_pairs(tmp_path, image_ext=".jpg")
-    ds = PairedFolderDataset(img_dir, lab_dir, K, height=17, width=30, hflip=False)
+    ds = PairedFolderDataset(img_dir, lab_dir, K, height=17, width=30)
     item = ds[2]
     assert item["image"].shape == (3, 17, 30) and item["label"].shape == (17, 30)
     # nearest for labels, with Pillow's rule
@@ -66,26 +66,6 @@ def test_paired_resize_and_jpg(tmp_path):
     np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), expected)
 
 
-def test_paired_flip_shared_and_epoch_dependent(tmp_path):
-    img_dir, lab_dir = _write_pairs(tmp_path, n=12, h=8, w=16)
-    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None, hflip=True, seed=3)
-    per_epoch = []
-    for epoch in (0, 1):
-        ds.set_epoch(epoch)
-        flips = []
-        for i in range(len(ds)):
-            item = ds[i]
-            assert torch.equal(item["image"][0], item["label"].to(torch.uint8) * 40)  # still aligned
-            raw = torch.from_numpy(_label_map(8, 16, i).astype(np.int64))
-            flipped = not torch.equal(item["label"], raw)
-            assert torch.equal(item["label"], raw.flip(-1) if flipped else raw)
-            assert flipped == ds.flipped(i)
-            flips.append(flipped)
-        assert 0 < sum(flips) < len(ds)
-        per_epoch.append(flips)
-    assert per_epoch[0] != per_epoch[1]
-
-
 def test_paired_dontcare(tmp_path):
     img_dir, lab_dir = _write_pairs(tmp_path, n=1)
     lab = _label_map(24, 40, 0)
@@ -93,7 +73,7 @@ def test_paired_dontcare(tmp_path):
     Image.fromarray(lab).save(lab_dir / "s00.png")
     with pytest.raises(DataError, match="255"):
         PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None)[0]
-    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None, hflip=False, dontcare=255)
+    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None, dontcare=255)
     assert int(ds[0]["label"][0, 0]) == 255
 
 
@@ -193,7 +173,7 @@ def test_palette_and_16bit_labels(tmp_path):
     p.putpalette(get_palette("fallback", 256).flatten().tolist())
     p.save(lab_dir / "s00.png")
     Image.fromarray(_label_map(24, 40, 1).astype(np.uint16)).save(lab_dir / "s01.png")
-    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None, hflip=False)
+    ds = PairedFolderDataset(img_dir, lab_dir, K, height=None, width=None)
     np.testing.assert_array_equal(ds[0]["label"].numpy(), lab)
     np.testing.assert_array_equal(ds[1]["label"].numpy(), _label_map(24, 40, 1))
 
@@ -390,7 +370,7 @@ def test_grid_variants(tmp_path):
 def test_real_cityscapes_layout(shared_fixtures):
     root = os.path.join(shared_fixtures, "mmsegmentation", "pseudo_cityscapes_dataset")
     ds = PairedFolderDataset(os.path.join(root, "leftImg8bit", "val"), os.path.join(root, "gtFine", "val"), 35,
-                             height=64, width=128, hflip=False, image_suffix="_leftImg8bit",
+                             height=64, width=128, image_suffix="_leftImg8bit",
                              label_suffix="_gtFine_labelIds")
     assert len(ds) == 1 and ds.label_paths[0].endswith("_gtFine_labelIds.png")
     item = ds[0]

@@ -1,5 +1,6 @@
 """FID: Frechet distance against a scipy sqrtm reference, streaming statistics, preprocessing, the Inception
 network against the packaged TorchScript file, weights loading, and `sbgan-fast eval` end to end."""
+import hashlib
 import json
 import os
 import sys
@@ -12,11 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sbgan_fast import metrics
-from sbgan_fast.metrics import fid as fid_mod
+from sbgan_fast.metrics import frechet as frechet_mod
 from sbgan_fast.metrics.fid import (FeatureStats, FIDExtractor, images_to_uint8, preprocess_pytorch_fid,
                                     preprocess_sbgan_code)
-from sbgan_fast.metrics.inception import (FID_WHEEL_SHA256, InceptionV3Features, WeightsError,
-                                          convert_torchscript_state_dict, load_inception, packaged_weights_path)
+from sbgan_fast.metrics.inception import (FID_WHEEL_SHA256, WeightsError, convert_torchscript_state_dict,
+                                          load_inception, packaged_weights_path)
+from sbgan_fast.metrics.inception_net import InceptionV3Features
 
 from tiny import TINY
 from tolerances import FP32_DEEP_NET, FP64_REDUCTION, FP64_SAME_MATH
@@ -85,17 +87,17 @@ def test_fid_from_stats_reuses_the_reference_decomposition(monkeypatch):
     sets = [FeatureStats().update(feats(25, 40, 6 + i, shift=0.1 * i)) for i in range(3)]
     calls = []
     eigh = np.linalg.eigh
-    monkeypatch.setattr(fid_mod.np.linalg, "eigh", lambda m: calls.append(m.shape) or eigh(m))
-    got = [fid_mod.fid_from_stats(s, real) for s in sets]
+    monkeypatch.setattr(frechet_mod.np.linalg, "eigh", lambda m: calls.append(m.shape) or eigh(m))
+    got = [frechet_mod.fid_from_stats(s, real) for s in sets]
     assert calls == [(40, 40)]             # the real covariance, once; the rest is rank-sized (eigvalsh)
     for s, g in zip(sets, got):
         assert g == pytest.approx(ref_frechet(s.mean, s.cov, real.mean, real.cov), rel=1e-6)
         assert g == pytest.approx(metrics.frechet_distance(s.mean, s.cov, real.mean, real.cov), rel=1e-10)
     calls.clear()
-    fid_mod.fid_from_stats(sets[1], real)
+    frechet_mod.fid_from_stats(sets[1], real)
     assert calls == []                      # still cached
     real.update(feats(5, 40, 9))            # new rows: a new decomposition
-    fid_mod.fid_from_stats(sets[0], real)
+    frechet_mod.fid_from_stats(sets[0], real)
     assert calls == [(40, 40)]
 
 
@@ -113,7 +115,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
     """When the square root fails, 1e-6 is added to both diagonals and the computation is repeated."""
     a, b = feats(30, 24, 5), feats(40, 24, 6, shift=0.5)
     (m1, s1), (m2, s2) = stats(a), stats(b)
-    real = fid_mod._trace_sqrt_product
+    real = frechet_mod._trace_sqrt_product
     calls = []
 
     def flaky(x, y, eig=None):
@@ -122,7 +124,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
             raise np.linalg.LinAlgError("eigh did not converge")
         return real(x, y)
 
-    monkeypatch.setattr(fid_mod, "_trace_sqrt_product", flaky)
+    monkeypatch.setattr(frechet_mod, "_trace_sqrt_product", flaky)
     with pytest.warns(RuntimeWarning, match="adding 1e-06"):
         got = metrics.frechet_distance(m1, s1, m2, s2)
     assert len(calls) == 2
@@ -135,7 +137,7 @@ def test_frechet_fallback_adds_eps_to_the_diagonal(monkeypatch):
         calls.append(x)
         return float("nan") if len(calls) == 1 else real(x, y)
 
-    monkeypatch.setattr(fid_mod, "_trace_sqrt_product", nan_first)
+    monkeypatch.setattr(frechet_mod, "_trace_sqrt_product", nan_first)
     with pytest.warns(RuntimeWarning):
         assert metrics.frechet_distance(m1, s1, m2, s2) == pytest.approx(got, rel=1e-12)
     assert len(calls) == 2
@@ -300,7 +302,7 @@ def _random_inception(variant="fid"):
 
 
 def test_fused_batch_norms_compute_the_same_features():
-    from sbgan_fast.metrics.inception import fuse_batch_norms_
+    from sbgan_fast.metrics.inception_net import fuse_batch_norms_
     import copy
     ref = _random_inception()
     with torch.no_grad():   # batch-norm scales other than 1 (the torchvision weights have them)
@@ -329,7 +331,7 @@ def test_state_dict_files_load_with_hash_checks(tmp_path):
     sd["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
     raw = tmp_path / "raw.pth"
     torch.save(sd, raw)
-    digest = fid_mod.hashlib.sha256(raw.read_bytes()).hexdigest()
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
     good = tmp_path / f"inception-{digest[:8]}.pth"
     os.symlink(raw, good)
     x = _tiny_input()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from real_lookalike import make_ade20k, make_ade_indoor, make_cityscapes
 from sbgan_fast.data.datasets import DataError
-from sbgan_fast.data.real import ade20k, ade_indoor, cityscapes
+from sbgan_fast.data.layouts import ade20k, ade_indoor, cityscapes
 from sbgan_fast.train.trainer import Trainer, train
 from tiny import tiny_cfg
 

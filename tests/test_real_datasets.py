@@ -9,9 +9,10 @@ from PIL import Image
 from real_lookalike import make_ade20k, make_ade_indoor, make_cityscapes
 from sbgan_fast.data.cache import ResidentLoader, build_cache
 from sbgan_fast.data.datasets import DataError
+from sbgan_fast.data.layouts import ade20k, ade_indoor, cityscapes, read_split_list
 from sbgan_fast.data.loaders import EpochTaggedBatches, build_loader
-from sbgan_fast.data.real import (CITYSCAPES_IDS_LUT, ade20k, ade_indoor, cityscapes, crop_offset, read_class_map,
-                                  read_split_list)
+from sbgan_fast.data.real import crop_offset
+from sbgan_fast.data.values import CITYSCAPES_IDS_LUT, read_class_map
 
 
 def _raw(path):

@@ -1,6 +1,6 @@
 """Datasets (built-in synthetic scenes, folders), the batch contract, label palettes."""
-from .datasets import (DataError, LabelFolderDataset, PairedFolderDataset, float_to_uint8, image_to_float,
-                       to_batch)
+from .datasets import LabelFolderDataset, PairedFolderDataset, float_to_uint8, image_to_float, to_batch
+from .files import DataError
 from .palettes import colorize, get_class_names, get_palette
 from .synthetic import SyntheticScenes
 

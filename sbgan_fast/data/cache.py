@@ -28,15 +28,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .datasets import DataError
+from .files import IMAGE_INTERP, DataError, check_same_size, read_image, resize_label
 from .real import RealPairsDataset, crop_offset
 
 __all__ = ["CachedDataset", "ResidentLoader", "build_cache", "fits_on_device"]
-
-_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
-
 
 def _base_size(ds: RealPairsDataset, h: int, w: int) -> Tuple[int, int]:
     """Stored (h, w) of a source of size h x w."""
@@ -117,31 +113,19 @@ def build_cache(ds: RealPairsDataset, cache_dir: str, *, log=None) -> "CachedDat
 def _load_base(ds: RealPairsDataset, i: int, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     """(image uint8 (h, w, 3), label (h, w)) of pair ``i`` at its stored size."""
     if ds.crop == "none":
-        image, label = _with_images(ds).load(i, 0)
+        image, label = ds.view(labels_only=False).load(i, 0)
         if image is None:
             image = np.zeros((h, w, 3), np.uint8)
         return image, label
-    lab = ds._label_full(i)
-    from .datasets import _read_image
+    lab = ds.read_label(i)
     ip = ds.image_paths[i]
     if ip is None:
         image = np.zeros((h, w, 3), np.uint8)
     else:
-        pil = _read_image(ip)
-        if pil.size != (lab.shape[1], lab.shape[0]):
-            raise DataError(f"image {ip} is {pil.size[0]}x{pil.size[1]} but its label map {ds.label_paths[i]} is "
-                            f"{lab.shape[1]}x{lab.shape[0]} (width x height)", ip)
-        image = np.asarray(pil.resize((w, h), _INTERP[ds.image_interp]), dtype=np.uint8)
-    small = lab.astype(np.uint8 if lab.max(initial=0) < 256 else np.int32)
-    label = np.array(Image.fromarray(np.ascontiguousarray(small)).resize((w, h), Image.NEAREST))
-    return image, label
-
-
-def _with_images(ds: RealPairsDataset) -> RealPairsDataset:
-    view = object.__new__(type(ds))
-    view.__dict__.update(ds.__dict__)
-    view.labels_only = False
-    return view
+        pil = read_image(ip)
+        check_same_size(ip, pil.size, ds.label_paths[i], (lab.shape[1], lab.shape[0]))
+        image = np.asarray(pil.resize((w, h), IMAGE_INTERP[ds.image_interp]), dtype=np.uint8)
+    return image, resize_label(lab, h, w)
 
 
 def fits_on_device(nbytes: int, device: torch.device, margin: float = 0.5) -> bool:

@@ -13,7 +13,7 @@ that both loaders give identical label maps: DALI's nearest resize rounds exact 
 whole numbers) differently from Pillow's; label PNG decoding is cheap next to image decoding and resizing.
 
 A file DALI cannot decode stops its pipeline with a message that does not name the file; the loader then
-produces that batch with the dataset's Python path, which raises :class:`~sbgan_fast.data.datasets.DataError`
+produces that batch with the dataset's Python path, which raises :class:`~sbgan_fast.data.files.DataError`
 naming the file (or skips it under ``skip_bad_files``), and rebuilds the pipeline. ``check-data`` finds such
 files before training.
 
@@ -22,12 +22,13 @@ DALI is optional: :func:`dali_status` says whether it can be used and why not.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .files import DataError, check_same_size, read_header
 
 __all__ = ["DaliLoader", "dali_status"]
 
@@ -133,24 +134,19 @@ class DaliLoader:
         ds = self.dataset
         encs, anchors, shapes, labels, metas = [], [], [], [], []
         n = len(ds)
-        from .datasets import DataError
         for index in idx:
             i, epoch = _split(index)
             epoch = ds.epoch if epoch is None else epoch
             for k in range(n if ds.skip_bad_files else 1):
                 j = (i + k) % n
                 try:
-                    lab_full = ds._label_full(j)
+                    lab_full = ds.read_label(j)
                     h, w = lab_full.shape
                     ip = ds.image_paths[j]
                     if ip is None:
                         raise DataError(f"{ds.name}: item {j} has no image", ds.label_paths[j])
-                    from .real import _header
-                    size, _ = _header(ip, "image")
-                    if size != (w, h):
-                        raise DataError(f"image {ip} is {size[0]}x{size[1]} but its label map {ds.label_paths[j]} "
-                                        f"is {w}x{h} (width x height)", ip)
-                    label = ds._finish_label(lab_full, j, epoch)
+                    check_same_size(ip, read_header(ip, "image")[0], ds.label_paths[j], (w, h))
+                    label = ds.finish_label(lab_full, j, epoch)
                     with open(ip, "rb") as f:
                         enc = np.frombuffer(f.read(), dtype=np.uint8)
                 except (DataError, OSError) as e:
@@ -274,7 +270,3 @@ def _chain(first: List, rest: Iterator) -> Iterator:
 def _dali_np_dtype(t) -> np.dtype:
     from nvidia.dali import types
     return np.dtype(types.to_numpy_type(t.dtype))
-
-
-def default_threads() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))

@@ -56,8 +56,7 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
     are dropped (logged, counted in ``dataset.skipped``); ``images=False`` scans the label maps only (default:
     :func:`reads_images`), so a bad photo cannot stop a label-only run. ``report_unpaired``: files without a
     partner are left out and listed in ``dataset.unpaired`` instead of raising (what ``check-data`` reports)."""
-    from .datasets import DataError
-    from .real import dataset_from_name, folder
+    from .layouts import dataset_from_name, folder
     d = cfg.data
     log = log or (lambda msg: print(f"[sbgan_fast] {msg}", file=sys.stderr))
     kw = dict(height=d.height, width=d.width, seed=cfg.seed, image_interp=d.image_interp,
@@ -88,7 +87,7 @@ def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bo
 
 def _checked(ds, cfg, check: bool, log, images: Optional[bool]):
     """``ds`` after the header scan of :func:`build_real_dataset` (unpaired files logged when skipped)."""
-    from .datasets import DataError
+    from .files import DataError
     d = cfg.data
     if d.skip_bad_files:
         for e in ds.unpaired:
@@ -154,11 +153,11 @@ def _cityscapes_kind(d, num_classes: int) -> str:
 
 def label_decoding(cfg, num_classes: int) -> Tuple[Optional[np.ndarray], Optional[int], str, str]:
     """How training reads the label files of the config's dataset: ``(value table or None, don't-care value,
-    file-name pattern, crop)``. The value table maps raw file values to label values (-1: not allowed; None:
-    values in ``[0, K)``, or ``[0, K-1)`` and the don't-care value); the pattern is a glob on file names that
-    selects the dataset's label files (Cityscapes: ``*_labelIds.png`` or ``*_labelTrainIds.png``, not the
+    file-name pattern, crop)``. The value table maps raw file values to label values (-1: not allowed; None: the
+    classes' values, :func:`~.values.class_values`, and the don't-care value); the pattern is a glob on file names
+    that selects the dataset's label files (Cityscapes: ``*_labelIds.png`` or ``*_labelTrainIds.png``, not the
     instance or colour PNGs beside them)."""
-    from .real import CITYSCAPES_IDS_LUT, CITYSCAPES_TRAIN_LUT, _lut, read_class_map
+    from .values import CITYSCAPES_IDS_LUT, CITYSCAPES_TRAIN_LUT, read_class_map, value_table
     d = cfg.data
     if d.dataset == "cityscapes":
         crop = "none" if d.crop == "auto" else d.crop
@@ -168,8 +167,8 @@ def label_decoding(cfg, num_classes: int) -> Tuple[Optional[np.ndarray], Optiona
     if d.dataset in ("ade20k", "ade_indoor"):
         crop = "long_edge" if d.crop == "auto" else d.crop
         if d.dataset == "ade20k":
-            return _lut(range(151)), None, "*.png", crop
-        return (read_class_map(d.class_map) if d.class_map else _lut(range(95))), None, "*.png", crop
+            return value_table(range(151)), None, "*.png", crop
+        return (read_class_map(d.class_map) if d.class_map else value_table(range(95))), None, "*.png", crop
     crop = "none" if d.crop == "auto" else d.crop
     return None, d.dontcare, f"*{d.label_suffix if d.dataset == 'folder' else ''}.png", crop
 
@@ -181,13 +180,15 @@ def label_file_values(cfg, num_classes: int) -> Optional[np.ndarray]:
     map one-to-one onto the channels (ADE-Indoor read through a class-mapping file)."""
     if cfg.data.dataset == "ade_indoor" and cfg.data.class_map:
         return None
+    from .values import class_values
     lut, dc, _, _ = label_decoding(cfg, num_classes)
     k = num_classes
     if lut is None:
-        valid = list(range(k - (1 if dc is not None else 0)))
+        valid = class_values(k, dc)
         raw = np.arange(max(valid + [dc or 0]) + 1)
         lut = np.where(np.isin(raw, valid + ([dc] if dc is not None else [])), raw, -1)
-    channel = np.where(lut == dc, k - 1, lut) if dc is not None else lut
+    dontcare_channel = k - 1                 # the don't-care value, when there is one, is the last channel
+    channel = np.where(lut == dc, dontcare_channel, lut) if dc is not None else lut
     out = np.full(k, -1, np.int64)
     for c in range(k):
         raws = np.flatnonzero(channel == c)
@@ -206,12 +207,12 @@ def build_label_dataset(cfg, num_classes: int, label_dir: str, *,
     Returns ``(dataset, ignored)``: a label-only :class:`~sbgan_fast.data.real.RealPairsDataset` of the
     matching files in path order (``dataset.load(i)`` raises DataError naming a bad file), and the paths of
     the other files. DataError when no file matches."""
-    from .datasets import DataError, _check_dir
+    from .files import DataError, check_dir
     from .real import RealPairsDataset
     d = cfg.data
     lut, dc, default, crop = label_decoding(cfg, num_classes)
     pattern = pattern or default
-    root = _check_dir("label maps", "folder", label_dir)
+    root = check_dir("label maps", "folder", label_dir)
     matched: List[str] = []
     ignored: List[str] = []
     for dirpath, dirnames, filenames in os.walk(root):

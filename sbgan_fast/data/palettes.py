@@ -7,7 +7,7 @@ Named palettes (``get_palette(name)``):
 ==================  ====  =====================================================================
 name                K     contents
 ==================  ====  =====================================================================
-``synthetic``       11    the built-in synthetic scenes (:class:`sbgan_fast.data.synthetic.SyntheticScenes`)
+``synthetic``       11    the built-in synthetic scenes (:data:`SYNTHETIC_CLASSES`)
 ``cityscapes35``    35    Cityscapes label ids 0..33 with the official colours, then index 34 = the table's
                           id -1 entry (license plate, (0, 0, 142)) used as the "unknown" channel
 ``cityscapes20``    20    the 19 Cityscapes train ids with the official colours, then index 19 = don't-care
@@ -40,6 +40,7 @@ __all__ = [
     "CITYSCAPES_LABELS",
     "DONTCARE_COLOR",
     "PALETTE_NAMES",
+    "SYNTHETIC_CLASSES",
     "get_palette",
     "get_class_names",
     "fallback_palette",
@@ -86,6 +87,22 @@ CITYSCAPES_LABELS: Tuple[Tuple[str, int, int, Tuple[int, int, int]], ...] = (
     ("license plate", -1, -1, (0, 0, 142)),
 )
 
+#: The fine classes of the built-in synthetic scenes (:class:`~.synthetic.SyntheticScenes`): (name, (r, g, b)) per
+#: label value. Colours follow the Cityscapes conventions where a class exists there.
+SYNTHETIC_CLASSES: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
+    ("sky", (70, 130, 180)),
+    ("road", (128, 64, 128)),
+    ("building", (70, 70, 70)),
+    ("vegetation", (107, 142, 35)),
+    ("sidewalk", (244, 35, 232)),
+    ("car", (0, 0, 142)),
+    ("terrain", (152, 251, 152)),
+    ("person", (220, 20, 60)),
+    ("pole", (153, 153, 153)),
+    ("traffic sign", (220, 220, 0)),
+    ("cloud", (230, 230, 250)),
+)
+
 #: The colour of don't-care pixels in every colourised label map (grids, ``sample`` output): black, as the
 #: Cityscapes void classes and the don't-care row of ``cityscapes20``.
 DONTCARE_COLOR: Tuple[int, int, int] = (0, 0, 0)
@@ -125,9 +142,7 @@ def _cityscapes20() -> Tuple[np.ndarray, List[str]]:
 
 def _named(name: str) -> Tuple[np.ndarray, List[str]]:
     if name == "synthetic":
-        from .synthetic import SyntheticScenes  # local import: synthetic.py does not depend on this module
-
-        return SyntheticScenes.PALETTE.copy(), list(SyntheticScenes.CLASS_NAMES)
+        return np.array([c for _, c in SYNTHETIC_CLASSES], dtype=np.uint8), [n for n, _ in SYNTHETIC_CLASSES]
     if name == "cityscapes35":
         return _cityscapes35()
     if name == "cityscapes20":

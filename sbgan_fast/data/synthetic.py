@@ -1,540 +1,29 @@
 """Built-in synthetic street scenes: the project's embedded default data (no download needed).
 
-Each sample is a procedural street-like scene, drawn at once as an integer label map and an RGB image rendered
-from it, so image and labels are aligned pixel for pixel:
-
-* sky with a vertical colour gradient (clear, hazy, overcast or dusk) and optional clouds;
-* a skyline of buildings (rectangles of varying heights standing on a variable horizon) with window grids;
-* the ground in perspective: a road (trapezoid towards a vanishing point) with dashed lane and edge markings,
-  sidewalks with paving seams, grass (terrain) beyond them;
-* trees (trunk + round crowns), poles with lamp arms and traffic signs, people on the sidewalks and cars on the
-  road (body, cabin, wheels, tail lights, a shadow), drawn far to near so nearer objects occlude farther ones;
-* per-class texture (pixel noise, blocky leaf noise), soft shading, large-scale illumination noise and a
-  per-sample colour jitter.
-
-Geometry lives in scene units (the image height is 1, the width is ``width / height``), so a sample's layout
-depends only on ``(seed, index)`` and the aspect ratio: rendering the same sample at 64x128 and 256x512 gives the
-same scene at two resolutions. All drawing is vectorised numpy over each primitive's bounding box; a 64x128
-sample takes a few milliseconds on one CPU core, so samples are generated on the fly.
+Each sample is a procedural street-like scene (:mod:`.scene`, painted with :mod:`.render`), drawn at once as an
+integer label map and an RGB image rendered from it, so image and labels are aligned pixel for pixel. A sample
+depends only on ``(seed, index)`` and the aspect ratio (the same sample at 64x128 and 256x512 is the same scene at
+two resolutions); a 64x128 sample takes a few milliseconds on one CPU core, so samples are generated on the fly.
+The horizontal flip is the trainer's (per step, shared by image and label), so this dataset never flips.
 """
 from __future__ import annotations
 
-import functools
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import flip_decision
+from .files import check_index
+from .palettes import SYNTHETIC_CLASSES, get_palette
+from .scene import (BUILDING, CAR, CLOUD, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, VEGETATION,
+                    render_sample)
 
 __all__ = ["SyntheticScenes"]
-
-# Fine classes: (name, palette colour). Colours follow the Cityscapes conventions where a class exists there.
-_CLASSES: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
-    ("sky", (70, 130, 180)),
-    ("road", (128, 64, 128)),
-    ("building", (70, 70, 70)),
-    ("vegetation", (107, 142, 35)),
-    ("sidewalk", (244, 35, 232)),
-    ("car", (0, 0, 142)),
-    ("terrain", (152, 251, 152)),
-    ("person", (220, 20, 60)),
-    ("pole", (153, 153, 153)),
-    ("traffic sign", (220, 220, 0)),
-    ("cloud", (230, 230, 250)),
-)
-SKY, ROAD, BUILDING, VEGETATION, SIDEWALK, CAR, TERRAIN, PERSON, POLE, SIGN, CLOUD = range(len(_CLASSES))
 
 # With num_classes < 11 every class >= num_classes is merged into its parent (repeatedly) in the label map.
 _PARENT = {BUILDING: SKY, VEGETATION: BUILDING, SIDEWALK: ROAD, CAR: ROAD, TERRAIN: SIDEWALK, PERSON: SIDEWALK,
            POLE: BUILDING, SIGN: POLE, CLOUD: SKY}
-
-# Per-class amplitude of the per-pixel luminance noise, and of the blocky (2-4 px) texture noise.
-_PIXEL_NOISE = np.array([0.006, 0.035, 0.02, 0.05, 0.03, 0.015, 0.04, 0.02, 0.015, 0.01, 0.01], np.float32)
-_BLOCK_NOISE = np.array([0.0, 0.02, 0.015, 0.12, 0.02, 0.0, 0.04, 0.0, 0.0, 0.0, 0.02], np.float32)
-
-_FACADES = np.array([[0.76, 0.69, 0.56], [0.62, 0.34, 0.26], [0.56, 0.56, 0.58], [0.86, 0.84, 0.79],
-                     [0.46, 0.36, 0.29], [0.46, 0.51, 0.59], [0.80, 0.70, 0.46], [0.70, 0.58, 0.50]], np.float32)
-_CAR_COLORS = np.array([[0.85, 0.85, 0.86], [0.12, 0.12, 0.13], [0.55, 0.56, 0.58], [0.65, 0.08, 0.08],
-                        [0.10, 0.20, 0.55], [0.25, 0.25, 0.30], [0.80, 0.75, 0.30], [0.15, 0.40, 0.25],
-                        [0.90, 0.90, 0.92]], np.float32)
-_SKIES = (  # (top colour, horizon colour) per weather
-    ((0.20, 0.42, 0.78), (0.68, 0.82, 0.95)),  # clear
-    ((0.42, 0.58, 0.78), (0.82, 0.86, 0.90)),  # hazy
-    ((0.58, 0.60, 0.64), (0.80, 0.81, 0.83)),  # overcast
-    ((0.30, 0.30, 0.55), (0.96, 0.66, 0.40)),  # dusk
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _interp_index(n_out: int, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Linear interpolation from n_in grid nodes (spanning the axis) to n_out pixel centres: the lower node index
-    (int64 (n_out,)) and the weight of the upper node (float32 (n_out,))."""
-    pos = (np.arange(n_out, dtype=np.float64) + 0.5) / n_out * (n_in - 1)
-    lo = np.clip(np.floor(pos).astype(np.int64), 0, max(n_in - 2, 0))
-    frac = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
-    if n_in == 1:
-        frac[:] = 0.0
-    return lo, frac
-
-
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells_y: int, cells_x: int) -> np.ndarray:
-    """(h, w) float32 noise: standard normal at cells_y x cells_x nodes, bilinearly interpolated in between.
-    The random draw depends only on the node counts, not on (h, w)."""
-    grid = np.pad(rng.standard_normal((cells_y, cells_x)).astype(np.float32), ((0, 1), (0, 1)), mode="edge")
-    ly, fy = _interp_index(h, cells_y)
-    lx, fx = _interp_index(w, cells_x)
-    cols = grid[:, lx] * (1.0 - fx) + grid[:, lx + 1] * fx  # (cells_y + 1, w)
-    return cols[ly] * (1.0 - fy)[:, None] + cols[ly + 1] * fy[:, None]
-
-
-class _Canvas:
-    """A label map and an RGB float image painted together (painter's algorithm), in scene units."""
-
-    def __init__(self, height: int, width: int):
-        self.h, self.w = height, width
-        self.label = np.zeros((height, width), np.int8)
-        self.img = np.zeros((height, width, 3), np.float32)
-        self.ys = (np.arange(height, dtype=np.float32) + 0.5) / height  # scene y of each pixel row centre
-        self.xs = (np.arange(width, dtype=np.float32) + 0.5) / height  # scene x of each pixel column centre
-        self.px = 1.0 / height  # one pixel in scene units
-
-    def window(self, y0: float, y1: float, x0: float, x1: float):
-        """Pixel slices whose centres lie in [y0, y1] x [x0, x1], with the centres' scene coordinates
-        (yy (h, 1), xx (1, w)); None when no pixel centre is inside."""
-        h = self.h
-        i0 = max(0, int(np.ceil(y0 * h - 0.5)))
-        i1 = min(self.h, int(np.floor(y1 * h - 0.5)) + 1)
-        j0 = max(0, int(np.ceil(x0 * h - 0.5)))
-        j1 = min(self.w, int(np.floor(x1 * h - 0.5)) + 1)
-        if i1 <= i0 or j1 <= j0:
-            return None
-        return (slice(i0, i1), slice(j0, j1)), self.ys[i0:i1, None], self.xs[None, j0:j1]
-
-    def paint(self, cls: Optional[int], sl, mask, color) -> None:
-        """Set label ``cls`` (None: image only) and ``color`` ((3,) or (h, w, 3) over the window) where ``mask``
-        (None = the whole window)."""
-        color = np.asarray(color, np.float32)
-        if mask is None:
-            if cls is not None:
-                self.label[sl] = cls
-            self.img[sl] = color
-            return
-        if cls is not None:
-            self.label[sl][mask] = cls
-        self.img[sl][mask] = color[mask] if color.ndim == 3 else color
-
-    # -- primitives -------------------------------------------------------------------------------------------
-    def rect(self, cls, y0, y1, x0, x1, color, shade: float = 0.0) -> None:
-        """Axis-aligned rectangle; ``shade`` darkens linearly from top (0) to bottom (shade)."""
-        win = self.window(y0, y1, x0, x1)
-        if win is None:
-            return
-        sl, yy, _ = win
-        color = np.asarray(color, np.float32)
-        if shade:
-            t = (yy - y0) / max(y1 - y0, 1e-6)
-            color = color * (1.0 - shade * t)[..., None] * np.ones((1, sl[1].stop - sl[1].start, 1), np.float32)
-        self.paint(cls, sl, None, color)
-
-    def ellipse(self, cls, cy, cx, ry, rx, color, light: Optional[Tuple[float, float, float]] = None) -> None:
-        """Filled ellipse; ``light = (dy, dx, strength)`` brightens the side facing direction (dy, dx)."""
-        win = self.window(cy - ry, cy + ry, cx - rx, cx + rx)
-        if win is None:
-            return
-        sl, yy, xx = win
-        u, v = (yy - cy) / ry, (xx - cx) / rx
-        mask = u * u + v * v <= 1.0
-        color = np.asarray(color, np.float32)
-        if light is not None:
-            dy, dx, k = light
-            color = color * np.maximum(1.0 + k * (u * dy + v * dx), 0.2)[..., None]
-        self.paint(cls, sl, mask, color)
-
-    def trapezoid(self, cls, y0, y1, xl0, xr0, xl1, xr1, color, only_on: Optional[int] = None) -> None:
-        """Region between y0 and y1 whose left/right edges go linearly from xl0/xr0 (at y0) to xl1/xr1 (at y1).
-        ``only_on``: paint the image only where the label already equals that class (labels unchanged)."""
-        win = self.window(y0, y1, min(xl0, xl1), max(xr0, xr1))
-        if win is None:
-            return
-        sl, yy, xx = win
-        t = (yy - y0) / max(y1 - y0, 1e-6)
-        mask = (xx >= xl0 + t * (xl1 - xl0)) & (xx <= xr0 + t * (xr1 - xr0))
-        if only_on is not None:
-            mask &= self.label[sl] == only_on
-            cls = None
-        self.paint(cls, sl, mask, color)
-
-
-def _jitter(rng: np.random.Generator, color, amount: float) -> np.ndarray:
-    return np.asarray(color, np.float32) + rng.uniform(-amount, amount, 3).astype(np.float32)
-
-
-class _Scene:
-    """Draws one sample. ``lay`` drives the layout and colours, ``noise`` the resolution-dependent pixel noise."""
-
-    def __init__(self, lay: np.random.Generator, noise: np.random.Generator, height: int, width: int):
-        self.r = lay
-        self.noise = noise
-        self.c = _Canvas(height, width)
-        self.aspect = width / height
-
-    # ground perspective: a lateral world position X at depth parameter t in (0, 1] is at x = vx + X * t,
-    # y = hz + t * (1 - hz); sizes scale with t.
-    def ground_y(self, t: float) -> float:
-        return self.hz + t * (1.0 - self.hz)
-
-    def ground_x(self, t: float, x_world: float) -> float:
-        return self.vx + x_world * t
-
-    def draw(self) -> Tuple[np.ndarray, np.ndarray]:
-        r, a = self.r, self.aspect
-        self.hz = float(r.uniform(0.36, 0.52))
-        self.vx = float(a * r.uniform(0.35, 0.65))
-        self.light_dx = 1.0 if r.random() < 0.5 else -1.0
-        self.road_l = float(r.uniform(0.45, 0.85)) * max(a, 1.0) * 0.6
-        self.road_r = float(r.uniform(0.45, 0.85)) * max(a, 1.0) * 0.6
-        self.walk_l = float(r.uniform(0.25, 0.55)) if r.random() < 0.85 else 0.0
-        self.walk_r = float(r.uniform(0.25, 0.55)) if r.random() < 0.85 else 0.0
-
-        self.draw_sky()
-        self.draw_clouds()
-        self.draw_skyline()
-        self.draw_ground()
-        self.draw_facades()
-        self.draw_objects()
-        return self.finish()
-
-    # -- background -------------------------------------------------------------------------------------------
-    def draw_sky(self) -> None:
-        r, c = self.r, self.c
-        top, bottom = _SKIES[int(np.searchsorted([0.45, 0.7, 0.88], r.random()))]
-        top, bottom = _jitter(r, top, 0.06), _jitter(r, bottom, 0.05)
-        t = np.clip(c.ys / self.hz, 0.0, 1.0)[:, None] ** 1.3
-        grad = top[None, :] * (1.0 - t) + bottom[None, :] * t  # (h, 3)
-        c.label[:] = SKY
-        c.img[:] = grad[:, None, :]
-        self.sky_bottom = bottom
-
-    def draw_clouds(self) -> None:
-        r, c = self.r, self.c
-        if r.random() < 0.3:
-            return
-        for _ in range(int(r.integers(1, 5))):
-            cy = float(r.uniform(0.04, self.hz * 0.7))
-            cx = float(r.uniform(0.0, self.aspect))
-            size = float(r.uniform(0.04, 0.10))
-            base = _jitter(r, (0.93, 0.93, 0.95), 0.04)
-            for _ in range(int(r.integers(3, 7))):
-                rx = size * float(r.uniform(0.7, 1.6))
-                ry = rx * float(r.uniform(0.35, 0.6))
-                c.ellipse(CLOUD, cy + float(r.uniform(-0.5, 0.3)) * size, cx + float(r.uniform(-2.0, 2.0)) * size,
-                          ry, rx, base, light=(-1.0, 0.0, 0.12))
-
-    def draw_skyline(self) -> None:
-        """A row of buildings standing on the horizon, painted in one vectorised pass (later buildings in front)."""
-        r, c = self.r, self.c
-        hz, a = self.hz, self.aspect
-        base_y = hz + 0.01
-        low = r.random() < 0.15  # an open, low skyline now and then
-        n = 64  # candidates, enough to cover any aspect ratio up to 10:1 with the narrowest buildings
-        width = r.uniform(0.08, 0.32, n)
-        gap = r.random(n) < 0.12
-        step = np.where(gap, 0.5, r.uniform(0.85, 1.0, n)) * width
-        x0 = -r.uniform(0.0, 0.15) + np.concatenate([[0.0], np.cumsum(step)[:-1]])
-        x1 = x0 + width
-        keep = ~gap & (x0 < a + 0.05)
-        side = np.abs((x0 + x1) / 2 - self.vx) / max(a, 1e-6)
-        height = r.uniform(0.06, 0.22, n) + (0.08 if low else 0.35) * side * r.uniform(0.6, 1.4, n)
-        if not low:
-            height += (r.random(n) < 0.2) * r.uniform(0.1, 0.25, n)  # towers
-        top = np.maximum(base_y - height, -0.05)
-        color = _FACADES[r.integers(len(_FACADES), size=n)] + r.uniform(-0.05, 0.05, (n, 3))
-        sy = r.uniform(0.025, 0.045, n)  # window grid pitch
-        sx = sy * r.uniform(0.7, 1.3, n)
-        fill_y, fill_x = r.uniform(0.45, 0.65, n), r.uniform(0.4, 0.7, n)
-        glass = np.array([0.22, 0.26, 0.32]) + r.uniform(-0.05, 0.05, (n, 3))
-        lit = np.array([0.95, 0.85, 0.55]) + r.uniform(-0.05, 0.05, (n, 3))
-        lit_p = r.uniform(0.0, 0.3, n)
-        margin = r.uniform(0.02, 0.05, n)
-        salt = int(r.integers(1 << 20))
-        idx = np.flatnonzero(keep)
-        if idx.size == 0:
-            return
-        win = c.window(float(top[idx].min()), base_y, 0.0, a)
-        if win is None:
-            return
-        sl, yy, xx = win
-        cover = (xx >= x0[idx, None]) & (xx < x1[idx, None])  # (m, w): building m covers column
-        has = cover.any(axis=0)[None, :]
-        bid = idx[idx.size - 1 - np.argmax(cover[::-1], axis=0)][None, :]  # the front-most building per column
-        f = lambda arr: arr[bid].astype(np.float32)  # noqa: E731  (per-column parameter, (1, w))
-        y0, bx0, bx1 = f(top), f(x0), f(x1)
-        mask = has & (yy >= y0)
-        t = (yy - y0) / np.maximum(base_y - y0, 1e-6)
-        across = (xx - bx0) / np.maximum(bx1 - bx0, 1e-6) - 0.5
-        shade = (1.0 - 0.18 * t) * (1.0 + 0.08 * self.light_dx * across)
-        img = color[bid].astype(np.float32) * shade[..., None]
-        # window grid: cell (row, col) of each pixel, windows where the pixel is in the cell's lower-left part
-        bm, bsy, bsx = f(margin), f(sy), f(sx)
-        gy = (yy - y0 - bm) / bsy
-        gx = (xx - bx0 - 0.3 * bsx) / bsx
-        wmask = mask & ((gy % 1.0) < f(fill_y)) & ((gx % 1.0) < f(fill_x)) & (gy > 0) & (gx > 0)
-        wmask &= (yy < base_y - 2 * bm - 0.02) & (xx < bx1 - 0.3 * bsx)
-        if wmask.any():
-            row, col = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
-            cell = (row * 73856093) ^ (col * 19349663) ^ (bid * 83492791) ^ salt
-            is_lit = ((cell % 1009) / 1009.0) < f(lit_p)
-            wcol = np.where(is_lit[..., None], lit[bid].astype(np.float32),
-                            glass[bid].astype(np.float32) * (0.8 + 0.4 * t[..., None]))
-            img = np.where(wmask[..., None], wcol, img)
-        c.paint(BUILDING, sl, mask, img)
-
-    def draw_ground(self) -> None:
-        r, c = self.r, self.c
-        hz, vx = self.hz, self.vx
-        grass = _jitter(r, (0.36, 0.50, 0.22), 0.06)
-        road = _jitter(r, (0.33, 0.33, 0.35), 0.05) * float(r.uniform(0.8, 1.2))
-        walk = _jitter(r, (0.66, 0.64, 0.60), 0.06)
-        mark = _jitter(r, (0.92, 0.92, 0.88), 0.04) if r.random() < 0.8 else np.array([0.9, 0.75, 0.2], np.float32)
-        centre = float(r.uniform(-0.15, 0.15)) * (self.road_l + self.road_r) + (self.road_r - self.road_l) / 2
-        dash_phase = float(r.uniform(0.0, 1.0))
-        win = c.window(hz, 1.0, 0.0, self.aspect)
-        if win is None:
-            return
-        sl, yy, xx = win
-        t = np.maximum((yy - hz) / (1.0 - hz), 1e-3)  # (h, 1) depth parameter, 0 at the horizon
-        xw = (xx - vx) / t  # lateral world position of every ground pixel
-        depth = 1.0 / t
-        rl, rr, wl, wr = self.road_l, self.road_r, self.walk_l, self.walk_r
-        is_road = (xw >= -rl) & (xw <= rr)
-        is_walk = ((xw >= -rl - wl) & (xw < -rl)) | ((xw > rr) & (xw <= rr + wr))
-        # colour index: 0 grass, 1 sidewalk, 2 road, 3 marking, 4 curb; label from the same map
-        cidx = is_walk.astype(np.int8)
-        cidx[is_road] = 2
-        dashed = (np.abs(xw - centre) < 0.025) & (((depth * 0.9 + dash_phase) % 1.0) < 0.5)
-        edges = (np.abs(xw + rl - 0.06) < 0.015) | (np.abs(xw - rr + 0.06) < 0.015)
-        cidx[is_road & (dashed | edges)] = 3
-        cidx[is_walk & ((np.abs(xw + rl) < 0.03) | (np.abs(xw - rr) < 0.03))] = 4
-        c.label[sl] = np.array([TERRAIN, SIDEWALK, ROAD, ROAD, SIDEWALK], np.int8)[cidx]
-        table = np.stack([grass, walk, road, mark, np.minimum(walk * 1.2, 1.0)]).astype(np.float32)
-        # brightness: paving seams on sidewalks, darker far away; the far ground fades into the sky colour
-        seam = (((depth * 1.6) % 1.0) < 0.09) | (((xw * 4.0) % 1.0) < 0.07)
-        bright = np.where(seam & (cidx == 1), np.float32(0.82), np.float32(1.0)) * (0.9 + 0.12 * t)
-        haze = 0.6 * np.exp(-t / 0.12)  # (h, 1)
-        img = table[cidx] * (bright * (1.0 - haze))[..., None]
-        img += (haze[..., None] * self.sky_bottom[None, None, :]).astype(np.float32)
-        c.img[sl] = img
-
-    def draw_facades(self) -> None:
-        """Rows of houses lining the outer sidewalk edge, in perspective (walls parallel to the road), on each
-        side with probability 0.45. Columns are painted at once: each column sees the wall at one depth."""
-        r, c = self.r, self.c
-        hz, vx = self.hz, self.vx
-        self.facade = {}
-        for side in (-1.0, 1.0):
-            walk = self.walk_l if side < 0 else self.walk_r
-            dist = (self.road_l if side < 0 else self.road_r) + walk  # lateral world distance of the wall
-            present = r.random() < 0.45 and walk > 0
-            t_far = float(r.uniform(0.1, 0.3))
-            nseg = 6
-            seg_len = r.uniform(0.6, 2.5, nseg)  # segment lengths along the road, in depth units (z = 1 / t)
-            bounds = 1.0 / t_far - np.cumsum(seg_len)  # z at the near end of each segment
-            wall_h = r.uniform(0.8, 2.4, nseg)
-            color = _FACADES[r.integers(len(_FACADES), size=nseg)] + r.uniform(-0.05, 0.05, (nseg, 3))
-            floor_h = float(r.uniform(0.22, 0.32))
-            win_pz = r.uniform(0.15, 0.35, nseg)
-            glass = _jitter(r, (0.2, 0.24, 0.3), 0.05)
-            lit_side = 1.05 if (side < 0) == (self.light_dx > 0) else 0.8
-            if not present:
-                continue
-            self.facade[side] = dist
-            # columns between the far end and the image edge on this side
-            x_far = vx + side * dist * t_far
-            win = c.window(0.0, 1.0, 0.0, x_far) if side < 0 else c.window(0.0, 1.0, x_far, self.aspect)
-            if win is None:
-                continue
-            sl, yy, xx = win
-            t = np.maximum((xx - vx) * side / dist, 1e-3)  # (1, w) depth parameter of the wall in each column
-            z = 1.0 / t
-            seg = np.minimum(np.searchsorted(-bounds, -z), nseg - 1)  # segment index per column
-            hgt = wall_h[seg].astype(np.float32)
-            y_bot = hz + t * (1.0 - hz)
-            y_top = y_bot - hgt * t
-            mask = (yy >= y_top) & (yy <= y_bot)
-            v = (y_bot - yy) / t  # world height above the ground
-            pz = win_pz[seg].astype(np.float32)
-            zstart = np.where(seg > 0, bounds[np.maximum(seg - 1, 0)], 1.0 / t_far).astype(np.float32)
-            along = ((zstart - z) / pz) % 1.0
-            up = (v / floor_h) % 1.0
-            windows = (up > 0.3) & (up < 0.8) & (along > 0.25) & (along < 0.75) & (v > floor_h) & (v < hgt - 0.1)
-            shop = (v < floor_h * 0.8) & (along > 0.1) & (along < 0.9)
-            base = color[seg].astype(np.float32) * np.float32(lit_side)  # (1, w, 3)
-            shade = (0.85 + 0.15 * np.minimum(v / np.maximum(hgt, 1e-3), 1.0))[..., None]
-            img = np.where((windows | shop)[..., None], glass * (0.9 + 0.2 * up[..., None]), base * shade)
-            # a thin dark line between neighbouring houses
-            edge = np.abs(((zstart - z) / np.maximum(seg_len[seg].astype(np.float32), 1e-3)) - 0.0) < 0.02
-            img = np.where(edge[..., None], base * 0.6, img)
-            c.paint(BUILDING, sl, mask, img.astype(np.float32))
-
-    # -- objects ----------------------------------------------------------------------------------------------
-    def draw_objects(self) -> None:
-        r = self.r
-        rl, rr, wl, wr = self.road_l, self.road_r, self.walk_l, self.walk_r
-        objects: List[Tuple[float, int, tuple]] = []  # (depth t, draw order, (kind, args))
-        # trees: on the far half of the sidewalk or on the grass beyond it
-        for side in (-1.0, 1.0):
-            road_edge = rl if side < 0 else rr
-            walk = wl if side < 0 else wr
-            for _ in range(int(r.integers(0, 6))):
-                t = float(r.uniform(0.08, 1.0))
-                beyond = float(r.uniform(0.0, 0.5))
-                if side in self.facade:  # no room behind the sidewalk
-                    beyond = -walk * 0.1
-                xw = side * (road_edge + walk * float(r.uniform(0.55, 1.0)) + beyond)
-                objects.append((t, len(objects), ("tree", (t, xw))))
-            for _ in range(int(r.integers(0, 3))):
-                t = float(r.uniform(0.1, 1.0))
-                xw = side * (road_edge + min(0.08, walk * 0.3) + 0.02)
-                objects.append((t, len(objects), ("pole", (t, xw, -side))))
-            if walk > 0:
-                for _ in range(int(r.integers(0, 4))):
-                    t = float(r.uniform(0.15, 0.95))
-                    xw = side * (road_edge + walk * float(r.uniform(0.2, 0.8)))
-                    objects.append((t, len(objects), ("person", (t, xw))))
-        cars: List[Tuple[float, float, float]] = []
-        for _ in range(int(r.integers(0, 6))):
-            t = float(r.uniform(0.08, 0.9))
-            cw = float(r.uniform(0.38, 0.5))
-            lo, hi = -rl + cw / 2 + 0.05, rr - cw / 2 - 0.05
-            xw = float(r.uniform(lo, hi)) if hi > lo else (rr - rl) / 2
-            # cars do not overlap in world space (about one car length apart in depth, or side by side)
-            if any(abs(1.0 / t - 1.0 / t2) < 1.2 and abs(xw - x2) < (cw + w2) / 2 + 0.03 for t2, x2, w2 in cars):
-                continue
-            cars.append((t, xw, cw))
-            objects.append((t, len(objects), ("car", (t, xw, cw))))
-        objects.sort(key=lambda o: (o[0], o[1]))
-        for _, _, (kind, args) in objects:
-            getattr(self, kind)(*args)
-
-    def tree(self, t: float, xw: float) -> None:
-        r, c = self.r, self.c
-        yb, xb = self.ground_y(t), self.ground_x(t, xw)
-        height = float(r.uniform(0.7, 1.3)) * t
-        crown = float(r.uniform(0.16, 0.3)) * t
-        trunk_w = max(crown * float(r.uniform(0.16, 0.24)), c.px * 1.05)
-        bark = _jitter(r, (0.33, 0.24, 0.16), 0.05)
-        leaf = _jitter(r, (0.22, 0.42, 0.14), 0.07)
-        cy = yb - height + crown
-        c.rect(VEGETATION, cy, yb, xb - trunk_w / 2, xb + trunk_w / 2, bark, shade=-0.2)
-        for k in range(int(r.integers(1, 4))):
-            rad = crown * (float(r.uniform(0.65, 0.85)) if k else 1.0)
-            dy, dx = (float(r.uniform(-0.6, 0.4)) * crown, float(r.uniform(-0.9, 0.9)) * crown) if k else (0.0, 0.0)
-            c.ellipse(VEGETATION, cy + dy, xb + dx, rad, rad, leaf * float(r.uniform(0.9, 1.1)),
-                      light=(-0.8, -0.4 * self.light_dx, 0.3))
-
-    def pole(self, t: float, xw: float, towards_road: float) -> None:
-        r, c = self.r, self.c
-        yb, xb = self.ground_y(t), self.ground_x(t, xw)
-        height = float(r.uniform(1.0, 1.5)) * t
-        pw = max(0.022 * t, c.px * 1.05)
-        metal = _jitter(r, (0.45, 0.46, 0.48), 0.06)
-        c.rect(POLE, yb - height, yb, xb - pw / 2, xb + pw / 2, metal, shade=-0.15)
-        if r.random() < 0.6:  # lamp arm
-            arm = float(r.uniform(0.12, 0.22)) * t
-            x0, x1 = sorted((xb, xb + towards_road * arm))
-            c.rect(POLE, yb - height, yb - height + max(pw * 0.8, c.px * 1.05), x0, x1, metal)
-        if r.random() < 0.5:  # a sign
-            size = float(r.uniform(0.08, 0.13)) * t
-            sy = yb - height * float(r.uniform(0.55, 0.75))
-            colour = _jitter(r, ((0.85, 0.12, 0.10), (0.10, 0.30, 0.75), (0.95, 0.80, 0.10))[int(r.integers(3))],
-                             0.05)
-            if r.random() < 0.5:
-                c.ellipse(SIGN, sy, xb, size / 2, size / 2, colour, light=(-1.0, 0.0, 0.15))
-            else:
-                c.rect(SIGN, sy - size / 2, sy + size / 2, xb - size / 2, xb + size / 2, colour, shade=0.15)
-
-    def person(self, t: float, xw: float) -> None:
-        r, c = self.r, self.c
-        yb, xb = self.ground_y(t), self.ground_x(t, xw)
-        height = float(r.uniform(0.38, 0.46)) * t
-        width = height * float(r.uniform(0.24, 0.3))
-        shirt = _jitter(r, _CAR_COLORS[int(r.integers(len(_CAR_COLORS)))], 0.1)
-        trousers = _jitter(r, (0.18, 0.2, 0.28), 0.08)
-        skin = _jitter(r, (0.80, 0.62, 0.50), 0.12)
-        head = height * 0.13
-        legs_top = yb - height * 0.47
-        gap = max(width * 0.12, c.px * 0.6)
-        c.rect(PERSON, legs_top, yb, xb - width * 0.42, xb - gap / 2, trousers)
-        c.rect(PERSON, legs_top, yb, xb + gap / 2, xb + width * 0.42, trousers)
-        c.rect(PERSON, yb - height + 2 * head * 0.9, legs_top + c.px * 0.5, xb - width / 2, xb + width / 2, shirt,
-               shade=0.2)
-        c.ellipse(PERSON, yb - height + head, xb, head, head * 0.85, skin, light=(-0.5, -0.5 * self.light_dx, 0.2))
-
-    def car(self, t: float, xw: float, cw: float) -> None:
-        r, c = self.r, self.c
-        yb, xb = self.ground_y(t), self.ground_x(t, xw)
-        w = cw * t
-        hc = w * float(r.uniform(0.7, 0.85))
-        paint = _jitter(r, _CAR_COLORS[int(r.integers(len(_CAR_COLORS)))], 0.05)
-        glass = _jitter(r, (0.16, 0.19, 0.24), 0.04)
-        x0, x1 = xb - w / 2, xb + w / 2
-        # shadow on the road (image only)
-        c.trapezoid(None, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
-                    (0.08, 0.08, 0.09), only_on=ROAD)
-        c.trapezoid(None, yb - 0.08 * hc, yb + 0.03 * hc, x0 - 0.02 * w, x1 + 0.02 * w, x0 + 0.03 * w, x1 - 0.03 * w,
-                    (0.08, 0.08, 0.09), only_on=SIDEWALK)
-        tyre = np.array([0.06, 0.06, 0.07], np.float32)
-        ww = 0.2 * w
-        c.rect(CAR, yb - 0.22 * hc, yb, x0 + 0.04 * w, x0 + 0.04 * w + ww, tyre)
-        c.rect(CAR, yb - 0.22 * hc, yb, x1 - 0.04 * w - ww, x1 - 0.04 * w, tyre)
-        body_top = yb - 0.62 * hc
-        c.rect(CAR, body_top, yb - 0.12 * hc, x0, x1, paint, shade=0.35)
-        inset = float(r.uniform(0.1, 0.18)) * w
-        c.trapezoid(CAR, yb - hc, body_top + c.px * 0.5, x0 + inset, x1 - inset, x0 + 0.05 * w, x1 - 0.05 * w, paint)
-        c.trapezoid(None, yb - hc * 0.93, body_top - 0.02 * hc, x0 + inset + 0.05 * w, x1 - inset - 0.05 * w,
-                    x0 + 0.1 * w, x1 - 0.1 * w, glass, only_on=CAR)
-        lamp = np.array([0.85, 0.12, 0.1], np.float32)
-        ly0, ly1 = body_top + 0.06 * hc, body_top + 0.18 * hc
-        c.rect(CAR, ly0, ly1, x0 + 0.03 * w, x0 + 0.17 * w, lamp)
-        c.rect(CAR, ly0, ly1, x1 - 0.17 * w, x1 - 0.03 * w, lamp)
-
-    # -- global texture, shading and colour jitter -------------------------------------------------------------
-    def finish(self) -> Tuple[np.ndarray, np.ndarray]:
-        r, n, c = self.r, self.noise, self.c
-        h, w = c.h, c.w
-        img, lab = c.img, c.label
-        # per-pixel luminance noise and blocky texture (leaves, grass, asphalt), amplitudes per class
-        tex = n.standard_normal((h, w), dtype=np.float32)
-        tex *= _PIXEL_NOISE[lab]
-        block = max(1, round(h / 40))  # texture grain: about 1/40 of the image height
-        if block > 1:  # bilinear between nodes (std about 0.6 there: scaled back up)
-            coarse = _smooth_noise(n, h, w, -(-h // block) + 1, -(-w // block) + 1) * np.float32(1.5)
-        else:
-            coarse = n.standard_normal((h, w), dtype=np.float32)
-        tex += coarse * _BLOCK_NOISE[lab]
-        img += tex[..., None]
-        # large-scale illumination (the node values come from the layout generator: resolution independent)
-        illum = _smooth_noise(r, h, w, 4, max(2, int(round(4 * self.aspect))))
-        illum *= 0.07
-        illum += 1.0
-        img *= illum[..., None]
-        # per-sample colour jitter as one affine colour map (saturation, contrast, per-channel gain), scaled to
-        # 0..255: out = img @ m + b
-        gain = r.uniform(0.92, 1.08, 3) * r.uniform(0.85, 1.12)
-        contrast = r.uniform(0.85, 1.15)
-        sat = r.uniform(0.75, 1.25)
-        m = (sat * np.eye(3) + (1.0 - sat) / 3.0) * (contrast * gain * 255.0)[None, :]
-        b = (0.5 * (1.0 - contrast) * gain * 255.0 + 0.5).astype(np.float32)
-        img = np.einsum("hwc,cd->hwd", img, m.astype(np.float32)) + b
-        # soft edges: a separable [k, 1 - 2k, k] blur
-        if min(h, w) >= 16:
-            k = np.float32(0.12)
-            img[1:-1] += k * (img[:-2] + img[2:] - 2.0 * img[1:-1])
-            img[:, 1:-1] += k * (img[:, :-2] + img[:, 2:] - 2.0 * img[:, 1:-1])
-        np.clip(img, 0.0, 255.0, out=img)
-        return img.astype(np.uint8), lab
 
 
 class SyntheticScenes(Dataset):
@@ -544,25 +33,25 @@ class SyntheticScenes(Dataset):
         size: number of samples (indices 0..size-1).
         height, width: output resolution in pixels (any size >= 8; the layout scales with it).
         seed: dataset seed (int >= 0). Sample ``i`` depends only on ``(seed, i)`` and the aspect ratio.
-        num_classes: label count K. ``None`` = the 11 built-in classes (:attr:`CLASS_NAMES`). A smaller K (>= 2)
-            merges the classes >= K into coarser parents (e.g. car -> road, cloud -> sky) in the label map (the
-            image is unchanged); a larger K keeps the labels and leaves the extra classes unused.
-        hflip: random horizontal flip shared by image and label, decided by ``(seed, index, epoch)``.
+        num_classes: label count K (the scenes have no don't-care value). ``None`` = the 11 built-in classes
+            (:attr:`CLASS_NAMES`). A smaller K (>= 2) merges the classes >= K into coarser parents (e.g. car ->
+            road, cloud -> sky) in the label map (the image is unchanged); a larger K keeps the labels and leaves
+            the extra classes unused.
         with_images: False skips converting the image to a tensor and returns labels only.
 
     Items (``__getitem__``): ``{"image": uint8 (3, H, W), "label": int64 (H, W) in [0, K), "index": int}``.
     """
 
-    CLASS_NAMES: Tuple[str, ...] = tuple(name for name, _ in _CLASSES)
-    PALETTE: np.ndarray = np.array([col for _, col in _CLASSES], dtype=np.uint8)
+    CLASS_NAMES: Tuple[str, ...] = tuple(name for name, _ in SYNTHETIC_CLASSES)
+    PALETTE: np.ndarray = np.array([col for _, col in SYNTHETIC_CLASSES], dtype=np.uint8)
     PALETTE.setflags(write=False)
 
     def __init__(self, size: int = 1000, *, height: int = 64, width: int = 128, seed: int = 0,
-                 num_classes: Optional[int] = None, hflip: bool = False, with_images: bool = True):
+                 num_classes: Optional[int] = None, with_images: bool = True):
         for name, value, lo in (("size", size, 1), ("height", height, 8), ("width", width, 8), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"SyntheticScenes: {name} must be an int >= {lo}, got {value!r}")
-        base = len(_CLASSES)
+        base = len(SYNTHETIC_CLASSES)
         if num_classes is None:
             num_classes = base
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -572,9 +61,7 @@ class SyntheticScenes(Dataset):
         self.height, self.width = int(height), int(width)
         self.seed = int(seed)
         self.num_classes = int(num_classes)
-        self.hflip = bool(hflip)
         self.with_images = bool(with_images)
-        self.epoch = 0
         lut = np.arange(base, dtype=np.int64)
         for k in range(base):
             while lut[k] >= self.num_classes:
@@ -584,48 +71,25 @@ class SyntheticScenes(Dataset):
     @property
     def palette(self) -> np.ndarray:
         """uint8 (num_classes, 3): :attr:`PALETTE`, cut or extended (fallback colours) to ``num_classes``."""
-        from .palettes import get_palette
-
         return get_palette("synthetic", self.num_classes)
 
     def __len__(self) -> int:
         return self.size
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with the seed and index, decides the random flips."""
-        self.epoch = int(epoch)
-
     def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Draw sample ``index`` without flip: (image uint8 (H, W, 3), label int64 (H, W)) as numpy arrays."""
-        index = self._check_index(index)
-        layout, noise = np.random.SeedSequence([self.seed, index]).spawn(2)
-        scene = _Scene(np.random.default_rng(layout), np.random.default_rng(noise), self.height, self.width)
-        img, lab = scene.draw()
+        """Draw sample ``index``: (image uint8 (H, W, 3), label int64 (H, W)) as numpy arrays."""
+        index = check_index("SyntheticScenes", index, self.size)
+        img, lab = render_sample(self.seed, index, self.height, self.width)
         return img, self._lut[lab]
 
-    def flipped(self, index: int) -> bool:
-        """Whether item ``index`` is flipped in the current epoch."""
-        return self.hflip and flip_decision(self.seed, self._check_index(index), self.epoch)
-
     def __getitem__(self, index: int) -> Dict[str, object]:
-        index = self._check_index(index)
+        index = check_index("SyntheticScenes", index, self.size)
         img, lab = self.generate(index)
-        if self.flipped(index):
-            img, lab = img[:, ::-1], lab[:, ::-1]
         item: Dict[str, object] = {"label": torch.from_numpy(np.ascontiguousarray(lab)), "index": index}
         if self.with_images:
             item["image"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return item
 
-    def _check_index(self, index) -> int:
-        if isinstance(index, torch.Tensor) and index.numel() == 1:
-            index = int(index)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"SyntheticScenes: index must be an int, got {type(index).__name__}")
-        if not 0 <= index < self.size:
-            raise IndexError(f"SyntheticScenes: index {index} out of range for a dataset of size {self.size}")
-        return int(index)
-
     def __repr__(self) -> str:
         return (f"SyntheticScenes(size={self.size}, height={self.height}, width={self.width}, seed={self.seed}, "
-                f"num_classes={self.num_classes}, hflip={self.hflip})")
+                f"num_classes={self.num_classes})")

@@ -85,7 +85,7 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
         from ..data.synthetic import SyntheticScenes
         n = size or SYNTHETIC_VAL_SIZE
         seed = cfg.seed + (SYNTHETIC_VAL_SEED if split != "train" else 0)
-        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes, hflip=False)
+        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes)
         desc.update(seed=seed, size=n, num_classes=num_classes)
         return ds, desc
     from ..data.factory import build_dataset
