@@ -30,8 +30,6 @@ import threading
 import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
-
 from ..errors import SbganError
 
 IMPLS = ("auto", "triton", "cuda", "cpp", "ref")
@@ -215,7 +213,15 @@ def dispatch(op: str, impl: str, *args, **kwargs) -> Callable:
     return be.fn
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, not traced
+def constant_under_compile(fn: Callable) -> Callable:
+    """What ``torch.compiler.assume_constant_result`` does (torch.compile calls ``fn`` once while
+    tracing and uses its result as a constant), without importing torch._dynamo when this package is
+    imported."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_under_compile  # under torch.compile: run once while tracing, not traced
 def _warn_once(op: str, reason: str, msg: str) -> None:
     key = (op, reason)
     if key not in _warned:

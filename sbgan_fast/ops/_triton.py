@@ -47,7 +47,7 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, not traced
+@_dispatch.constant_under_compile  # under torch.compile: called once while tracing, not traced
 def load() -> Optional[str]:
     """Import Triton and the kernel modules once; return None or the import error text."""
     global _import_error, _kernels_loaded
@@ -75,7 +75,7 @@ def kernels(name: str):
     return _modules[name]
 
 
-@torch.compiler.assume_constant_result
+@_dispatch.constant_under_compile
 def kernels_interpreted() -> bool:
     """Whether the kernels were defined under Triton's interpreter (call after :func:`load` succeeded)."""
     return kernels("utils").is_interpreted()
