@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from .train import checkpoint as ckpt_io
-from .train.config import ConfigError, from_dict
-from .train.run import resolve_device
+from .config import ConfigError, from_dict
+from .config import resolve_device
 
 
 def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True):

@@ -254,7 +254,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
     their ``k``).
     """
     from ..sample import load_generators
-    from ..train.run import resolve_device
+    from ..config import resolve_device
     if not (unconditional or conditional):
         raise ValueError("nothing to evaluate: enable the unconditional and/or the conditional FID")
     for name, value in (("n", n), ("n_real", n_real)):

@@ -95,8 +95,8 @@ def setup(device: str = "auto", backend: str = "auto",
     """
     import torch.distributed as dist
 
-    from .config import ConfigError
-    from .run import resolve_device
+    from ..config import ConfigError
+    from ..config import resolve_device
 
     if backend not in ("auto", "nccl", "gloo"):
         raise ValueError(f"dist_backend must be auto|nccl|gloo, got {backend!r}")
@@ -172,7 +172,7 @@ def check_divisible(stage: str, batch_sizes: Iterable[int], world: int, accum: i
     Raises:
         ConfigError (a ValueError) naming the stage, the batch size and the divisor.
     """
-    from .config import ConfigError
+    from ..config import ConfigError
     for bs in sorted(set(batch_sizes)):
         if bs % (world * accum):
             raise ConfigError(

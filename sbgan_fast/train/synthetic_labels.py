@@ -28,7 +28,7 @@ import torch
 
 from ..errors import CheckpointMismatchError
 from . import checkpoint as ckpt_io
-from .config import ConfigError
+from ..config import ConfigError
 from . import dist as D
 
 BANK_SEED = 7_919
@@ -73,7 +73,7 @@ def _seg_checkpoint(trainer) -> str:
 
 def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
     """(G_seg in eval mode on the trainer's device, the checkpoint's step) from a checkpoint file."""
-    from .config import from_dict
+    from ..config import from_dict
     from .trainer import build_networks
     ck = ckpt_io.load_checkpoint(path, map_location="cpu")
     if "G_seg" not in ck.get("nets", {}):

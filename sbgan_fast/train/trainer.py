@@ -21,7 +21,7 @@ from ..errors import CheckpointMismatchError, Interrupted, RunExistsError, RunFo
 from . import checkpoint as ckpt_io
 from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
-from .config import TrainConfig, validate
+from ..config import TrainConfig, validate
 from .monitor import GPUMonitor, records, to_vector
 from .run import RunLock, RunLogger, SampleStream, StopSignals, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
