@@ -464,7 +464,7 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     from types import SimpleNamespace
 
     from sbgan_fast.metrics.evaluate import fid_callback
-    from sbgan_fast.sample import load_generators
+    from sbgan_fast.models import load_generators
     cfg, k, nets = load_generators(str(tiny_run), torch.device("cpu"))
     nets["G_seg"].train()
     nets["G_spd"].train()
