@@ -49,7 +49,7 @@ import time
 import torch
 
 from sbgan_fast import ops
-from sbgan_fast.train.config import build_config
+from sbgan_fast.config import build_config
 from sbgan_fast.train.run import make_loader
 from sbgan_fast.train.stages import STAGE_CLASSES
 from sbgan_fast.train.trainer import Trainer
@@ -316,7 +316,7 @@ def parse_args(argv=None):
             raise SystemExit(f"--loader {args.loader} needs --data-root, an existing dataset folder "
                              f"(got {args.data_root!r})")
         if args.dataset is None:
-            from sbgan_fast.train.config import preset as preset_config
+            from sbgan_fast.config import preset as preset_config
             args.dataset = preset_config(args.preset).data.dataset
         if args.dataset not in REAL_DATASETS:
             raise SystemExit(f"--dataset {args.dataset!r}: the loader comparison reads one of {REAL_DATASETS}")

@@ -91,7 +91,7 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train.config import build_config
+    from .config import build_config
     direct = {"data.root": args.data_root, "out": args.out, "max_steps": args.max_steps, "device": args.device,
               "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
               "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum,
@@ -240,7 +240,7 @@ def _add_info(sub) -> None:
 def cmd_info(args) -> int:
     import torch
 
-    from .train.config import build_config
+    from .config import build_config
     from .train.trainer import build_networks
     cfg = build_config(args.preset, args.config, args.overrides, **{"data.root": "<unset>"})
     k = cfg.data.num_classes
@@ -284,7 +284,7 @@ def cmd_check_data(args) -> int:
 
     from .data.datasets import DataError
     from .data.factory import build_real_dataset
-    from .train.config import build_config
+    from .config import build_config
     cfg = build_config(args.preset, args.config, args.overrides,
                        **{"data.root": args.data_root, "data.split": args.split, "fid_every": args.fid_every})
     d = cfg.data

@@ -4,74 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .train import checkpoint as ckpt_io
-from .train.config import ConfigError, from_dict
-from .train.run import resolve_device
+from .config import ConfigError, resolve_device
+from .models import generated_label_maps, label_ids, load_generators
 
-
-def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True):
-    """Return (cfg, num_classes, {'G_seg'?, 'G_spd'}) from a checkpoint file or a run folder."""
-    from .train.trainer import build_networks
-    if os.path.isdir(checkpoint):
-        paths = []
-        e2e = ckpt_io.find_checkpoint(checkpoint, "e2e")
-        if e2e:
-            paths = [e2e]
-        else:
-            for stage in (("seg", "spade") if need_seg else ("spade",)):
-                p = ckpt_io.find_checkpoint(checkpoint, stage)
-                if p is None:
-                    raise FileNotFoundError(f"{checkpoint}: no e2e checkpoint and no {stage} checkpoint in "
-                                            f"{os.path.join(checkpoint, 'checkpoints')}; train that stage first")
-                paths.append(p)
-    else:
-        paths = [checkpoint]
-    states: Dict[str, dict] = {}
-    cfg = k = None
-    for p in paths:
-        ck = ckpt_io.load_checkpoint(p, map_location="cpu")
-        if cfg is None:
-            cfg, k = from_dict(ck["config"]), ck["num_classes"]
-        for name in ("G_seg", "G_spd"):
-            if name in ck["nets"]:
-                states[name] = ck["nets"][name]
-    names = ("G_seg", "G_spd") if need_seg else ("G_spd",)
-    missing = [name for name in names if name not in states]
-    if missing:
-        raise FileNotFoundError(
-            f"{checkpoint} holds no trained {' or '.join(missing)}: pass the run folder or an e2e checkpoint"
-            + (", or use --labels to synthesise images from label maps with G_spd alone" if need_seg else ""))
-    nets = build_networks(cfg, k, names=names)
-    for name, net in nets.items():
-        net.load_state_dict(states[name])
-        net.to(device).eval()
-    return cfg, k, nets
+__all__ = ["generated_label_maps", "load_generators", "read_label_maps", "sample_main"]
 
 
 def _write_png(array: np.ndarray, path: str) -> None:
     from PIL import Image
     Image.fromarray(array).save(path)
-
-
-@torch.no_grad()
-def generated_label_maps(G_seg, n: int, seed: int, batch_size: int, device, *,
-                         upsample2: bool = False) -> Iterator[torch.Tensor]:
-    """int64 (B, H, W) label maps ``argmax G_seg(z)`` for ``n`` latent codes z ~ N(0, I), drawn at once from a
-    generator seeded with ``seed`` (the global RNG is not touched), in batches of ``batch_size``;
-    ``upsample2``: nearest x2 (a G_seg at half the image resolution, e2e.seg_half_res). The one definition of a
-    generated label map: sampling, FID and the synthetic training maps use it."""
-    g = torch.Generator().manual_seed(int(seed))
-    z_all = torch.randn(n, G_seg.z_dim, generator=g)
-    for i in range(0, n, batch_size):
-        lab = G_seg(z_all[i:i + batch_size].to(device)).argmax(1)
-        if upsample2:
-            lab = lab.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-        yield lab
 
 
 def _log_stderr(msg: str) -> None:
@@ -115,11 +61,7 @@ def read_label_maps(cfg, num_classes: int, folder: str, n: int, *, pattern: Opti
                         bad[0].path)
     if bad:
         log(f"sample: skipped {len(bad)} label file(s) of {folder} (see above)")
-    lab = torch.from_numpy(np.stack(maps))
-    dc = ds.dontcare
-    if dc is not None:
-        lab = torch.where(lab == dc, torch.full_like(lab, num_classes - 1), lab)
-    return lab, names
+    return label_ids(torch.from_numpy(np.stack(maps)), ds.dontcare, num_classes), names
 
 
 @torch.no_grad()

@@ -102,7 +102,7 @@ def test_check_data_missing_validation_split(tmp_path, capsys):
 
 def test_extra_images_belong_to_the_training_split(tmp_path, capsys):
     from sbgan_fast.metrics.evaluate import build_eval_dataset
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     root = make_cityscapes(tmp_path / "cs", n=3)
     make_cityscapes(tmp_path / "cs", split="val", n=2)
     extra = _extras(tmp_path)

@@ -52,7 +52,7 @@ def test_project_errors_share_one_base_class():
     from sbgan_fast.metrics.inception import WeightsError
     from sbgan_fast.ops._dispatch import ImplUnavailableError
     from sbgan_fast.train.amp import NonFiniteError
-    from sbgan_fast.train.config import ConfigError
+    from sbgan_fast.config import ConfigError
     for cls, builtin in ((DataError, ValueError), (ConfigError, ValueError), (NonFiniteError, RuntimeError),
                          (WeightsError, RuntimeError), (ImplUnavailableError, RuntimeError)):
         assert issubclass(cls, SbganError) and issubclass(cls, builtin), cls
@@ -83,7 +83,7 @@ def test_non_positive_sizes_are_rejected(tmp_path, capsys):
 
 
 def test_non_positive_config_values_are_rejected(tmp_path):
-    from sbgan_fast.train.config import ConfigError
+    from sbgan_fast.config import ConfigError
     from tiny import tiny_cfg
     for kv in ("log_every=0", "ckpt_every=-1", "sample_every=-1", "n_sample_grid=0", "seg.batch_size=0"):
         with pytest.raises(ConfigError, match=kv.split("=")[0]):

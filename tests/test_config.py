@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sbgan_fast.train.config import PRESETS, ConfigError, build_config, from_dict, preset
+from sbgan_fast.config import PRESETS, ConfigError, build_config, from_dict, preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -67,3 +67,9 @@ def test_learning_rate_decay_follows_spade_epochs():
     assert decay_factor(199.9, 100, 100) == pytest.approx(0.01)
     assert decay_factor(250.0, 100, 100) == 0.0
     assert decay_factor(5.0, 1, 0) == 1.0
+
+
+def test_config_names_the_same_impls_as_the_ops():
+    from sbgan_fast import ops
+    from sbgan_fast.config import IMPLS
+    assert IMPLS == ops.IMPLS

@@ -40,7 +40,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny import TINY  # noqa: E402
 
-from sbgan_fast.train.config import build_config  # noqa: E402
+from sbgan_fast.config import build_config  # noqa: E402
 from sbgan_fast.train.trainer import Trainer, train  # noqa: E402
 from tolerances import FP32_REORDERED, FP32_SHORT_CHAIN
 

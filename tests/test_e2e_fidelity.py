@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from sbgan_fast import ops
 from sbgan_fast.train.amp import GivenNoise
-from sbgan_fast.train.trainer import Trainer, build_networks, train
+from sbgan_fast.models import build_networks
+from sbgan_fast.train.trainer import Trainer, train
 
 from tiny import tiny_cfg
 from tolerances import FP32_SHORT_CHAIN

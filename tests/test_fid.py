@@ -404,7 +404,7 @@ def test_missing_packaged_weights_say_how_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     from sbgan_fast.train.trainer import train
     out = tmp_path_factory.mktemp("fid") / "run"
     torch.manual_seed(0)
@@ -445,7 +445,7 @@ def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     assert "unconditional" not in r3 and len(r3["conditional"]["sets"]) == 1 and r3["conditional"]["std"] == 0
     # the real validation scenes are not the training scenes
     from sbgan_fast.metrics.evaluate import build_eval_dataset
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     cfg = build_config("demo", None, TINY)
     val, _ = build_eval_dataset(cfg, 11, size=4)
     train_ds, _ = build_eval_dataset(cfg, 11, split="train", size=4)
@@ -467,7 +467,7 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     from types import SimpleNamespace
 
     from sbgan_fast.metrics.evaluate import fid_callback
-    from sbgan_fast.sample import load_generators
+    from sbgan_fast.models import load_generators
     cfg, k, nets = load_generators(str(tiny_run), torch.device("cpu"))
     nets["G_seg"].train()
     nets["G_spd"].train()

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from sbgan_fast.train.config import ConfigError
+from sbgan_fast.config import ConfigError
 from sbgan_fast.train.trainer import Trainer, train
 
 from tiny import tiny_cfg

@@ -13,7 +13,7 @@ from sbgan_fast.data.datasets import DataError
 from sbgan_fast.data.factory import build_dataset
 from sbgan_fast.data.loaders import EpochTaggedBatches, build_loader
 from sbgan_fast.data.real import crop_offset
-from sbgan_fast.train.config import build_config
+from sbgan_fast.config import build_config
 from test_dali import DALI_OK, DALI_WHY, _parity
 
 

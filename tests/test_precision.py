@@ -14,7 +14,7 @@ from tiny import TINY  # noqa: E402
 from sbgan_fast.train import checkpoint as ckpt_io  # noqa: E402
 from sbgan_fast.train import losses as L  # noqa: E402
 from sbgan_fast.train.amp import NonFiniteError, Updater  # noqa: E402
-from sbgan_fast.train.config import build_config  # noqa: E402
+from sbgan_fast.config import build_config  # noqa: E402
 from sbgan_fast.train.dist import DistInfo  # noqa: E402
 from sbgan_fast.train.monitor import FIELDS, GPUMonitor, records, to_vector  # noqa: E402
 from sbgan_fast.train.trainer import Trainer, train  # noqa: E402

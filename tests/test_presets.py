@@ -9,8 +9,8 @@ import torch
 
 from sbgan_fast import ops
 from sbgan_fast.data.synthetic import SyntheticScenes
-from sbgan_fast.train.config import PRESETS, build_config
-from sbgan_fast.train.trainer import build_networks
+from sbgan_fast.config import PRESETS, build_config
+from sbgan_fast.models import build_networks
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -216,7 +216,7 @@ def test_torch_loader_contract_and_epoch_tags(tmp_path):
 
 def test_factory_and_train_loader(tmp_path):
     from sbgan_fast.data.factory import build_dataset
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     from sbgan_fast.train.run import SampleStream, make_loader
     root = make_cityscapes(tmp_path / "cs", n=4, h=32, w=64)
     cfg = build_config("demo", None, ["data.dataset=cityscapes", f"data.root={root}", "data.num_classes=35",
@@ -281,7 +281,7 @@ def test_bad_data_errors_name_the_file(tmp_path):
 
 def test_skip_bad_files_counts(tmp_path):
     from sbgan_fast.data.factory import build_dataset
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     root = make_cityscapes(tmp_path / "cs", n=5, h=32, w=64)
     base = cityscapes(root, height=16, width=32)
     _corrupt(base.image_paths[1])                                                  # found while loading
@@ -303,7 +303,7 @@ def test_skip_bad_files_counts(tmp_path):
 def test_training_counts_skipped_files_in_stats(tmp_path):
     import json
 
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     from sbgan_fast.train.trainer import train
     root = make_cityscapes(tmp_path / "cs", n=5, h=32, w=64)
     _corrupt(cityscapes(root, height=32, width=64).image_paths[2])

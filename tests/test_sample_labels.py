@@ -13,7 +13,7 @@ from sbgan_fast.cli import main as cli_main
 from sbgan_fast.data.datasets import DataError
 from sbgan_fast.data.factory import build_dataset, build_label_dataset
 from sbgan_fast.data.palettes import get_palette
-from sbgan_fast.sample import load_generators
+from sbgan_fast.models import load_generators
 from tiny import tiny_cfg
 
 CS = ["data.dataset=cityscapes", "data.height=32", "data.width=64", "spade.crop_size=64", "spade.aspect_ratio=2",

@@ -164,7 +164,7 @@ def test_the_process_group_timeout_is_a_setting(tmp_path, monkeypatch):
     from sbgan_fast.cli import build_parser
     assert tiny_cfg(tmp_path / "r").dist_timeout == 600.0
     assert build_parser().parse_args(["train", "--dist-timeout", "90"]).dist_timeout == 90.0
-    from sbgan_fast.train.config import ConfigError
+    from sbgan_fast.config import ConfigError
     with pytest.raises(ConfigError, match="dist_timeout"):
         tiny_cfg(tmp_path / "r", "dist_timeout=0")
     seen = {}

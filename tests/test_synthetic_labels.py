@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from sbgan_fast.train import checkpoint as ckpt_io
-from sbgan_fast.train.config import ConfigError, from_dict
+from sbgan_fast.config import ConfigError, from_dict
 from sbgan_fast.train.synthetic_labels import BANK_SEED, bank_paths
-from sbgan_fast.train.trainer import build_networks, train
+from sbgan_fast.models import build_networks
+from sbgan_fast.train.trainer import train
 
 from tiny import TINY, tiny_cfg
 

@@ -13,7 +13,7 @@ TINY = [
 
 def tiny_cfg(out, *extra, **direct):
     """The demo preset with the TINY overrides, then ``extra`` KEY=VALUE overrides and ``direct`` keys."""
-    from sbgan_fast.train.config import build_config
+    from sbgan_fast.config import build_config
     return build_config("demo", None, TINY + list(extra), out=str(out), **direct)
 
 

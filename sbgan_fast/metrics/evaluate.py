@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from ..config import resolve_device
+from ..models import generated_label_maps, label_ids, load_generators
 from .fid import FeatureStats, FIDExtractor, fid_from_stats, real_statistics
 from .quality import DC_K, KID_SUBSETS, PR_K, quality_metrics
 
@@ -128,13 +130,6 @@ def _real_batches(ds, count: int, batch_size: int) -> Iterator[torch.Tensor]:
         yield torch.stack([ds[j]["image"] for j in range(i, min(count, i + batch_size))])
 
 
-def _label_ids(labels: torch.Tensor, cfg, num_classes: int) -> torch.Tensor:
-    dc = cfg.data.dontcare
-    if dc is None:
-        return labels
-    return torch.where(labels == dc, torch.full_like(labels, num_classes - 1), labels)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # generation
 # ---------------------------------------------------------------------------------------------------------
@@ -143,7 +138,6 @@ def _unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
                            device: torch.device) -> Iterator[torch.Tensor]:
     """float (B, 3, H, W) images in [-1, 1]: z ~ N(0, I) from a generator seeded with ``seed`` (the global
     RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels)."""
-    from ..sample import generated_label_maps
     for labels in generated_label_maps(nets["G_seg"], n, seed, batch_size, device, upsample2=cfg.e2e.seg_half_res):
         yield nets["G_spd"](labels).float()
 
@@ -154,7 +148,7 @@ def _conditional_batches(nets, cfg, num_classes: int, ds, indices: List[int], ba
     """float (B, 3, H, W) images in [-1, 1]: G_spd on the label maps ``ds[i]["label"]`` for ``i`` in indices."""
     for i in range(0, len(indices), batch_size):
         lab = torch.stack([ds[j]["label"] for j in indices[i:i + batch_size]]).long().to(device)
-        yield nets["G_spd"](_label_ids(lab, cfg, num_classes)).float()
+        yield nets["G_spd"](label_ids(lab, cfg.data.dontcare, num_classes)).float()
 
 
 def _label_subset(count: int, n: int, seed: int) -> List[int]:
@@ -253,8 +247,6 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
     ``subset_std``, ``subsets``, ``subset_size``), ``precision``, ``recall``, ``density``, ``coverage`` (with
     their ``k``).
     """
-    from ..sample import load_generators
-    from ..train.run import resolve_device
     if not (unconditional or conditional):
         raise ValueError("nothing to evaluate: enable the unconditional and/or the conditional FID")
     for name, value in (("n", n), ("n_real", n_real)):

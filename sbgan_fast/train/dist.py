@@ -95,8 +95,8 @@ def setup(device: str = "auto", backend: str = "auto",
     """
     import torch.distributed as dist
 
-    from .config import ConfigError
-    from .run import resolve_device
+    from ..config import ConfigError
+    from ..config import resolve_device
 
     if backend not in ("auto", "nccl", "gloo"):
         raise ValueError(f"dist_backend must be auto|nccl|gloo, got {backend!r}")
@@ -172,7 +172,7 @@ def check_divisible(stage: str, batch_sizes: Iterable[int], world: int, accum: i
     Raises:
         ConfigError (a ValueError) naming the stage, the batch size and the divisor.
     """
-    from .config import ConfigError
+    from ..config import ConfigError
     for bs in sorted(set(batch_sizes)):
         if bs % (world * accum):
             raise ConfigError(
@@ -327,3 +327,19 @@ __all__ = ["DistInfo", "setup", "teardown", "barrier", "shard_schedule", "check_
            "all_reduce_mean_", "broadcast_", "average_gradients", "all_reduce_", "all_gather_object",
            "broadcast_object", "on_main", "rank_seed", "warn_main", "module_state_tensors"]
 
+
+
+def exists_everywhere(path: str, info: DistInfo) -> bool:
+    """Whether ``path`` exists, checked by every process: a file that some processes cannot see (a run folder
+    not on a shared filesystem) is an error rather than a silent divergence.
+
+    Raises:
+        RunFolderError: naming the ranks that do not see it.
+    """
+    from ..errors import RunFolderError
+    seen = all_gather_object(os.path.isfile(path), info)
+    if any(seen) and not all(seen):
+        missing = [r for r, s in enumerate(seen) if not s]
+        raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node "
+                             "runs the run folder (--out) must be on a filesystem shared by every node")
+    return seen[0]

@@ -15,17 +15,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .config import TrainConfig
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return dev
+from ..config import TrainConfig
 
 
 # ---------------------------------------------------------------------- run folder

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .. import ops
+from ..models import bottleneck_sample, render, upsample
 from . import losses as L
 from .dist import micro_slices
 from .run import random_hflip, step_generator
@@ -38,13 +37,6 @@ def set_requires_grad(nets, flag: bool) -> None:
 def _part(t, sl):
     """``t[sl]`` or None."""
     return None if t is None else t[sl]
-
-
-def st_sample(p: torch.Tensor, tau: float, gumbel, impl: str) -> torch.Tensor:
-    """The semantic bottleneck: G_seg's class probabilities p (N,K,h,w) -> the Gumbel straight-through sample
-    of ``log(p + 1e-5)`` (an exact one-hot forward; the gradient of the soft sample). ``gumbel``: the noise, or
-    None to let the op draw it."""
-    return ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), tau, noise=gumbel, impl=impl)
 
 
 class _Means:
@@ -233,7 +225,7 @@ class SegStage(Stage):
             for sl in parts:
                 with u.autocast():
                     p = G(z[sl], res=ph.res, alpha=alpha)
-                    fake = st_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
+                    fake = bottleneck_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
                     g_loss = L.wgan_g_loss(D(fake, alpha=alpha))
                 upd.backward({"G_seg": g_loss / k})
                 means.add({"loss_G": g_loss})
@@ -246,7 +238,7 @@ class SegStage(Stage):
             for sl in parts:
                 with torch.no_grad(), u.autocast():
                     p = G(z[sl], res=ph.res, alpha=alpha)
-                    fake = st_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
+                    fake = bottleneck_sample(p, c.tau, _part(g_noise, sl), self.cfg.impl)
                 with u.autocast():
                     d_loss, parts_d = L.wgan_gp_d_loss(D, real[sl], fake, c.lambda_gp, eps=_part(eps, sl),
                                                        scale=u.scale_tensor("D_seg"), alpha=alpha)
@@ -516,21 +508,16 @@ class E2EStage(SpadeStage):
 
     def seg_to_image_size(self, seg):
         """Nearest x2 when G_seg runs at half the image resolution (float maps or int labels)."""
-        if not self.cfg.e2e.seg_half_res:
-            return seg
-        if seg.is_floating_point():
-            return F.interpolate(seg, scale_factor=2, mode="nearest")
-        return seg.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        return upsample(seg, 2 if self.cfg.e2e.seg_half_res else 1)
 
     def st_sample(self, z, gumbel):
         """G_seg(z) -> its Gumbel straight-through sample (N,K,h,w) (the semantic bottleneck)."""
-        return st_sample(self.t.G_seg(z), self.cfg.seg.tau, gumbel, self.cfg.impl)
+        return bottleneck_sample(self.t.G_seg(z), self.cfg.seg.tau, gumbel, self.cfg.impl)
 
     def render(self, fake_seg):
         """G_spd on an ST sample, upsampled to the image size. The sample is an exact one-hot: its argmax
         lets G_spd's blocks use the gather path."""
-        seg = self.seg_to_image_size(fake_seg)
-        return self.t.G_spd(seg, labels=seg.argmax(1))
+        return render(self.t.G_spd, fake_seg, 2 if self.cfg.e2e.seg_half_res else 1)
 
     def step(self, step, batch, noise=None):
         if step < self.pretrain_steps():

@@ -26,10 +26,10 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from ..errors import CheckpointMismatchError
-from . import checkpoint as ckpt_io
-from .config import ConfigError
-from . import dist as D
+from ..config import ConfigError
+from ..models import generated_label_maps, load_seg_generator
+from ..models import checkpoint as ckpt_io
+from . import dist
 
 BANK_SEED = 7_919
 BANK_DIR = "synthetic_labels"
@@ -51,9 +51,10 @@ def state_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _seg_checkpoint(trainer) -> str:
-    """The checkpoint file holding the G_seg to draw the maps from."""
-    src = trainer.cfg.spade.seg_checkpoint
+def seg_checkpoint(cfg, out: str) -> str:
+    """The checkpoint file holding the G_seg to draw the maps from: ``spade.seg_checkpoint`` (a file, or a run
+    folder's seg or e2e checkpoint), else the seg checkpoint of the run folder ``out``."""
+    src = cfg.spade.seg_checkpoint
     if src:
         if os.path.isdir(src):
             path = ckpt_io.find_checkpoint(src, "seg") or ckpt_io.find_checkpoint(src, "e2e")
@@ -62,39 +63,20 @@ def _seg_checkpoint(trainer) -> str:
                                         f"{os.path.join(src, 'checkpoints')}")
             return path
         return src
-    path = ckpt_io.find_checkpoint(trainer.out, "seg")
+    path = ckpt_io.find_checkpoint(out, "seg")
     if path is None:
         raise FileNotFoundError(
-            f"spade.synthetic_labels={trainer.cfg.spade.synthetic_labels} needs a trained segmentation generator: "
-            f"no seg-final.pt or seg-latest.pt in {os.path.join(trainer.out, 'checkpoints')}. Run --stage seg first "
+            f"spade.synthetic_labels={cfg.spade.synthetic_labels} needs a trained segmentation generator: "
+            f"no seg-final.pt or seg-latest.pt in {os.path.join(out, 'checkpoints')}. Run --stage seg first "
             "with the same --out, or pass --seg-checkpoint PATH (a checkpoint file or run folder)")
     return path
-
-
-def load_seg_generator(trainer, path: str) -> Tuple[torch.nn.Module, int]:
-    """(G_seg in eval mode on the trainer's device, the checkpoint's step) from a checkpoint file."""
-    from .config import from_dict
-    from .trainer import build_networks
-    ck = ckpt_io.load_checkpoint(path, map_location="cpu")
-    if "G_seg" not in ck.get("nets", {}):
-        raise CheckpointMismatchError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg "
-                                      "or e2e checkpoint as spade.seg_checkpoint")
-    k = int(ck["num_classes"])
-    if k != trainer.num_classes:
-        raise CheckpointMismatchError(f"{path}: its G_seg makes {k}-class label maps, this run has "
-                                      f"{trainer.num_classes} classes")
-    with torch.random.fork_rng(devices=[]):   # initialisation draws must not move the training RNG stream
-        net = build_networks(from_dict(ck["config"]), k, names=("G_seg",))["G_seg"]
-    net.load_state_dict(ck["nets"]["G_seg"])
-    return net.to(trainer.device).eval(), int(ck.get("step", -1))
 
 
 @torch.no_grad()
 def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: torch.device, out: np.ndarray,
                     batch_size: int = 32) -> np.ndarray:
-    """Fill ``out`` (uint8 (n, H, W)) with :func:`sbgan_fast.sample.generated_label_maps` of ``seed``; a G_seg
+    """Fill ``out`` (uint8 (n, H, W)) with :func:`sbgan_fast.models.generated_label_maps` of ``seed``; a G_seg
     at half the size is nearest-upsampled x2. Returns the pixel count of each class (int64 (num_classes,))."""
-    from ..sample import generated_label_maps
     h, w = size
     own = (G_seg.max_dim, int(G_seg.max_dim * G_seg.aspect_ratio))
     if own not in ((h, w), (h // 2, w // 2)):
@@ -116,8 +98,10 @@ def _check_meta(meta: Dict, want: Dict, path: str) -> None:
                               f"remove {os.path.dirname(path)} to draw new maps, or use another --out")
 
 
-def prepare_bank(trainer, log=print) -> np.ndarray:
-    """The run's synthetic label maps, drawn on rank 0 when absent (every process then reads the file).
+def prepare_bank(ctx, log=print) -> np.ndarray:
+    """The run's synthetic label maps, drawn on rank 0 when absent (every process then reads the file). ``ctx``:
+    the run's ``cfg``, ``out`` (run folder), ``num_classes``, ``device``, ``dist`` and ``palette`` (a
+    :class:`~sbgan_fast.train.stages.StageContext`).
 
     Stored maps drawn for other settings (count, seed, size, classes) are an error; maps drawn from an earlier
     state of the same G_seg checkpoint are kept, with a warning (a resumed stage keeps its data).
@@ -126,16 +110,16 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
         FileNotFoundError: no trained G_seg to draw from.
         ValueError: the stored maps were drawn for other settings.
     """
-    cfg = trainer.cfg
+    cfg = ctx.cfg
     n = cfg.spade.synthetic_labels
-    npy, meta_path = bank_paths(trainer.out)
+    npy, meta_path = bank_paths(ctx.out)
     want = {"format": FORMAT, "n": n, "seed": cfg.seed + BANK_SEED, "height": cfg.data.height,
-            "width": cfg.data.width, "num_classes": trainer.num_classes}
-    if trainer.num_classes > 256:
-        raise ConfigError(f"synthetic label maps are stored as uint8: at most 256 classes, got {trainer.num_classes}")
-    D.on_main(lambda: _prepare_on_main(trainer, npy, meta_path, want, log), trainer.dist)
+            "width": cfg.data.width, "num_classes": ctx.num_classes}
+    if ctx.num_classes > 256:
+        raise ConfigError(f"synthetic label maps are stored as uint8: at most 256 classes, got {ctx.num_classes}")
+    dist.on_main(lambda: _prepare_on_main(ctx, npy, meta_path, want, log), ctx.dist)
     for path in (npy, meta_path):   # written by rank 0: every process must see them (shared run folder)
-        trainer._exists_everywhere(path)
+        dist.exists_everywhere(path, ctx.dist)
     with open(meta_path, "r", encoding="utf-8") as f:
         _check_meta(json.load(f), want, meta_path)
     bank = np.load(npy, mmap_mode="r")
@@ -145,10 +129,10 @@ def prepare_bank(trainer, log=print) -> np.ndarray:
     return bank
 
 
-def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None:
+def _prepare_on_main(ctx, npy: str, meta_path: str, want: Dict, log) -> None:
     src = None
     try:
-        src = _seg_checkpoint(trainer)
+        src = seg_checkpoint(ctx.cfg, ctx.out)
     except FileNotFoundError:
         if not os.path.isfile(meta_path):
             raise
@@ -157,7 +141,7 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
             meta = json.load(f)
         _check_meta(meta, want, meta_path)
         if src is not None and os.path.abspath(src) == meta.get("source"):
-            G, step = load_seg_generator(trainer, src)
+            G, step = load_seg_generator(src, ctx.device, ctx.num_classes)
             if state_hash(G) != meta.get("g_seg_sha256"):
                 # the stored maps stay: a resumed spade stage continues on the data it started with
                 log(f"[synthetic labels] warning: {npy} was drawn from the G_seg of {src} at step "
@@ -165,12 +149,12 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
                     f"remove {os.path.dirname(npy)} (and the spade checkpoints) to draw new ones")
         log(f"[synthetic labels] {want['n']} maps from {npy}")
         return
-    G, step = load_seg_generator(trainer, src)
+    G, step = load_seg_generator(src, ctx.device, ctx.num_classes)
     os.makedirs(os.path.dirname(npy), exist_ok=True)
     tmp = f"{npy}.tmp{os.getpid()}.npy"
     shape = (want["n"], want["height"], want["width"])
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    counts = draw_label_maps(G, want["n"], want["seed"], shape[1:], trainer.device, arr)
+    counts = draw_label_maps(G, want["n"], want["seed"], shape[1:], ctx.device, arr)
     arr.flush()
     del arr
     os.replace(tmp, npy)
@@ -181,12 +165,12 @@ def _prepare_on_main(trainer, npy: str, meta_path: str, want: Dict, log) -> None
         json.dump(meta, f, indent=1)
     os.replace(tmp_meta, meta_path)
     used = int((counts > 0).sum())
-    log(f"[synthetic labels] drew {want['n']} maps from {src} (step {step}): {used} of {trainer.num_classes} "
+    log(f"[synthetic labels] drew {want['n']} maps from {src} (step {step}): {used} of {ctx.num_classes} "
         f"classes present; stored in {npy}")
     try:
         from ..metrics.grids import save_pairs_grid
         first = torch.from_numpy(np.load(npy, mmap_mode="r")[:min(8, want["n"])].astype(np.int64))
-        save_pairs_grid(first, None, trainer.palette, os.path.join(trainer.out, "samples", "synthetic-labels.png"))
+        save_pairs_grid(first, None, ctx.palette, os.path.join(ctx.out, "samples", "synthetic-labels.png"))
     except Exception as e:  # noqa: BLE001 - a preview is not worth failing the run
         log(f"[synthetic labels] no preview grid ({type(e).__name__}: {e})")
 

@@ -16,57 +16,16 @@ from typing import Dict, Optional
 
 import torch
 
-from .. import ops
 from ..errors import CheckpointMismatchError, Interrupted, RunExistsError, RunFolderError, signal_name
 from . import checkpoint as ckpt_io
 from . import dist as D
 from .amp import NonFiniteError, StepNoise, Updater, all_finite
-from .config import TrainConfig, validate
+from ..config import TrainConfig, validate
+from ..models import NET_NAMES, build_networks, label_ids, one_hot_labels
+from ..models.build import ARCH_KEYS
 from .monitor import GPUMonitor, records, to_vector
 from .run import RunLock, RunLogger, SampleStream, StopSignals, check_writable, make_loader
 from .stages import STAGE_CLASSES, Stage
-
-NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
-# Config keys that fix the shapes of each network's parameters (besides the number of label classes): a
-# checkpoint written with other values cannot be loaded into this run's networks.
-ARCH_KEYS = {
-    "G_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.z_dim", "seg.width_mult"),
-    "D_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.width_mult"),
-    "G_spd": ("spade.ngf", "spade.num_upsampling_layers", "spade.crop_size", "spade.aspect_ratio",
-              "spade.contain_dontcare_label"),
-    "D_spd": ("spade.ndf", "spade.n_layers_D", "spade.num_D", "spade.contain_dontcare_label"),
-    "D2": ("spade.ndf", "spade.n_layers_D", "spade.num_D"),
-}
-
-
-def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
-    """The five networks of SB-GAN for ``num_classes`` label channels, as the config describes."""
-    from ..models.discriminator import MultiscaleDiscriminator
-    from ..models.seg import SegDiscriminator, SegGenerator
-    from ..models.spade_gen import SPADEGenerator
-
-    s, p, e = cfg.seg, cfg.spade, cfg.e2e
-    nets: Dict[str, torch.nn.Module] = {}
-    if "G_seg" in names:
-        nets["G_seg"] = SegGenerator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio, z_dim=s.z_dim,
-                                     pixel_norm=s.pixel_norm, width_mult=s.width_mult)
-    if "D_seg" in names:
-        nets["D_seg"] = SegDiscriminator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio,
-                                         width_mult=s.width_mult)
-    if "G_spd" in names:
-        nets["G_spd"] = SPADEGenerator(num_classes, contain_dontcare_label=p.contain_dontcare_label, ngf=p.ngf,
-                                       num_upsampling_layers=p.num_upsampling_layers, crop_size=p.crop_size,
-                                       aspect_ratio=p.aspect_ratio, norm_G=p.norm_G, detach_seg=e.detach_seg,
-                                       impl=cfg.impl)
-    if "D_spd" in names:
-        nets["D_spd"] = MultiscaleDiscriminator(num_classes, conditional=True,
-                                                contain_dontcare_label=p.contain_dontcare_label, ndf=p.ndf,
-                                                n_layers_D=p.n_layers_D, num_D=p.num_D, norm_D=p.norm_D)
-    if "D2" in names:
-        nets["D2"] = MultiscaleDiscriminator(num_classes, conditional=False, ndf=p.ndf, n_layers_D=p.n_layers_D,
-                                             num_D=p.num_D, norm_D=p.norm_D)
-    return nets
-
 
 class Trainer:
     """Runs ``cfg.stages`` in order in the run folder ``cfg.out``.
@@ -194,9 +153,9 @@ class Trainer:
                         plan.append((path, None, ("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2")))
         if "spade" in cfg.stages and cfg.spade.synthetic_labels > 0 and (cfg.spade.seg_checkpoint or
                                                                            "seg" not in cfg.stages):
-            from .synthetic_labels import _seg_checkpoint
+            from .synthetic_labels import seg_checkpoint
             try:
-                seg_sources.append(_seg_checkpoint(self))
+                seg_sources.append(seg_checkpoint(cfg, out))
             except FileNotFoundError:
                 pass   # reported by the spade stage, which needs it
         return plan, seg_sources
@@ -326,17 +285,13 @@ class Trainer:
         """Int (N,H,W) labels -> float one-hot with ``num_classes`` channels (the don't-care value, if
         configured, maps to the last channel), optionally resized to ``size`` with the rule ``mode``
         ('nearest': torch's, the corner of each source block; 'nearest-exact': its centre, as PIL's NEAREST)."""
-        dc = self.cfg.data.dontcare
-        k = self.num_classes - (1 if dc is not None else 0)
-        return ops.one_hot(labels, k, dontcare=dc, size=size, mode=mode, impl=self.cfg.impl)
+        return one_hot_labels(labels, self.cfg.data.dontcare, self.num_classes, size=size, mode=mode,
+                              impl=self.cfg.impl)
 
     def label_ids(self, labels: torch.Tensor) -> torch.Tensor:
         """Int (N,H,W) labels as channel indices in [0, num_classes): the don't-care value, if
         configured, becomes the last channel. The networks' integer-label (gather) paths take these."""
-        dc = self.cfg.data.dontcare
-        if dc is None:
-            return labels
-        return torch.where(labels == dc, torch.full_like(labels, self.num_classes - 1), labels)
+        return label_ids(labels, self.cfg.data.dontcare, self.num_classes)
 
     def _vgg(self):
         c = self.cfg.spade
@@ -431,14 +386,7 @@ class Trainer:
         self._release_lock()
 
     def _exists_everywhere(self, path: str) -> bool:
-        """Whether ``path`` exists, checked by every process: a checkpoint that some processes cannot
-        see (run folder not on a shared filesystem) is an error rather than a silent divergence."""
-        seen = D.all_gather_object(os.path.isfile(path), self.dist)
-        if any(seen) and not all(seen):
-            missing = [r for r, s in enumerate(seen) if not s]
-            raise RunFolderError(f"{path} exists for some processes but not for rank(s) {missing}: in multi-node "
-                                 "runs the run folder (--out) must be on a filesystem shared by every node")
-        return seen[0]
+        return D.exists_everywhere(path, self.dist)
 
     def _own_nets(self, stage: Stage, ck: dict):
         """The networks to take from a stage's own checkpoint: those it trains, and those not yet

@@ -1,0 +1,118 @@
+"""Networks from a config and networks from a checkpoint: the one place that turns a :class:`TrainConfig` (and the
+dataset's ``num_classes``) into the five networks of SB-GAN, and a checkpoint file or run folder into trained ones.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+import torch
+
+from ..config import TrainConfig, from_dict
+from ..errors import CheckpointMismatchError
+from . import checkpoint as ckpt_io
+
+NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+# Config keys that fix the shapes of each network's parameters (besides the number of label classes): a
+# checkpoint written with other values cannot be loaded into this run's networks.
+ARCH_KEYS = {
+    "G_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.z_dim", "seg.width_mult"),
+    "D_seg": ("seg.max_dim", "seg.aspect_ratio", "seg.width_mult"),
+    "G_spd": ("spade.ngf", "spade.num_upsampling_layers", "spade.crop_size", "spade.aspect_ratio",
+              "spade.contain_dontcare_label"),
+    "D_spd": ("spade.ndf", "spade.n_layers_D", "spade.num_D", "spade.contain_dontcare_label"),
+    "D2": ("spade.ndf", "spade.n_layers_D", "spade.num_D"),
+}
+
+
+def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
+    """The networks ``names`` of SB-GAN for ``num_classes`` label channels, as the config describes."""
+    from .discriminator import MultiscaleDiscriminator
+    from .seg import SegDiscriminator, SegGenerator
+    from .spade_gen import SPADEGenerator
+
+    s, p, e = cfg.seg, cfg.spade, cfg.e2e
+    nets: Dict[str, torch.nn.Module] = {}
+    if "G_seg" in names:
+        nets["G_seg"] = SegGenerator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio, z_dim=s.z_dim,
+                                     pixel_norm=s.pixel_norm, width_mult=s.width_mult)
+    if "D_seg" in names:
+        nets["D_seg"] = SegDiscriminator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio,
+                                         width_mult=s.width_mult)
+    if "G_spd" in names:
+        nets["G_spd"] = SPADEGenerator(num_classes, contain_dontcare_label=p.contain_dontcare_label, ngf=p.ngf,
+                                       num_upsampling_layers=p.num_upsampling_layers, crop_size=p.crop_size,
+                                       aspect_ratio=p.aspect_ratio, norm_G=p.norm_G, detach_seg=e.detach_seg,
+                                       impl=cfg.impl)
+    if "D_spd" in names:
+        nets["D_spd"] = MultiscaleDiscriminator(num_classes, conditional=True,
+                                                contain_dontcare_label=p.contain_dontcare_label, ndf=p.ndf,
+                                                n_layers_D=p.n_layers_D, num_D=p.num_D, norm_D=p.norm_D)
+    if "D2" in names:
+        nets["D2"] = MultiscaleDiscriminator(num_classes, conditional=False, ndf=p.ndf, n_layers_D=p.n_layers_D,
+                                             num_D=p.num_D, norm_D=p.norm_D)
+    return nets
+
+
+def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True):
+    """Return (cfg, num_classes, {'G_seg'?, 'G_spd'}) in eval mode on ``device``, from a checkpoint file or a run
+    folder (its e2e checkpoint, else its seg and spade checkpoints).
+
+    Raises:
+        FileNotFoundError: the folder or file holds no trained generator asked for.
+    """
+    if os.path.isdir(checkpoint):
+        paths = []
+        e2e = ckpt_io.find_checkpoint(checkpoint, "e2e")
+        if e2e:
+            paths = [e2e]
+        else:
+            for stage in (("seg", "spade") if need_seg else ("spade",)):
+                p = ckpt_io.find_checkpoint(checkpoint, stage)
+                if p is None:
+                    raise FileNotFoundError(f"{checkpoint}: no e2e checkpoint and no {stage} checkpoint in "
+                                            f"{os.path.join(checkpoint, 'checkpoints')}; train that stage first")
+                paths.append(p)
+    else:
+        paths = [checkpoint]
+    states: Dict[str, dict] = {}
+    cfg = k = None
+    for p in paths:
+        ck = ckpt_io.load_checkpoint(p, map_location="cpu")
+        if cfg is None:
+            cfg, k = from_dict(ck["config"]), ck["num_classes"]
+        for name in ("G_seg", "G_spd"):
+            if name in ck["nets"]:
+                states[name] = ck["nets"][name]
+    names = ("G_seg", "G_spd") if need_seg else ("G_spd",)
+    missing = [name for name in names if name not in states]
+    if missing:
+        raise FileNotFoundError(
+            f"{checkpoint} holds no trained {' or '.join(missing)}: pass the run folder or an e2e checkpoint"
+            + (", or use --labels to synthesise images from label maps with G_spd alone" if need_seg else ""))
+    nets = build_networks(cfg, k, names=names)
+    for name, net in nets.items():
+        net.load_state_dict(states[name])
+        net.to(device).eval()
+    return cfg, k, nets
+
+
+def load_seg_generator(path: str, device: torch.device, num_classes: int) -> Tuple[torch.nn.Module, int]:
+    """(G_seg in eval mode on ``device``, the checkpoint's step) from a checkpoint file whose G_seg makes
+    ``num_classes``-class maps. Building it does not move the global RNG stream.
+
+    Raises:
+        CheckpointMismatchError: the file holds no G_seg, or one of another class count.
+    """
+    ck = ckpt_io.load_checkpoint(path, map_location="cpu")
+    if "G_seg" not in ck.get("nets", {}):
+        raise CheckpointMismatchError(f"{path} holds no G_seg (networks: {sorted(ck.get('nets', {}))}); pass a seg "
+                                      "or e2e checkpoint as spade.seg_checkpoint")
+    k = int(ck["num_classes"])
+    if k != num_classes:
+        raise CheckpointMismatchError(f"{path}: its G_seg makes {k}-class label maps, this run has "
+                                      f"{num_classes} classes")
+    with torch.random.fork_rng(devices=[]):   # initialisation draws must not move the training RNG stream
+        net = build_networks(from_dict(ck["config"]), k, names=("G_seg",))["G_seg"]
+    net.load_state_dict(ck["nets"]["G_seg"])
+    return net.to(device).eval(), int(ck.get("step", -1))
