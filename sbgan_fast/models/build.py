@@ -26,7 +26,8 @@ ARCH_KEYS = {
 
 
 def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
-    """The networks ``names`` of SB-GAN for ``num_classes`` label channels, as the config describes."""
+    """The networks ``names`` of SB-GAN for ``num_classes`` label channels (the don't-care channel included, see
+    :mod:`sbgan_fast.models.labels`), as the config describes."""
     from .discriminator import MultiscaleDiscriminator
     from .seg import SegDiscriminator, SegGenerator
     from .spade_gen import SPADEGenerator
