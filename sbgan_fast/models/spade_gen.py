@@ -72,7 +72,7 @@ class SPADEGenerator(nn.Module):
 
     Forward:
         seg: float (N, K (+1), H, W) one-hot or soft map (NCHW or channels-last), or int (N, H, W)
-            labels in [0, K) (or 255 with ``contain_dontcare_label``).
+            labels in [0, K) (with ``contain_dontcare_label`` also 255 or K, the don't-care channel's index).
         returns float (N, 3, sh * 2**n, sw * 2**n) in [-1, 1] (tanh), in the parameters' dtype
         (the autocast dtype under autocast).
     """
@@ -154,6 +154,10 @@ class SPADEGenerator(nn.Module):
             seg = seg[:, 0]
         if seg.dim() != 3:
             raise ValueError(f"SPADEGenerator: an int seg must be (N, H, W) labels, got shape {tuple(seg.shape)}")
+        if self.dontcare is not None:
+            # channel indices as the trainer gives them: the don't-care channel's index (label_nc) stands for the
+            # don't-care value too
+            seg = torch.where(seg == self.label_nc, torch.full_like(seg, self.dontcare), seg)
         # Validate the label range once here (the error names the bad value); semantics of ops.one_hot.
         check_label_range("SPADEGenerator", seg, self.label_nc, self.dontcare)
         return seg
