@@ -25,7 +25,7 @@ Data feed (``--loader``):
   none            (default) the step reads batches already in memory, built from the built-in synthetic
                   scenes at ``--size``.
   torch, dali     the step reads the real dataset ``--dataset`` under ``--data-root`` (official layouts) through
-                  the trainer's own loader (``sbgan_fast.train.run.make_loader``: torch DataLoader with
+                  the trainer's own loader (``sbgan_fast.train.data_order.make_loader``: torch DataLoader with
                   ``--workers`` processes, or the DALI pipeline; label-only stages always use the torch loader).
                   For each row three numbers are measured over the same steps: the loader alone, the step on
                   the same batches held in memory, and the step fed live by the loader; they go side by side,
@@ -50,7 +50,7 @@ import torch
 
 from sbgan_fast import ops
 from sbgan_fast.config import build_config
-from sbgan_fast.train.run import make_loader
+from sbgan_fast.train.data_order import make_loader
 from sbgan_fast.train.stages import STAGE_CLASSES
 from sbgan_fast.train.trainer import Trainer
 

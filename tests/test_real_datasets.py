@@ -217,7 +217,7 @@ def test_torch_loader_contract_and_epoch_tags(tmp_path):
 def test_factory_and_train_loader(tmp_path):
     from sbgan_fast.data.factory import build_dataset
     from sbgan_fast.config import build_config
-    from sbgan_fast.train.run import SampleStream, make_loader
+    from sbgan_fast.train.data_order import SampleStream, make_loader
     root = make_cityscapes(tmp_path / "cs", n=4, h=32, w=64)
     cfg = build_config("demo", None, ["data.dataset=cityscapes", f"data.root={root}", "data.num_classes=35",
                                       f"data.cache={tmp_path / 'cache'}", "data.loader=torch"])

@@ -276,8 +276,8 @@ def test_handmade_reference_layout_loads_and_matches(ar):
     # a whole checkpoint as the authors save it, networks wrapped in DataParallel
     ckpt = {"iter": 10, "phase": "stabilize", "dim": max_dim,
             "G_state_dict": {"module." + key: v for key, v in g_sd.items()}, "D_state_dict": d_sd}
-    G = SegGenerator.from_reference_state_dict(ckpt, num_semantics=k, max_dim=max_dim, aspect_ratio=ar)
-    D = SegDiscriminator.from_reference_state_dict(ckpt, num_semantics=k, max_dim=max_dim, aspect_ratio=ar)
+    G = SegGenerator.from_reference_state_dict(ckpt, num_classes=k, max_dim=max_dim, aspect_ratio=ar)
+    D = SegDiscriminator.from_reference_state_dict(ckpt, num_classes=k, max_dim=max_dim, aspect_ratio=ar)
     assert G.z_dim == z_dim and G.channels == chans and D.channels == chans
     z = torch.randn(3, z_dim)
     with torch.no_grad():
@@ -301,9 +301,9 @@ def test_handmade_reference_layout_loads_and_matches(ar):
 def test_reference_round_trip_exact(ar):
     G = _rand_params(SegGenerator(7, max_dim=32, aspect_ratio=ar, width_mult=1 / 16))
     D = _rand_params(SegDiscriminator(7, max_dim=32, aspect_ratio=ar, width_mult=1 / 16))
-    G2 = SegGenerator.from_reference_state_dict(G.to_reference_state_dict(), num_semantics=7, max_dim=32,
+    G2 = SegGenerator.from_reference_state_dict(G.to_reference_state_dict(), num_classes=7, max_dim=32,
                                                 aspect_ratio=ar)
-    D2 = SegDiscriminator.from_reference_state_dict(D.to_reference_state_dict(), num_semantics=7, max_dim=32,
+    D2 = SegDiscriminator.from_reference_state_dict(D.to_reference_state_dict(), num_classes=7, max_dim=32,
                                                     aspect_ratio=ar)
     z = torch.randn(2, 512)
     with torch.no_grad():
@@ -320,23 +320,23 @@ def test_reference_loading_errors():
     G = SegGenerator(5, max_dim=16, width_mult=1 / 32)
     sd = G.to_reference_state_dict()
     with pytest.raises(ValueError, match="to_mask.weight"):
-        SegGenerator.from_reference_state_dict(sd, num_semantics=6, max_dim=16)
+        SegGenerator.from_reference_state_dict(sd, num_classes=6, max_dim=16)
     with pytest.raises(ValueError, match="max_dim"):
-        SegGenerator.from_reference_state_dict(sd, num_semantics=5, max_dim=32)
+        SegGenerator.from_reference_state_dict(sd, num_classes=5, max_dim=32)
     with pytest.raises(ValueError, match="aspect_ratio"):
-        SegGenerator.from_reference_state_dict(sd, num_semantics=5, max_dim=16, aspect_ratio=3)
+        SegGenerator.from_reference_state_dict(sd, num_classes=5, max_dim=16, aspect_ratio=3)
     bad = dict(sd)
     bad["blocks.1.extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unexpected keys"):
-        SegGenerator.from_reference_state_dict(bad, num_semantics=5, max_dim=16)
+        SegGenerator.from_reference_state_dict(bad, num_classes=5, max_dim=16)
     rgb = {k.replace("to_mask", "to_rgb"): v for k, v in sd.items()}
     with pytest.raises(ValueError, match="RGB"):
-        SegGenerator.from_reference_state_dict(rgb, num_semantics=5, max_dim=16)
+        SegGenerator.from_reference_state_dict(rgb, num_classes=5, max_dim=16)
     D = SegDiscriminator(5, max_dim=16, width_mult=1 / 32)
     dsd = D.to_reference_state_dict()
     del dsd["blocks.2.fc3.bias"]
     with pytest.raises(ValueError, match="missing keys"):
-        SegDiscriminator.from_reference_state_dict(dsd, num_semantics=5, max_dim=16)
+        SegDiscriminator.from_reference_state_dict(dsd, num_classes=5, max_dim=16)
 
 
 # ------------------------------------------------------------------------------------------------------------------

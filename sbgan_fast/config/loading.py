@@ -187,6 +187,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.e2e.finetune in ("all", "seg", "spade"), f"e2e.finetune must be all|seg|spade, got {cfg.e2e.finetune!r}")
     need(cfg.e2e.d2_lr in ("ttur", "constant"), f"e2e.d2_lr must be ttur|constant, got {cfg.e2e.d2_lr!r}")
     sp = cfg.spade
+    need(not sp.contain_dontcare_label or cfg.data.dontcare is not None,
+         "spade.contain_dontcare_label=true makes the last of the num_classes label channels the don't-care "
+         "channel: set data.dontcare to the label value that maps to it (e.g. 255), or leave the option false")
     need(sp.synthetic_labels >= 0, f"spade.synthetic_labels must be >= 0 (0: off), got {sp.synthetic_labels}")
     need(sp.synthetic_batch >= 0, f"spade.synthetic_batch must be >= 0 (0: spade.batch_size), got {sp.synthetic_batch}")
     need(sp.synthetic_weight >= 0, f"spade.synthetic_weight must be >= 0, got {sp.synthetic_weight}")

@@ -80,7 +80,8 @@ class SpadeConfig:
     num_upsampling_layers: str = "normal"
     crop_size: int = 256                 # image width
     aspect_ratio: float = 1.0
-    contain_dontcare_label: bool = False
+    contain_dontcare_label: bool = False  # (authors' option) the last label channel is the don't-care one: G_spd and
+                                          # D_spd count num_classes - 1 classes + it (needs data.dontcare)
     norm_G: str = "spectralspadesyncbatch3x3"
     norm_D: str = "spectralinstance"
     n_layers_D: int = 3                  # 3: authors' fork (all strides 2); 4: NVIDIA's current SPADE

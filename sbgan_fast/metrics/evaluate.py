@@ -21,20 +21,21 @@ datasets the ``--image-dir``/``--label-dir`` given (else the training folders, w
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..config import resolve_device
-from ..models import generated_label_maps, label_ids, load_generators
-from .fid import FeatureStats, FIDExtractor, fid_from_stats, real_statistics
-from .quality import DC_K, KID_SUBSETS, PR_K, quality_metrics
+from ..models import load_generators
+from .eval_sets import (SYNTHETIC_VAL_SEED, build_eval_dataset, conditional_batches, label_subset, real_batches,
+                        set_metrics, stats_of, unconditional_batches)
+from .fid import FIDExtractor, real_statistics
+from .quality import DC_K, KID_SUBSETS, PR_K
 
 __all__ = ["evaluate_checkpoint", "fid_callback", "set_metrics", "build_eval_dataset", "keep_freed_memory",
            "PAPER_SET_SIZE", "SYNTHETIC_VAL_SEED"]
@@ -42,9 +43,6 @@ __all__ = ["evaluate_checkpoint", "fid_callback", "set_metrics", "build_eval_dat
 # images per generated set in the paper's protocol (the sizes of the validation sets)
 PAPER_SET_SIZE = {"cityscapes": 500, "ade_indoor": 433}
 PAPER_SETS = 5
-# the synthetic validation scenes use seed (run seed + this): disjoint from the training scenes
-SYNTHETIC_VAL_SEED = 1_000_003
-SYNTHETIC_VAL_SIZE = 500
 
 
 def _log_stderr(msg: str) -> None:
@@ -70,115 +68,6 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------------------
-def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: Optional[str] = None,
-                       image_dir: Optional[str] = None, label_dir: Optional[str] = None,
-                       size: Optional[int] = None, log: Callable[[str], None] = _log_stderr):
-    """The real evaluation set of a run config: items ``{"image": uint8 (3,H,W), "label": int64 (H,W)}``
-    at ``cfg.data.height x cfg.data.width``, no flips. Returns (dataset, describe) where ``describe``
-    identifies the set for the statistics cache."""
-    d = cfg.data
-    desc: Dict[str, Any] = {"dataset": d.dataset, "split": split, "height": d.height, "width": d.width}
-    if d.dataset == "synthetic":
-        from ..data.synthetic import SyntheticScenes
-        n = size or SYNTHETIC_VAL_SIZE
-        seed = cfg.seed + (SYNTHETIC_VAL_SEED if split != "train" else 0)
-        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes)
-        desc.update(seed=seed, size=n, num_classes=num_classes)
-        return ds, desc
-    from ..data.factory import build_dataset
-    if d.dataset == "folder":   # the training folders' preprocessing (crop, interpolation, value checks)
-        img_dir, lab_dir = image_dir or d.image_dir, label_dir or d.label_dir
-        if not (img_dir and lab_dir):
-            raise FileNotFoundError("evaluating a folder dataset needs the validation images and labels: "
-                                    "--image-dir DIR --label-dir DIR")
-        if not (image_dir and label_dir):
-            log(f"[fid] warning: no --image-dir/--label-dir given: the real statistics use the training folders "
-                f"{img_dir} and {lab_dir}")
-        c = copy.deepcopy(cfg)
-        c.data.image_dir, c.data.label_dir, c.data.cache = img_dir, lab_dir, None
-        ds, _ = build_dataset(c, images=True)
-        desc.update(image_dir=os.path.abspath(img_dir), label_dir=os.path.abspath(lab_dir),
-                    image_suffix=d.image_suffix, label_suffix=d.label_suffix, crop=d.crop,
-                    image_interp=d.image_interp, size=len(ds))
-        return ds, desc
-    # official layouts (Cityscapes, ADE-Indoor): the dataset factory's val split
-    c = copy.deepcopy(cfg)
-    c.data.split = split
-    c.data.hflip = False
-    c.data.cache = None          # read the files; a training cache holds the training split
-    if data_root:
-        c.data.root = data_root
-    if not c.data.root:
-        raise FileNotFoundError(f"evaluating {d.dataset} needs the dataset root: --data-root DIR")
-    try:
-        ds, _ = build_dataset(c, images=True)
-    except ValueError as e:
-        raise FileNotFoundError(f"cannot load the {split} split of {d.dataset} at {c.data.root}: {e}") from None
-    desc.update(root=os.path.abspath(c.data.root), crop=c.data.crop, image_interp=c.data.image_interp,
-                label_kind=c.data.label_kind, list_dir=c.data.list_dir, class_map=c.data.class_map,
-                num_classes=num_classes, size=len(ds))
-    return ds, desc
-
-
-def _real_batches(ds, count: int, batch_size: int) -> Iterator[torch.Tensor]:
-    for i in range(0, count, batch_size):
-        yield torch.stack([ds[j]["image"] for j in range(i, min(count, i + batch_size))])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# generation
-# ---------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def _unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
-                           device: torch.device) -> Iterator[torch.Tensor]:
-    """float (B, 3, H, W) images in [-1, 1]: z ~ N(0, I) from a generator seeded with ``seed`` (the global
-    RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels)."""
-    for labels in generated_label_maps(nets["G_seg"], n, seed, batch_size, device, upsample2=cfg.e2e.seg_half_res):
-        yield nets["G_spd"](labels).float()
-
-
-@torch.no_grad()
-def _conditional_batches(nets, cfg, num_classes: int, ds, indices: List[int], batch_size: int,
-                         device: torch.device) -> Iterator[torch.Tensor]:
-    """float (B, 3, H, W) images in [-1, 1]: G_spd on the label maps ``ds[i]["label"]`` for ``i`` in indices."""
-    for i in range(0, len(indices), batch_size):
-        lab = torch.stack([ds[j]["label"] for j in indices[i:i + batch_size]]).long().to(device)
-        yield nets["G_spd"](label_ids(lab, cfg.data.dontcare, num_classes)).float()
-
-
-def _label_subset(count: int, n: int, seed: int) -> List[int]:
-    """All of range(count) when n >= count, else n sorted indices drawn without replacement (seeded)."""
-    if n >= count:
-        return list(range(count))
-    return sorted(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())
-
-
-def _stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor],
-              on_batch: Optional[Callable[[int], None]] = None) -> FeatureStats:
-    """Statistics and features (``keep_features``) of generated batches; ``on_batch(count)`` after each."""
-    stats = FeatureStats(keep_features=True)
-    for b in batches:
-        extractor.update(stats, b)
-        if on_batch is not None:
-            on_batch(int(b.shape[0]))
-    return stats
-
-
-def set_metrics(fake: FeatureStats, real: FeatureStats, *, seed: int = 0) -> Dict[str, float]:
-    """FID (from the statistics, as before) and the :func:`.quality.quality_metrics` of one generated set
-    against the real set (both with kept features). Precision/recall (density/coverage) are left out when a
-    set holds k = 3 (real: 5) vectors or fewer."""
-    out = {"fid": fid_from_stats(fake, real)}
-    nr, nf = real.n, fake.n
-    q = quality_metrics(real.features, fake.features, fid=False, seed=seed,
-                        pr_k=PR_K if min(nr, nf) > PR_K else None, dc_k=DC_K if nr > DC_K else None)
-    out.update(q)
-    return out
 
 
 _EXTRA = ("kid", "precision", "recall", "density", "coverage")
@@ -293,7 +182,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
         bar.update(b)
 
     try:
-        real, real_meta = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
+        real, real_meta = real_statistics(real_batches(ds, count, batch_size), extractor, describe=desc,
                                           cache_dir=cache_dir, log=log, on_batch=real_batch)
         result: Dict[str, Any] = {
             "checkpoint": os.path.abspath(checkpoint), "preset": cfg.preset, "dataset": cfg.data.dataset,
@@ -307,7 +196,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
             per_set, seeds = [], []
             for s in range(sets):
                 t = time.perf_counter()
-                st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev),
+                st = stats_of(extractor, unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev),
                                bar.update)
                 per_set.append(set_metrics(st, real, seed=seed + s))
                 seeds.append(seed + s)
@@ -318,8 +207,8 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
             per_set, seeds = [], []
             for s in range(c_sets):
                 t = time.perf_counter()
-                idx = _label_subset(count, n_cond, seed + s)
-                st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev), bar.update)
+                idx = label_subset(count, n_cond, seed + s)
+                st = stats_of(extractor, conditional_batches(nets, cfg, k, ds, idx, batch_size, dev), bar.update)
                 per_set.append(set_metrics(st, real, seed=seed + s))
                 seeds.append(seed + s)
                 log(f"[fid] conditional set {s + 1}/{c_sets} ({n_cond} of {count} real label maps): "
@@ -417,7 +306,7 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
     rkey = ("real", extractor.variant, extractor.weights_id, json.dumps(desc, sort_keys=True, default=str))
     real = _CALLBACK_STATE.get(rkey)
     if real is None:
-        real, _ = real_statistics(_real_batches(ds, count, batch_size), extractor, describe=desc,
+        real, _ = real_statistics(real_batches(ds, count, batch_size), extractor, describe=desc,
                                   cache_dir=cache_dir, log=log)
         _CALLBACK_STATE[rkey] = real
     modes = {name: net.training for name, net in nets.items()}
@@ -427,10 +316,10 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
             if name in nets:
                 nets[name].eval()
         if do_uncond:
-            st = _stats_of(extractor, _unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
+            st = stats_of(extractor, unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
             out.update(_record(set_metrics(st, real, seed=seed), ""))
         idx = list(range(min(n_images, count)))   # the same label maps at every call
-        st = _stats_of(extractor, _conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
+        st = stats_of(extractor, conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
         out.update(_record(set_metrics(st, real, seed=seed), "_cond"))
     finally:
         for name, training in modes.items():

@@ -26,12 +26,16 @@ ARCH_KEYS = {
 
 
 def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
-    """The networks ``names`` of SB-GAN for ``num_classes`` label channels, as the config describes."""
+    """The networks ``names`` of SB-GAN for ``num_classes`` label channels (the don't-care channel included, see
+    :mod:`sbgan_fast.models.labels`), as the config describes."""
     from .discriminator import MultiscaleDiscriminator
     from .seg import SegDiscriminator, SegGenerator
     from .spade_gen import SPADEGenerator
 
     s, p, e = cfg.seg, cfg.spade, cfg.e2e
+    # Every network sees num_classes label channels. With spade.contain_dontcare_label (the authors' option) the
+    # last one is the don't-care channel (data.dontcare), which the SPADE networks count apart from their classes.
+    spade_classes = num_classes - (1 if p.contain_dontcare_label else 0)
     nets: Dict[str, torch.nn.Module] = {}
     if "G_seg" in names:
         nets["G_seg"] = SegGenerator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio, z_dim=s.z_dim,
@@ -40,12 +44,12 @@ def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[
         nets["D_seg"] = SegDiscriminator(num_classes, max_dim=s.max_dim, aspect_ratio=s.aspect_ratio,
                                          width_mult=s.width_mult)
     if "G_spd" in names:
-        nets["G_spd"] = SPADEGenerator(num_classes, contain_dontcare_label=p.contain_dontcare_label, ngf=p.ngf,
+        nets["G_spd"] = SPADEGenerator(spade_classes, contain_dontcare_label=p.contain_dontcare_label, ngf=p.ngf,
                                        num_upsampling_layers=p.num_upsampling_layers, crop_size=p.crop_size,
                                        aspect_ratio=p.aspect_ratio, norm_G=p.norm_G, detach_seg=e.detach_seg,
                                        impl=cfg.impl)
     if "D_spd" in names:
-        nets["D_spd"] = MultiscaleDiscriminator(num_classes, conditional=True,
+        nets["D_spd"] = MultiscaleDiscriminator(spade_classes, conditional=True,
                                                 contain_dontcare_label=p.contain_dontcare_label, ndf=p.ndf,
                                                 n_layers_D=p.n_layers_D, num_D=p.num_D, norm_D=p.norm_D)
     if "D2" in names:

@@ -22,23 +22,15 @@ Own ``state_dict`` layout (index j = resolution index)::
     G: blocks.0.fc.*, blocks.0.conv1.*, blocks.{j>0}.conv0.*, blocks.{j>0}.conv1.*, to_mask.{j}.*
     D: from_mask.{j}.*, blocks.{j}.conv0.*, blocks.{j}.conv1.*, blocks.0.fc.*
 
-The authors' checkpoints (``G_state_dict`` / ``D_state_dict`` of their progressive label-map GAN) use one module
-per block, with the discriminator's blocks numbered from the highest resolution down (``n = log2(max_dim) - 1``
-blocks)::
-
-    G: blocks.0.fc1.*, blocks.{j}.conv1.* (j > 0), blocks.{j}.conv2.*, blocks.{j}.to_mask.*
-    D: blocks.{n-1-j}.from_mask.*, blocks.{n-1-j}.conv1.*, blocks.{n-1-j}.conv2.*, blocks.{n-1}.fc3.*
-
-:meth:`SegGenerator.from_reference_state_dict` / :meth:`SegDiscriminator.from_reference_state_dict` read that
-layout (a whole checkpoint dict, a bare state dict, or either with a ``module.`` prefix), and the
-``to_reference_state_dict`` methods write it. Both layouts hold the unscaled equalized weights.
+The authors' checkpoints (``G_state_dict`` / ``D_state_dict`` of their progressive label-map GAN; a whole
+checkpoint dict, a bare state dict, or either with a ``module.`` prefix) are read by the
+``from_reference_state_dict`` class methods and written by ``to_reference_state_dict``; the layout and the key
+mapping are :mod:`sbgan_fast.models.reference`.
 """
 from __future__ import annotations
 
 import math
-import re
-from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +38,7 @@ from torch import nn
 
 from ..nn.equalized import EqualizedConv2d, EqualizedLinear
 from ..nn.pixelnorm import PIXEL_NORM_MODES, PixelNorm
+from .reference import ReferenceLayout, load_mapped, reference_state
 
 __all__ = ["SegGenerator", "SegDiscriminator", "seg_channels"]
 
@@ -124,10 +117,10 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LRELU_SLOPE)
 
 
-def _init_progressive(net: nn.Module, owner: str, num_semantics, max_dim, aspect_ratio, width_mult) -> int:
-    """Check the arguments both networks share and set ``num_semantics``, ``max_dim``, ``aspect_ratio``,
+def _init_progressive(net: nn.Module, owner: str, num_classes, max_dim, aspect_ratio, width_mult) -> int:
+    """Check the arguments both networks share and set ``num_classes``, ``max_dim``, ``aspect_ratio``,
     ``width_mult``, ``resolutions`` ([4, 8, ..., max_dim]) and ``channels`` on ``net``; returns the block count."""
-    net.num_semantics = _check_positive_int(owner, "num_semantics", num_semantics)
+    net.num_classes = _check_positive_int(owner, "num_classes", num_classes)
     n = _num_blocks(owner, max_dim)
     net.max_dim = max_dim
     net.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
@@ -138,100 +131,13 @@ def _init_progressive(net: nn.Module, owner: str, num_semantics, max_dim, aspect
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# reference checkpoint helpers
-
-
-def _extract_state_dict(owner: str, state_dict: Mapping, checkpoint_key: str) -> Dict[str, torch.Tensor]:
-    """Accept a bare state dict or a whole checkpoint holding it under ``checkpoint_key``; drop a ``module.`` prefix."""
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{owner}.from_reference_state_dict: state_dict must be a mapping, got "
-                        f"{type(state_dict).__name__}")
-    if checkpoint_key in state_dict and isinstance(state_dict[checkpoint_key], Mapping):
-        state_dict = state_dict[checkpoint_key]
-    sd = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise ValueError(f"{owner}.from_reference_state_dict: no tensors found (expected the network's state dict "
-                         f"or a checkpoint with a {checkpoint_key!r} entry); keys: {sorted(state_dict)[:8]}")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    if any(".to_rgb." in k or ".from_rgb." in k for k in sd):
-        raise ValueError(f"{owner}.from_reference_state_dict: this checkpoint holds an RGB progressive GAN "
-                         f"(to_rgb/from_rgb heads), not the label-map networks (to_mask/from_mask)")
-    return sd
-
-
-def _reference_block_count(owner: str, sd: Mapping[str, torch.Tensor]) -> int:
-    indices = set()
-    for k in sd:
-        m = re.match(r"blocks\.(\d+)\.", k)
-        if m is None:
-            raise ValueError(f"{owner}.from_reference_state_dict: unexpected key {k!r} (reference keys look like "
-                             f"'blocks.<i>.<layer>.weight')")
-        indices.add(int(m.group(1)))
-    n = max(indices) + 1
-    missing = sorted(set(range(n)) - indices)
-    if missing:
-        raise ValueError(f"{owner}.from_reference_state_dict: blocks {missing} are missing from the state dict")
-    return n
-
-
-def _load_mapped(model: nn.Module, owner: str, sd: Mapping[str, torch.Tensor], ref_to_own: Mapping[str, str]) -> None:
-    """Copy reference tensors into ``model`` through ``ref_to_own``; every key must match both ways."""
-    unexpected = sorted(set(sd) - set(ref_to_own))
-    missing = sorted(set(ref_to_own) - set(sd))
-    if unexpected or missing:
-        raise ValueError(f"{owner}.from_reference_state_dict: the state dict does not match the architecture "
-                         f"(check num_semantics, max_dim, aspect_ratio); missing keys: {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''}; unexpected keys: {unexpected[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''}")
-    own = model.state_dict()
-    converted = {}
-    for ref_key, own_key in ref_to_own.items():
-        value = sd[ref_key]
-        if tuple(value.shape) != tuple(own[own_key].shape):
-            raise ValueError(f"{owner}.from_reference_state_dict: {ref_key!r} has shape {tuple(value.shape)}, the "
-                             f"architecture expects {tuple(own[own_key].shape)} (check num_semantics, aspect_ratio, "
-                             f"width_mult)")
-        converted[own_key] = value
-    model.load_state_dict(converted, strict=True)
+# reference checkpoints (the layout: models/reference.py)
 
 
 def _infer_width_mult(owner: str, channels0: int, width_mult: Optional[float]) -> float:
     if width_mult is not None:
         return _check_width_mult(owner, width_mult)
     return channels0 / MAX_CHANNELS
-
-
-def _reference_state(owner: str, state_dict: Mapping, checkpoint_key: str,
-                     max_dim) -> Tuple[Dict[str, torch.Tensor], int]:
-    """(reference tensors of ``state_dict`` (see :func:`_extract_state_dict`), block count n), checked to hold the
-    n blocks that ``max_dim`` needs."""
-    sd = _extract_state_dict(owner, state_dict, checkpoint_key)
-    n = _num_blocks(owner, max_dim)
-    n_ref = _reference_block_count(owner, sd)
-    if n_ref != n:
-        raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "
-                         f"{2 ** (n_ref + 1)}), but max_dim={max_dim} needs {n}")
-    return sd, n
-
-
-class _ReferenceLayout:
-    """Key mapping to and from the authors' checkpoint layout; subclasses list their layers in
-    :meth:`_reference_layers`."""
-
-    def _reference_layers(self) -> List[Tuple[str, str]]:
-        """``[(reference layer prefix, own layer prefix), ...]`` in the reference's order."""
-        raise NotImplementedError
-
-    def _reference_key_map(self) -> "OrderedDict[str, str]":
-        """Reference key -> own key (weight and bias of every layer), in the reference's order."""
-        return OrderedDict((f"{ref}.{p}", f"{own}.{p}") for ref, own in self._reference_layers()
-                           for p in ("weight", "bias"))
-
-    def to_reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        """State dict in the authors' layout (see the module docstring); tensors share storage with the model."""
-        own = self.state_dict()
-        return OrderedDict((ref, own[own_key]) for ref, own_key in self._reference_key_map().items())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,11 +169,11 @@ class _GenBlock(nn.Module):
         return self.norm(_lrelu(self.conv1(x)))
 
 
-class SegGenerator(_ReferenceLayout, nn.Module):
+class SegGenerator(ReferenceLayout, nn.Module):
     """Progressive semantic-bottleneck generator: latent z -> per-pixel class probabilities.
 
     Args:
-        num_semantics: K, the number of label channels (e.g. 35 for Cityscapes, 95 for ADE-Indoor).
+        num_classes: K, the number of label channels (e.g. 35 for Cityscapes, 95 for ADE-Indoor).
         max_dim: highest output height, a power of two >= 4 (256 in the paper).
         aspect_ratio: width / height, a positive integer (1 for ADE20K, 2 for Cityscapes).
         z_dim: latent size (512).
@@ -282,11 +188,11 @@ class SegGenerator(_ReferenceLayout, nn.Module):
     (softmax over dim 1), in the dtype of the computation (z's dtype, or the autocast dtype's softmax result).
     """
 
-    def __init__(self, num_semantics: int, *, max_dim: int = 256, aspect_ratio: float = 1.0, z_dim: int = 512,
+    def __init__(self, num_classes: int, *, max_dim: int = 256, aspect_ratio: float = 1.0, z_dim: int = 512,
                  pixel_norm: str = "code", width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegGenerator"
-        n = _init_progressive(self, owner, num_semantics, max_dim, aspect_ratio, width_mult)
+        n = _init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
         self.z_dim = _check_positive_int(owner, "z_dim", z_dim)
         if pixel_norm not in PIXEL_NORM_MODES:
             raise ValueError(f"{owner}: pixel_norm must be one of {PIXEL_NORM_MODES}, got {pixel_norm!r}")
@@ -299,7 +205,7 @@ class SegGenerator(_ReferenceLayout, nn.Module):
                                     w0=4 * self.aspect_ratio, pixel_norm=pixel_norm))
         self.blocks = nn.ModuleList(blocks)
         self.to_mask = nn.ModuleList(
-            EqualizedConv2d(c, self.num_semantics, 1, gain=HEAD_GAIN) for c in self.channels)
+            EqualizedConv2d(c, self.num_classes, 1, gain=HEAD_GAIN) for c in self.channels)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def resolution_index(self, res: Optional[int]) -> int:
@@ -328,7 +234,7 @@ class SegGenerator(_ReferenceLayout, nn.Module):
                 (probabilities, nearest x2). With ``alpha == 1`` (the default, and the reference's training) the
                 previous head does not run.
         Returns:
-            float (N, num_semantics, res, res * aspect_ratio), sums to 1 over dim 1.
+            float (N, num_classes, res, res * aspect_ratio), sums to 1 over dim 1.
         """
         self._check_z(z)
         j = self.resolution_index(res)
@@ -352,7 +258,7 @@ class SegGenerator(_ReferenceLayout, nn.Module):
         return layers
 
     @classmethod
-    def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
+    def from_reference_state_dict(cls, state_dict: Mapping, *, num_classes: int, max_dim: int = 256,
                                   aspect_ratio: float = 1.0, pixel_norm: str = "code",
                                   width_mult: Optional[float] = None) -> "SegGenerator":
         """Build a generator from the authors' ``G_state_dict`` (or a whole checkpoint holding it).
@@ -362,7 +268,7 @@ class SegGenerator(_ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegGenerator"
-        sd, _ = _reference_state(owner, state_dict, "G_state_dict", max_dim)
+        sd, _ = reference_state(owner, state_dict, "G_state_dict", _num_blocks(owner, max_dim), max_dim)
         fc = sd.get("blocks.0.fc1.weight")
         if fc is None or fc.dim() != 2:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
@@ -371,13 +277,13 @@ class SegGenerator(_ReferenceLayout, nn.Module):
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' has {fc.shape[0]} outputs, "
                              f"not a multiple of 4 x {4 * ar} (check aspect_ratio={aspect_ratio})")
         wm = _infer_width_mult(owner, fc.shape[0] // (16 * ar), width_mult)
-        model = cls(num_semantics, max_dim=max_dim, aspect_ratio=ar, z_dim=int(fc.shape[1]), pixel_norm=pixel_norm,
+        model = cls(num_classes, max_dim=max_dim, aspect_ratio=ar, z_dim=int(fc.shape[1]), pixel_norm=pixel_norm,
                     width_mult=wm)
-        _load_mapped(model, owner, sd, model._reference_key_map())
+        load_mapped(model, owner, sd, model._reference_key_map())
         return model
 
     def extra_repr(self) -> str:
-        return (f"num_semantics={self.num_semantics}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
+        return (f"num_classes={self.num_classes}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
                 f"z_dim={self.z_dim}, pixel_norm={self.pixel_norm!r}, width_mult={self.width_mult:g}")
 
 
@@ -409,11 +315,11 @@ class _DiscBlock(nn.Module):
         return F.avg_pool2d(x, 2)
 
 
-class SegDiscriminator(_ReferenceLayout, nn.Module):
+class SegDiscriminator(ReferenceLayout, nn.Module):
     """Progressive WGAN critic on label maps (one-hot or soft), no normalization.
 
     Args:
-        num_semantics: K input channels.
+        num_classes: K input channels.
         max_dim: highest input height, a power of two >= 4.
         aspect_ratio: width / height, a positive integer (1 ADE20K, 2 Cityscapes).
         width_mult: scales every block's channel count (``max(1, round(c * width_mult))``) for small models.
@@ -422,15 +328,15 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
     scores. Any gradient order (plain PyTorch ops), as the gradient penalty requires.
     """
 
-    def __init__(self, num_semantics: int, *, max_dim: int = 256, aspect_ratio: float = 1.0,
+    def __init__(self, num_classes: int, *, max_dim: int = 256, aspect_ratio: float = 1.0,
                  width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegDiscriminator"
-        n = _init_progressive(self, owner, num_semantics, max_dim, aspect_ratio, width_mult)
+        n = _init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
         top = _scaled(_base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
 
         self.from_mask = nn.ModuleList(
-            EqualizedConv2d(self.num_semantics, c, 1, gain=HEAD_GAIN) for c in self.channels)
+            EqualizedConv2d(self.num_classes, c, 1, gain=HEAD_GAIN) for c in self.channels)
         self.blocks = nn.ModuleList(
             _DiscBlock(self.channels[j], self.channels[j - 1] if j > 0 else top, final=j == 0,
                        aspect_ratio=self.aspect_ratio)
@@ -444,11 +350,11 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
 
     def _check_x(self, x: torch.Tensor) -> int:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"SegDiscriminator: x must be a floating-point label map (N, {self.num_semantics}, R, "
+            raise TypeError(f"SegDiscriminator: x must be a floating-point label map (N, {self.num_classes}, R, "
                             f"R*{self.aspect_ratio}), got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.num_semantics:
-            raise ValueError(f"SegDiscriminator: x must have shape (N, {self.num_semantics}, R, "
+        if x.dim() != 4 or x.shape[1] != self.num_classes:
+            raise ValueError(f"SegDiscriminator: x must have shape (N, {self.num_classes}, R, "
                              f"R*{self.aspect_ratio}), got {tuple(x.shape)}")
         j = self.resolution_index(int(x.shape[2]))
         if x.shape[3] != x.shape[2] * self.aspect_ratio:
@@ -493,7 +399,7 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
         return layers
 
     @classmethod
-    def from_reference_state_dict(cls, state_dict: Mapping, *, num_semantics: int, max_dim: int = 256,
+    def from_reference_state_dict(cls, state_dict: Mapping, *, num_classes: int, max_dim: int = 256,
                                   aspect_ratio: float = 1.0, width_mult: Optional[float] = None) -> "SegDiscriminator":
         """Build a discriminator from the authors' ``D_state_dict`` (or a whole checkpoint holding it).
 
@@ -502,16 +408,16 @@ class SegDiscriminator(_ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegDiscriminator"
-        sd, n = _reference_state(owner, state_dict, "D_state_dict", max_dim)
+        sd, n = reference_state(owner, state_dict, "D_state_dict", _num_blocks(owner, max_dim), max_dim)
         head = sd.get(f"blocks.{n - 1}.from_mask.weight")
         if head is None or head.dim() != 4:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.from_mask.weight' (4-D) is missing")
         wm = _infer_width_mult(owner, int(head.shape[0]), width_mult)
-        model = cls(num_semantics, max_dim=max_dim, aspect_ratio=aspect_ratio, width_mult=wm)
-        _load_mapped(model, owner, sd, model._reference_key_map())
+        model = cls(num_classes, max_dim=max_dim, aspect_ratio=aspect_ratio, width_mult=wm)
+        load_mapped(model, owner, sd, model._reference_key_map())
         return model
 
     def extra_repr(self) -> str:
-        return (f"num_semantics={self.num_semantics}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
+        return (f"num_classes={self.num_classes}, max_dim={self.max_dim}, aspect_ratio={self.aspect_ratio}, "
                 f"width_mult={self.width_mult:g}")
 

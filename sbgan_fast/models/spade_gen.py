@@ -21,7 +21,7 @@ receives ``seg.detach()``, so a gradient w.r.t. a soft/straight-through label ma
 """
 from __future__ import annotations
 
-from typing import Optional, Dict, Mapping
+from typing import Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops._checks import check_label_range
 from ..nn.spade import SPADEResnetBlock, parse_norm_G, resize_segmap
+from .reference import load_reference_state_dict, reference_state_dict
 
 __all__ = ["SPADEGenerator", "NUM_UP_LAYERS", "DONTCARE_LABEL", "init_xavier", "load_reference_state_dict",
            "reference_state_dict"]
@@ -55,47 +56,6 @@ def init_xavier(module: nn.Module, gain: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, who: str,
-                              hint: str) -> None:
-    """Load a reference-layout state dict into ``model`` (strict), with errors that name the keys.
-
-    A leading ``module.`` on every key (DataParallel) is stripped. Missing ``num_batches_tracked``
-    buffers (unused with a fixed momentum) keep the model's values; any other missing or unexpected
-    key raises KeyError, a shape mismatch raises ValueError naming the key and ``hint`` (the
-    constructor arguments that decide shapes).
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{who}: state_dict must be a mapping of name -> tensor, got {type(state_dict).__name__}")
-    sd = dict(state_dict)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-        msg = f"{who}: the state dict does not match the network built with {hint}."
-        if missing:
-            msg += f" Missing keys: {show(missing)}."
-        if unexpected:
-            msg += f" Unexpected keys: {show(unexpected)}."
-        raise KeyError(msg)
-    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(v.shape)}"
-           for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ValueError(f"{who}: tensor shapes differ from the network built with {hint}: "
-                         + "; ".join(bad[:5]) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else ""))
-    for k, v in own.items():
-        sd.setdefault(k, v)
-    model.load_state_dict(sd, strict=True)
-
-
-def reference_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """``model.state_dict()`` as a plain dict of detached tensors (reference key layout)."""
-    return {k: v.detach() for k, v in model.state_dict().items()}
-
-
 class SPADEGenerator(nn.Module):
     """Label map -> image (see the module docstring for the architecture).
 
@@ -112,7 +72,7 @@ class SPADEGenerator(nn.Module):
 
     Forward:
         seg: float (N, K (+1), H, W) one-hot or soft map (NCHW or channels-last), or int (N, H, W)
-            labels in [0, K) (or 255 with ``contain_dontcare_label``).
+            labels in [0, K) (with ``contain_dontcare_label`` also 255 or K, the don't-care channel's index).
         returns float (N, 3, sh * 2**n, sw * 2**n) in [-1, 1] (tanh), in the parameters' dtype
         (the autocast dtype under autocast).
     """
@@ -194,6 +154,10 @@ class SPADEGenerator(nn.Module):
             seg = seg[:, 0]
         if seg.dim() != 3:
             raise ValueError(f"SPADEGenerator: an int seg must be (N, H, W) labels, got shape {tuple(seg.shape)}")
+        if self.dontcare is not None:
+            # channel indices as the trainer gives them: the don't-care channel's index (label_nc) stands for the
+            # don't-care value too
+            seg = torch.where(seg == self.label_nc, torch.full_like(seg, self.dontcare), seg)
         # Validate the label range once here (the error names the bad value); semantics of ops.one_hot.
         check_label_range("SPADEGenerator", seg, self.label_nc, self.dontcare)
         return seg

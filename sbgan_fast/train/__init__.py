@@ -1,5 +1,7 @@
-"""Training: typed config and presets, the three stages, losses, trainer and checkpoints."""
+"""Training: the three stages, losses, the trainer (loop, checkpoints, previews), mixed precision, noise and the
+distributed helpers. (The config is :mod:`sbgan_fast.config`, the networks :mod:`sbgan_fast.models`.)"""
 from ..config import ConfigError, TrainConfig, build_config, preset
-from .trainer import Trainer, build_networks, train
+from ..models import build_networks
+from .trainer import Trainer, train
 
 __all__ = ["ConfigError", "TrainConfig", "Trainer", "build_config", "build_networks", "preset", "train"]

@@ -113,3 +113,10 @@ def split_real_fake(outputs, n_fake: int):
         fake.append([t[:n_fake] for t in feats])
         real.append([t[n_fake:] for t in feats])
     return fake, real
+
+
+def hinge_d_on(D, fake: torch.Tensor, real: torch.Tensor):
+    """D on the fakes and the reals in one batch (fakes first) -> its hinge losses (real part, fake part)."""
+    out = D(torch.cat([fake, real], 0))
+    fake_out, real_out = split_real_fake(out, fake.shape[0])
+    return hinge_d_parts(real_out, fake_out)

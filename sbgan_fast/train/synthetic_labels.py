@@ -83,9 +83,9 @@ def draw_label_maps(G_seg, n: int, seed: int, size: Tuple[int, int], device: tor
         raise ConfigError(f"the segmentation generator makes {own[0]}x{own[1]} label maps; this run's images are "
                           f"{h}x{w} (equal or half size expected)")
     i = 0
-    counts = torch.zeros(G_seg.num_semantics, dtype=torch.int64, device=device)
+    counts = torch.zeros(G_seg.num_classes, dtype=torch.int64, device=device)
     for lab in generated_label_maps(G_seg, n, seed, batch_size, device, upsample2=own != (h, w)):
-        counts += torch.bincount(lab.flatten(), minlength=G_seg.num_semantics)
+        counts += torch.bincount(lab.flatten(), minlength=G_seg.num_classes)
         out[i:i + lab.shape[0]] = lab.to("cpu", torch.uint8).numpy()
         i += lab.shape[0]
     return counts.cpu().numpy()
@@ -180,7 +180,7 @@ class SyntheticBatches:
     seeded permutations (a pure function of the step, so resumed runs are exact); each process its slice."""
 
     def __init__(self, bank: np.ndarray, batch: int, seed: int, rank: int = 0, world: int = 1):
-        from .run import SampleStream
+        from .data_order import SampleStream
         self.bank, self.batch = bank, batch
         self.stream = SampleStream(len(bank), seed + BANK_SEED)
         self.rank, self.world = rank, world

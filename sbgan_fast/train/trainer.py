@@ -8,39 +8,46 @@ a resumed run with the same number of processes continues exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from typing import Dict, Optional
 
 import torch
 
-from ..errors import CheckpointMismatchError, Interrupted, RunExistsError, RunFolderError, signal_name
-from . import checkpoint as ckpt_io
-from . import dist as D
-from .amp import NonFiniteError, StepNoise, Updater, all_finite
 from ..config import TrainConfig, validate
-from ..models import NET_NAMES, build_networks, label_ids, one_hot_labels
-from ..models.build import ARCH_KEYS
+from ..errors import Interrupted, RunExistsError, RunFolderError, signal_name
+from ..models import build_networks
+from . import checkpoint as ckpt_io
+from . import dist
+from .amp import Updater
+from .data_order import SampleStream, make_loader
+from .logger import RunLogger
 from .monitor import GPUMonitor, records, to_vector
-from .run import RunLock, RunLogger, SampleStream, StopSignals, check_writable, make_loader
-from .stages import STAGE_CLASSES, Stage
+from .noise import StepNoise
+from .previews import RunPreviews
+from .resume import RunCheckpoints
+from .run import RunLock, StopSignals, check_writable
+from .stages import STAGE_CLASSES, Stage, StageContext
 
-class Trainer:
+
+class Trainer(RunCheckpoints, RunPreviews):
     """Runs ``cfg.stages`` in order in the run folder ``cfg.out``.
 
     With ``resume=True`` a stage with a final checkpoint is skipped (its networks are loaded), a
     stage with a latest checkpoint continues after its last completed step, and other stages start; a run
     folder without any checkpoint is an error (nothing to resume: a mistyped ``--out``). Without it, a stage
     whose own checkpoint is in the run folder is refused (nothing is overwritten); the checkpoints of other
-    stages are fine (the next stage of a run starts from them)."""
+    stages are fine (the next stage of a run starts from them).
+
+    The stages see the run through :attr:`ctx` (a :class:`~sbgan_fast.train.stages.StageContext`: networks,
+    optimizers, updater, noise, data sizes); checkpoints are :class:`~sbgan_fast.train.resume.RunCheckpoints`,
+    sample grids and FID :class:`~sbgan_fast.train.previews.RunPreviews`."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False):
         validate(cfg)
         self.cfg = cfg
         self.resume = resume
-        self.dist, self.device = D.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
+        self.dist, self.device = dist.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
         self.is_main = self.dist.is_main
         self.out = cfg.out
         self._lock: Optional[RunLock] = None
@@ -86,7 +93,7 @@ class Trainer:
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        D.on_main(self._open_run_folder, self.dist)
+        dist.on_main(self._open_run_folder, self.dist)
         from ..data.factory import build_dataset
         self.dataset, info = build_dataset(cfg)
         self.dataset_size = len(self.dataset)
@@ -103,7 +110,6 @@ class Trainer:
         self.vgg = self._vgg() if any(s in cfg.stages for s in ("spade", "e2e")) else None
         if self.vgg is not None and self.channels_last:
             self.vgg.to(memory_format=torch.channels_last)
-        self.optims: Dict[str, torch.optim.Optimizer] = {}
         self.trained: set = set()   # networks trained or loaded so far: the ones checkpoints hold
         self.current_step = 0
         g = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -113,10 +119,15 @@ class Trainer:
         self.preview_labels = preview_label_maps(self.dataset, n).to(self.device)
         self.updater = Updater(cfg.precision, self.device, self.dist, cfg.nonfinite_limit)
         self.noise = StepNoise(cfg.dist_noise, self.dist, self.device)
+        self.ctx = StageContext(cfg=cfg, device=self.device, dist=self.dist, nets=self.nets, updater=self.updater,
+                                noise=self.noise, num_classes=self.num_classes, dataset_size=self.dataset_size,
+                                channels_last=self.channels_last, vgg=self.vgg, preview_z=self.preview_z,
+                                preview_labels=self.preview_labels, out=self.out, palette=self.palette,
+                                log=self.log_message)
         self._last_ckpt: Optional[str] = None
         self._saved_step: Dict[str, int] = {}    # stage -> step of the checkpoint written last in this process
         # every checkpoint this run will load must fit its networks: checked before anything is written
-        D.on_main(self._check_checkpoints, self.dist)
+        dist.on_main(self._check_checkpoints, self.dist)
         self.logger = RunLogger(cfg, self.out, enabled=self.is_main)
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
@@ -132,92 +143,23 @@ class Trainer:
             if cfg.dist_noise == "rank" and self.dist.rank > 0:
                 # Each process draws its own noise (z, Gumbel, GP weights); rank 0 keeps the stream of a
                 # single-process run. The networks were initialised above from the common seed.
-                torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
-            D.barrier(self.dist)
-
-    def _checkpoints_to_load(self):
-        """[(path, stage expected or None, networks loaded from it or None for all)] that the stages of this run
-        will load (mirrors :meth:`_init_stage`), and the G_seg source of synthetic label maps (classes only)."""
-        cfg, out = self.cfg, self.out
-        plan, seg_sources = [], []
-        for name in cfg.stages:
-            if self.resume:
-                path = ckpt_io.find_checkpoint(out, name)
-                if path is not None:
-                    plan.append((path, name, None))
-                    continue
-            if name == "e2e":
-                for prev in ("seg", "spade"):
-                    path = None if prev in cfg.stages else ckpt_io.find_checkpoint(out, prev)
-                    if path is not None:
-                        plan.append((path, None, ("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2")))
-        if "spade" in cfg.stages and cfg.spade.synthetic_labels > 0 and (cfg.spade.seg_checkpoint or
-                                                                           "seg" not in cfg.stages):
-            from .synthetic_labels import seg_checkpoint
-            try:
-                seg_sources.append(seg_checkpoint(cfg, out))
-            except FileNotFoundError:
-                pass   # reported by the spade stage, which needs it
-        return plan, seg_sources
-
-    def _check_checkpoints(self) -> None:
-        """(rank 0) Compare each checkpoint this run will load with the run's classes and architecture.
-
-        Raises:
-            CheckpointMismatchError: naming the file, the config key (or network entry) and both values.
-        """
-        plan, seg_sources = self._checkpoints_to_load()
-        for path in seg_sources:
-            if os.path.isfile(path):
-                ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
-                if int(ck.get("num_classes", -1)) != self.num_classes:
-                    raise CheckpointMismatchError(
-                        f"{path}: its G_seg makes {ck.get('num_classes')}-class label maps (num_classes), this run "
-                        f"has {self.num_classes} classes; pass the seg checkpoint of a run on the same dataset")
-        for path, stage, names in plan:
-            ck = ckpt_io.load_checkpoint(path, verify=False, mmap=True)
-            if stage is not None and ck["stage"] != stage:
-                raise CheckpointMismatchError(f"{path} holds stage {ck['stage']!r}, expected {stage!r}")
-            k = int(ck.get("num_classes", -1))
-            if k != self.num_classes:
-                raise CheckpointMismatchError(
-                    f"{path} was written for {k} label classes, this run has {self.num_classes} (num_classes: "
-                    f"data.num_classes {ck['config'].get('data', {}).get('num_classes')!r} vs "
-                    f"{self.cfg.data.num_classes!r}, dataset {ck['config'].get('data', {}).get('dataset')!r} vs "
-                    f"{self.cfg.data.dataset!r}); resume with the data it was trained on, or choose another --out")
-            nets = [n for n in ck["nets"] if n in self.nets and (names is None or n in names)]
-            mine, theirs = self.cfg.to_dict(), ck["config"]
-            for net in nets:
-                for key in ARCH_KEYS.get(net, ()):
-                    a, b = _dotted(theirs, key), _dotted(mine, key)
-                    if a != b:
-                        raise CheckpointMismatchError(
-                            f"{path} was written with {key}={_show(a)}, this run has {key}={_show(b)} (the shapes of "
-                            f"{net} differ); use the value it was trained with, or choose another --out")
-            for net in nets:
-                have = {k: tuple(v.shape) for k, v in self.nets[net].state_dict().items()}
-                got = {k: tuple(v.shape) for k, v in ck["nets"][net].items()}
-                for key in sorted(set(have) | set(got)):
-                    if have.get(key) != got.get(key):
-                        raise CheckpointMismatchError(
-                            f"{path}: {net}.{key} is {_shape(got.get(key))} in the checkpoint but "
-                            f"{_shape(have.get(key))} in this run's network; use the settings the checkpoint was "
-                            "written with (its config is stored in it), or choose another --out")
+                torch.manual_seed(dist.rank_seed(cfg.seed, self.dist.rank))
+            dist.barrier(self.dist)
 
     def _describe_distributed(self) -> None:
         from ..models.discriminator import parse_norm_D
         from ..nn.spade import parse_norm_G
         cfg, info = self.cfg, self.dist
-        import torch.distributed as dist
-        D.warn_main(info, f"distributed: {info.world} processes ({dist.get_backend()}), this one rank {info.rank} "
+        import torch.distributed as tdist
+        dist.warn_main(info, f"distributed: {info.world} processes ({tdist.get_backend()}), this one rank {info.rank} "
                           f"on {self.device}; precision {cfg.precision}, channels-last {self.channels_last}, "
                           f"accum {cfg.accum}, noise '{cfg.dist_noise}'")
         if parse_norm_G(cfg.spade.norm_G)[1] == "batch":
-            D.warn_main(info, f"spade.norm_G={cfg.spade.norm_G!r}: G_spd normalizes with each process's own batch "
+            dist.warn_main(info, f"spade.norm_G={cfg.spade.norm_G!r}: G_spd normalizes with each process's own batch "
                               "statistics; use a 'syncbatch' norm (e.g. spectralspadesyncbatch3x3) for statistics "
                               "over the global batch")
         if parse_norm_D(cfg.spade.norm_D)[1] == "batch":
-            D.warn_main(info, f"spade.norm_D={cfg.spade.norm_D!r}: per-process batch statistics in D_spd/D2; "
+            dist.warn_main(info, f"spade.norm_D={cfg.spade.norm_D!r}: per-process batch statistics in D_spd/D2; "
                               "'sync_batch' synchronizes them")
 
     def log_message(self, msg: str) -> None:
@@ -229,69 +171,33 @@ class Trainer:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def _fid_extractor(self):
-        """The Inception network of periodic FID, built up front so that a missing weights file or validation
-        split is reported before any training happens."""
-        from ..metrics.evaluate import callback_eval_dataset
-        from ..metrics.fid import FIDExtractor
-        cfg = self.cfg
-        ext = FIDExtractor(cfg.fid_variant, cfg.fid_weights, device=self.device, batch_size=cfg.fid_batch)
-        callback_eval_dataset(cfg, self.num_classes, cfg.fid_n_real or None, self.log_message)  # reused by log_fid
-        return ext
+    # -- the networks and their inputs (what the stages see through ``ctx``) --------------------------
+    @property
+    def optims(self) -> Dict[str, torch.optim.Optimizer]:
+        """The optimizers of the current stage (the context's, shared with the updater)."""
+        return self.ctx.optims
 
-    def log_fid(self, stage: "Stage", step: int) -> Dict[str, float]:
-        """FID of the current generators (rank 0; the others wait), logged with the stage's image count.
-        Its time is left out of the images/s figure."""
-        t0 = time.perf_counter()
-        rec: Dict[str, float] = {}
-        if self.is_main:
-            from ..metrics.evaluate import fid_callback
-            cfg = self.cfg
-            rec = fid_callback(self, cfg.fid_n, variant=cfg.fid_variant, inception_weights=cfg.fid_weights,
-                               cache_dir=cfg.fid_cache, batch_size=cfg.fid_batch, seed=cfg.seed,
-                               n_real=cfg.fid_n_real or None, extractor=self.fid_extractor, log=self.log_message)
-        D.barrier(self.dist)
-        seconds = time.perf_counter() - t0
-        self.logger.pause(seconds)
-        if rec:
-            rec["fid_time_s"] = seconds
-            self.logger.log(stage.name, step, stage.images_done(step), rec)
-            self.log_message(f"[fid] {stage.name} step {step}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in rec.items() if k in ("fid", "fid_cond")))
-        elif stage.name not in self._fid_skipped:
-            self._fid_skipped.add(stage.name)
-            self.log_message(f"[fid] no FID during the {stage.name} stage: G_spd has not been trained yet (FID needs "
-                             "images; it starts with the spade stage)")
-        return rec
+    @optims.setter
+    def optims(self, optims: Dict[str, torch.optim.Optimizer]) -> None:
+        self.ctx.optims = optims
 
-    def fid_due(self, stage: "Stage", step: int) -> bool:
-        """Whether step ``step`` (just completed, 1-based) crossed a multiple of ``fid_every`` images."""
-        k = self.cfg.fid_every
-        return k > 0 and stage.images_done(step) // k > stage.images_done(step - 1) // k
+    G_seg = property(lambda self: self.nets["G_seg"], doc="The segmentation generator.")
+    D_seg = property(lambda self: self.nets["D_seg"], doc="The label-map discriminator.")
+    G_spd = property(lambda self: self.nets["G_spd"], doc="The SPADE (label-to-image) generator.")
+    D_spd = property(lambda self: self.nets["D_spd"], doc="The conditional image discriminator.")
+    D2 = property(lambda self: self.nets["D2"], doc="The unconditional image discriminator of the e2e stage.")
 
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
-        """A 4-d float input in the networks' memory format (channels-last when configured)."""
-        if self.channels_last and x.dim() == 4 and x.is_floating_point():
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    # -- attribute access to the networks --------------------------------------------------
-    def __getattr__(self, name):
-        if name in NET_NAMES and "nets" in self.__dict__:
-            return self.__dict__["nets"][name]
-        raise AttributeError(name)
+        """A 4-d float input in the networks' memory format (:meth:`StageContext.fmt`)."""
+        return self.ctx.fmt(x)
 
     def onehot(self, labels: torch.Tensor, size=None, mode: str = "nearest") -> torch.Tensor:
-        """Int (N,H,W) labels -> float one-hot with ``num_classes`` channels (the don't-care value, if
-        configured, maps to the last channel), optionally resized to ``size`` with the rule ``mode``
-        ('nearest': torch's, the corner of each source block; 'nearest-exact': its centre, as PIL's NEAREST)."""
-        return one_hot_labels(labels, self.cfg.data.dontcare, self.num_classes, size=size, mode=mode,
-                              impl=self.cfg.impl)
+        """Int (N,H,W) labels -> float one-hot with ``num_classes`` channels (:meth:`StageContext.onehot`)."""
+        return self.ctx.onehot(labels, size=size, mode=mode)
 
     def label_ids(self, labels: torch.Tensor) -> torch.Tensor:
-        """Int (N,H,W) labels as channel indices in [0, num_classes): the don't-care value, if
-        configured, becomes the last channel. The networks' integer-label (gather) paths take these."""
-        return label_ids(labels, self.cfg.data.dontcare, self.num_classes)
+        """Int (N,H,W) labels as channel indices in [0, num_classes) (:meth:`StageContext.label_ids`)."""
+        return self.ctx.label_ids(labels)
 
     def _vgg(self):
         c = self.cfg.spade
@@ -300,64 +206,6 @@ class Trainer:
         from ..models.vgg import VGGLoss
         return VGGLoss(c.vgg_weights).to(self.device)
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def save(self, stage: str, step: int, *, done: bool, which: str) -> str:
-        """Write a checkpoint (rank 0; every process takes part: finiteness check, RNG states).
-
-        Raises:
-            NonFiniteError: a saved network holds a NaN/Inf parameter or buffer (nothing is written).
-        """
-        nets = [v for k, v in self.nets.items() if k in self.trained]
-        bad = torch.tensor([0.0 if all_finite(nets) else 1.0], device=self.device)
-        if float(D.all_reduce_(bad, self.dist, "max").item()) > 0:
-            raise NonFiniteError(f"stage {stage!r} step {step}: a network holds NaN/Inf parameters or buffers; "
-                                 f"refusing to write the {which} checkpoint (the last good one: "
-                                 f"{self._last_ckpt or 'none'})")
-        rngs = D.all_gather_object(ckpt_io.rng_state(), self.dist)
-        path = ckpt_io.stage_checkpoint_path(self.out, stage, which)
-        if self.is_main:
-            state = {
-                "format": ckpt_io.FORMAT, "stage": stage, "step": step, "done": done,
-                "config": self.cfg.to_dict(), "num_classes": self.num_classes,
-                "nets": {k: v.state_dict() for k, v in self.nets.items() if k in self.trained},
-                "optims": {k: v.state_dict() for k, v in self.optims.items()},
-                "scalers": self.updater.scaler_states(),
-                "rng": rngs[0], "world_size": self.dist.world,
-            }
-            if self.dist.enabled:
-                state["rng_ranks"] = rngs
-            ckpt_io.save_checkpoint(state, path)
-        D.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
-        self._last_ckpt = path
-        self._saved_step[stage] = step
-        return path
-
-    def _restore_rng(self, ck: dict, path: str) -> None:
-        """This process's RNG state from a checkpoint (its own when the process count matches)."""
-        info = self.dist
-        ranks = ck.get("rng_ranks")
-        if not info.enabled:
-            ckpt_io.set_rng_state(ck["rng"])
-            return
-        if ranks is not None and len(ranks) == info.world:
-            ckpt_io.set_rng_state(ranks[info.rank])
-            return
-        saved = len(ranks) if ranks is not None else 1
-        D.warn_main(info, f"{path} was written by {saved} process(es), resuming with {info.world}: the noise of the "
-                          "resumed steps is reseeded per process (the run continues, but not bit for bit)")
-        ckpt_io.set_rng_state(ck["rng"])
-        if self.cfg.dist_noise == "rank" and info.rank > 0:
-            torch.manual_seed(D.rank_seed(self.cfg.seed + int(ck["step"]), info.rank))
-
-    def load_nets(self, ck: dict, names=None) -> None:
-        for name, sd in ck["nets"].items():
-            if names is not None and name not in names:
-                continue
-            if name in self.nets:
-                self.nets[name].load_state_dict(sd)
-                self.trained.add(name)
-
-    # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
         """Run the stages. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step and a checkpoint
         (:class:`~sbgan_fast.errors.Interrupted`; see :class:`~sbgan_fast.train.run.StopSignals`)."""
@@ -382,61 +230,8 @@ class Trainer:
             self.logger.close()
         if self.monitor is not None:
             self.monitor.close()
-        D.teardown(self.dist)
+        dist.teardown(self.dist)
         self._release_lock()
-
-    def _exists_everywhere(self, path: str) -> bool:
-        return D.exists_everywhere(path, self.dist)
-
-    def _own_nets(self, stage: Stage, ck: dict):
-        """The networks to take from a stage's own checkpoint: those it trains, and those not yet
-        trained or loaded in this process. A network an earlier stage of this process has trained
-        further (a resumed seg stage) is not replaced by the older copy the checkpoint carries."""
-        return set(stage.trains) | {n for n in ck["nets"] if n not in self.trained}
-
-    def _init_stage(self, stage: Stage) -> int:
-        """Load what the stage starts from; return its first step."""
-        name = stage.name
-        final = ckpt_io.stage_checkpoint_path(self.out, name, "final")
-        latest = ckpt_io.stage_checkpoint_path(self.out, name, "latest")
-        if self.resume and self._exists_everywhere(final):
-            ck = ckpt_io.load_checkpoint(final, map_location=self.device)
-            self.load_nets(ck, names=self._own_nets(stage, ck))
-            self._last_ckpt = final
-            self.log_message(f"[sbgan_fast] stage {name} is complete ({final}): its networks are loaded")
-            return -1
-        if self.resume and self._exists_everywhere(latest):
-            ck = ckpt_io.load_checkpoint(latest, map_location=self.device)
-            if ck["stage"] != name:
-                raise CheckpointMismatchError(f"{latest} holds stage {ck['stage']!r}, expected {name!r}")
-            self.log_message(f"[sbgan_fast] resuming stage {name} after step {int(ck['step'])} ({latest})")
-            self.load_nets(ck, names=self._own_nets(stage, ck))
-            for k, opt in self.optims.items():
-                if k not in ck.get("optims", {}):
-                    raise CheckpointMismatchError(f"{latest} lacks the optimizer state of {k}: that run trained "
-                                                  f"{sorted(ck.get('optims', {}))}; resume with the settings it was "
-                                                  "started with (e.g. the same spade.synthetic_labels)")
-                opt.load_state_dict(ck["optims"][k])
-            self.updater.load_scaler_states(ck.get("scalers", {}))
-            self._restore_rng(ck, latest)
-            self._last_ckpt = latest
-            return int(ck["step"])
-        if name == "e2e":
-            # start from the trained seg and spade networks of this run folder
-            for prev in ("seg", "spade"):
-                if prev in self.cfg.stages:
-                    continue  # trained in this process (or loaded when it was skipped)
-                path = ckpt_io.find_checkpoint(self.out, prev)
-                if path is not None and not self._exists_everywhere(path):
-                    path = None
-                if path is None:
-                    raise FileNotFoundError(
-                        f"stage 'e2e' needs the trained {prev!r} networks: no {prev}-final.pt or {prev}-latest.pt in "
-                        f"{os.path.join(self.out, 'checkpoints')}; run --stage {prev} first with the same --out")
-                ck = ckpt_io.load_checkpoint(path, map_location=self.device)
-                # D2 too when the spade stage trained it (spade.synthetic_labels), as in a single process
-                self.load_nets(ck, names=("G_seg", "D_seg") if prev == "seg" else ("G_spd", "D_spd", "D2"))
-        return 0
 
     def open_stage(self, name: str):
         """Build stage ``name`` with fresh optimizers and load what it starts from (its own checkpoint when
@@ -449,8 +244,8 @@ class Trainer:
         (``labels`` int (N,H,W), ``images`` (N,3,H,W) uint8 or [-1, 1]; with ``data.hflip`` the step flips
         the batch as its schedule says.)"""
         cfg, info = self.cfg, self.dist
-        stage: Stage = STAGE_CLASSES[name](self)
-        D.check_divisible(name, stage.batch_sizes(), info.world, cfg.accum)
+        stage: Stage = STAGE_CLASSES[name](self.ctx)
+        dist.check_divisible(name, stage.batch_sizes(), info.world, cfg.accum)
         self.optims = stage.make_optimizers()
         self.updater.reset(self.optims, list(self.nets.values()))
         start = self._init_stage(stage)
@@ -458,7 +253,7 @@ class Trainer:
         if start >= 0:
             self.logger.truncate(name, start)   # steps after the checkpoint are logged again
         # every process starts the stage from rank 0's networks (identical by construction; cheap insurance)
-        D.broadcast_(D.module_state_tensors(self.nets.values()), info)
+        dist.broadcast_(dist.module_state_tensors(self.nets.values()), info)
         return stage, start
 
     def run_stage(self, name: str) -> None:
@@ -477,7 +272,7 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.reset_peak()
         last_monitor = start
-        schedule = D.shard_schedule(stage.schedule, info.rank, info.world)
+        schedule = dist.shard_schedule(stage.schedule, info.rank, info.world)
         loader = make_loader(self.dataset, self.stream, schedule, start, end, cfg.data.num_workers, cfg.seed,
                              device=self.device, need_image=name != "seg")
         acc: Dict[str, torch.Tensor] = {}
@@ -545,7 +340,7 @@ class Trainer:
         if not self.dist.enabled:
             return self.signals.received, failed
         flags = torch.tensor([float(self.signals.received), 1.0 if failed else 0.0], device=self.device)
-        signum, failed_any = D.all_reduce_(flags, self.dist, "max").tolist()
+        signum, failed_any = dist.all_reduce_(flags, self.dist, "max").tolist()
         return int(signum), failed_any > 0
 
     def _stop_on_signal(self, stage: Stage, step: int, start: int, signum: int) -> None:
@@ -559,13 +354,6 @@ class Trainer:
         raise Interrupted(f"stopped by {signal_name(signum)} after step {step} of stage {stage.name}; {what}",
                           signum, path)
 
-    def _checkpoint_before_stopping(self, stage: Stage, step: int, start: int) -> Optional[str]:
-        """The latest checkpoint of ``step`` completed steps (written unless there is one already); the path of
-        the checkpoint to resume from, or None when there is none."""
-        if step > start and self._saved_step.get(stage.name) != step:
-            return self.save(stage.name, step, done=False, which="latest")
-        return self._last_ckpt
-
     def _stop_on_bad_data(self, stage: Stage, step: int, start: int, failure: Optional[BaseException]) -> None:
         """A batch could not be read (here or on another process): write the checkpoint of the last completed
         step, then stop with the failing file's message."""
@@ -574,7 +362,7 @@ class Trainer:
         path = self._checkpoint_before_stopping(stage, step, start)
         mine = None if failure is None else (isinstance(failure, DataError), one_line(failure),
                                              type(failure).__name__)
-        seen = [(r, m) for r, m in enumerate(D.all_gather_object(mine, self.dist)) if m is not None]
+        seen = [(r, m) for r, m in enumerate(dist.all_gather_object(mine, self.dist)) if m is not None]
         rank, (is_data, msg, kind) = seen[0]
         where = f" (rank {rank})" if self.dist.enabled else ""
         saved = (f"the checkpoint of step {step} is {path}" if path and step > start else
@@ -595,60 +383,13 @@ class Trainer:
         keys = list(scalars)
         vals = torch.stack([torch.as_tensor(scalars[k], dtype=torch.float32).to(self.device) for k in keys])
         if self.dist.enabled:
-            D.all_reduce_(vals, self.dist, "sum").div_(self.dist.world)
+            dist.all_reduce_(vals, self.dist, "sum").div_(self.dist.world)
         return dict(zip(keys, vals.tolist()))
 
     def _monitor_sample(self) -> Dict[str, float]:
         """This process's GPU sample, gathered on every process, as flat log entries."""
-        vecs = D.all_gather_object(to_vector(self.monitor.sample()), self.dist)
+        vecs = dist.all_gather_object(to_vector(self.monitor.sample()), self.dist)
         return records(vecs)
-
-    def _save_grid_or_say_why(self, stage: Stage, step: int) -> None:
-        """:meth:`save_grid`; a failure is reported (its first time in a stage, as one line) and training goes
-        on: a preview is never worth a run."""
-        try:
-            self.save_grid(stage, step)
-        except Exception as e:  # noqa: BLE001 - any failure of a preview
-            from ..errors import one_line
-            failed = self._grid_failures.setdefault(stage.name, [])
-            failed.append(step)
-            if len(failed) == 1:
-                self.log_message(f"[sbgan_fast] sample grid of stage {stage.name} step {step} not written "
-                                 f"({type(e).__name__}: {one_line(e)}); training goes on")
-
-    def _report_grid_failures(self, stage: Stage) -> None:
-        failed = self._grid_failures.pop(stage.name, [])
-        if len(failed) > 1:
-            self.log_message(f"[sbgan_fast] {len(failed)} sample grids of stage {stage.name} were not written "
-                             f"(steps {failed[0]}..{failed[-1]}); the first failure is reported above")
-
-    def save_grid(self, stage: Stage, step: int) -> Optional[str]:
-        from ..metrics.grids import make_grid_array, save_pairs_grid
-        labels, images = stage.preview()
-        if labels is None:
-            return None
-        path = os.path.join(self.out, "samples", f"{stage.name}-{step:07d}.png")
-        dc = self.cfg.data.dontcare   # real maps hold the value itself, generated ones its channel (same colour)
-        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path, dontcare=dc)
-        self.logger.image(f"{stage.name}/samples", make_grid_array(
-            labels.cpu(), None if images is None else images.cpu(), self.palette, dontcare=dc), step)
-        return path
-
-
-def _dotted(d: dict, key: str):
-    for part in key.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def _shape(s) -> str:
-    return "absent" if s is None else f"shape {s}"
-
-
-def _show(v) -> str:
-    return "(absent)" if v is None else json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Trainer:
@@ -657,7 +398,3 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Trainer:
     trainer = Trainer(cfg, resume=resume)
     trainer.run()
     return trainer
-
-
-def describe(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)
