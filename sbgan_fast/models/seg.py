@@ -29,7 +29,6 @@ mapping are :mod:`sbgan_fast.models.reference`.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Mapping, Optional, Tuple
 
 import torch
@@ -38,107 +37,11 @@ from torch import nn
 
 from ..nn.equalized import EqualizedConv2d, EqualizedLinear
 from ..nn.pixelnorm import PIXEL_NORM_MODES, PixelNorm
+from .progressive import (FC_GAIN, HEAD_GAIN, base_channels, check_aspect_ratio, check_fade, check_positive_int,
+                          infer_width_mult, init_progressive, lrelu, num_blocks, scaled, seg_channels)
 from .reference import ReferenceLayout, load_mapped, reference_state
 
 __all__ = ["SegGenerator", "SegDiscriminator", "seg_channels"]
-
-LRELU_SLOPE = 0.2
-MAX_CHANNELS = 512
-FC_GAIN = math.sqrt(2.0) / 4.0
-HEAD_GAIN = 1.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# configuration helpers
-
-
-def _base_channels(j: int) -> int:
-    """Channels at resolution index j (4 * 2**j) before width_mult; j = -1 is the discriminator's top (512)."""
-    return min(MAX_CHANNELS, 2 ** (12 - j))
-
-
-def seg_channels(max_dim: int, width_mult: float = 1.0) -> List[int]:
-    """Per-resolution channel counts ``[ch(0), ..., ch(n-1)]`` for resolutions 4..max_dim (both networks)."""
-    n = _num_blocks("seg_channels", max_dim)
-    return [_scaled(_base_channels(j), width_mult) for j in range(n)]
-
-
-def _scaled(c: int, width_mult: float) -> int:
-    return max(1, int(round(c * width_mult)))
-
-
-def _num_blocks(owner: str, max_dim) -> int:
-    if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 4 or max_dim & (max_dim - 1):
-        raise ValueError(f"{owner}: max_dim must be a power of two >= 4 (the highest output height), got {max_dim!r}")
-    return int(math.log2(max_dim)) - 1
-
-
-def _check_aspect_ratio(owner: str, aspect_ratio) -> int:
-    try:
-        ar = float(aspect_ratio)
-    except (TypeError, ValueError):
-        raise TypeError(f"{owner}: aspect_ratio must be a number, got {aspect_ratio!r}") from None
-    if not (ar >= 1 and ar == int(ar)):
-        raise ValueError(f"{owner}: aspect_ratio (width / height) must be a positive integer such as 1 (ADE20K) "
-                         f"or 2 (Cityscapes), got {aspect_ratio!r}")
-    return int(ar)
-
-
-def _check_positive_int(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_width_mult(owner: str, width_mult) -> float:
-    try:
-        wm = float(width_mult)
-    except (TypeError, ValueError):
-        raise TypeError(f"{owner}: width_mult must be a number, got {width_mult!r}") from None
-    if not (wm > 0 and math.isfinite(wm)):
-        raise ValueError(f"{owner}: width_mult must be a finite positive number, got {width_mult!r}")
-    return wm
-
-
-def _check_fade(owner: str, alpha, j: int, first: str) -> Tuple[float, bool]:
-    """(alpha as a float in [0, 1], whether to fade in: alpha < 1) at resolution index ``j``; fading needs a
-    previous resolution (``first`` names the first one in the error)."""
-    alpha = float(alpha)
-    if not (0.0 <= alpha <= 1.0):
-        raise ValueError(f"{owner}: alpha (fade-in weight of the new resolution) must be in [0, 1], got {alpha}")
-    fade = alpha < 1.0
-    if fade and j == 0:
-        raise ValueError(f"{owner}: alpha={alpha} < 1 needs a previous resolution to fade from; "
-                         f"{first} is the first one (use alpha=1)")
-    return alpha, fade
-
-
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, LRELU_SLOPE)
-
-
-def _init_progressive(net: nn.Module, owner: str, num_classes, max_dim, aspect_ratio, width_mult) -> int:
-    """Check the arguments both networks share and set ``num_classes``, ``max_dim``, ``aspect_ratio``,
-    ``width_mult``, ``resolutions`` ([4, 8, ..., max_dim]) and ``channels`` on ``net``; returns the block count."""
-    net.num_classes = _check_positive_int(owner, "num_classes", num_classes)
-    n = _num_blocks(owner, max_dim)
-    net.max_dim = max_dim
-    net.aspect_ratio = _check_aspect_ratio(owner, aspect_ratio)
-    net.width_mult = _check_width_mult(owner, width_mult)
-    net.resolutions = [4 * 2 ** j for j in range(n)]
-    net.channels = [_scaled(_base_channels(j), net.width_mult) for j in range(n)]
-    return n
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# reference checkpoints (the layout: models/reference.py)
-
-
-def _infer_width_mult(owner: str, channels0: int, width_mult: Optional[float]) -> float:
-    if width_mult is not None:
-        return _check_width_mult(owner, width_mult)
-    return channels0 / MAX_CHANNELS
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # generator
@@ -165,8 +68,8 @@ class _GenBlock(nn.Module):
         else:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = self.conv0(x)
-        x = self.norm(_lrelu(x))
-        return self.norm(_lrelu(self.conv1(x)))
+        x = self.norm(lrelu(x))
+        return self.norm(lrelu(self.conv1(x)))
 
 
 class SegGenerator(ReferenceLayout, nn.Module):
@@ -192,8 +95,8 @@ class SegGenerator(ReferenceLayout, nn.Module):
                  pixel_norm: str = "code", width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegGenerator"
-        n = _init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
-        self.z_dim = _check_positive_int(owner, "z_dim", z_dim)
+        n = init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
+        self.z_dim = check_positive_int(owner, "z_dim", z_dim)
         if pixel_norm not in PIXEL_NORM_MODES:
             raise ValueError(f"{owner}: pixel_norm must be one of {PIXEL_NORM_MODES}, got {pixel_norm!r}")
         self.pixel_norm = pixel_norm
@@ -238,7 +141,7 @@ class SegGenerator(ReferenceLayout, nn.Module):
         """
         self._check_z(z)
         j = self.resolution_index(res)
-        alpha, fade = _check_fade("SegGenerator", alpha, j, f"res={self.resolutions[0]}")
+        alpha, fade = check_fade("SegGenerator", alpha, j, f"res={self.resolutions[0]}")
         x = z
         for i in range(j):
             x = self.blocks[i](x)
@@ -268,15 +171,15 @@ class SegGenerator(ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegGenerator"
-        sd, _ = reference_state(owner, state_dict, "G_state_dict", _num_blocks(owner, max_dim), max_dim)
+        sd, _ = reference_state(owner, state_dict, "G_state_dict", num_blocks(owner, max_dim), max_dim)
         fc = sd.get("blocks.0.fc1.weight")
         if fc is None or fc.dim() != 2:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
-        ar = _check_aspect_ratio(owner, aspect_ratio)
+        ar = check_aspect_ratio(owner, aspect_ratio)
         if fc.shape[0] % (16 * ar):
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' has {fc.shape[0]} outputs, "
                              f"not a multiple of 4 x {4 * ar} (check aspect_ratio={aspect_ratio})")
-        wm = _infer_width_mult(owner, fc.shape[0] // (16 * ar), width_mult)
+        wm = infer_width_mult(owner, fc.shape[0] // (16 * ar), width_mult)
         model = cls(num_classes, max_dim=max_dim, aspect_ratio=ar, z_dim=int(fc.shape[1]), pixel_norm=pixel_norm,
                     width_mult=wm)
         load_mapped(model, owner, sd, model._reference_key_map())
@@ -309,7 +212,7 @@ class _DiscBlock(nn.Module):
             self.conv1 = EqualizedConv2d(c_in, c_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _lrelu(self.conv1(_lrelu(self.conv0(x))))
+        x = lrelu(self.conv1(lrelu(self.conv0(x))))
         if self.final:
             return self.fc(x.flatten(1))
         return F.avg_pool2d(x, 2)
@@ -332,8 +235,8 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
                  width_mult: float = 1.0) -> None:
         super().__init__()
         owner = "SegDiscriminator"
-        n = _init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
-        top = _scaled(_base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
+        n = init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
+        top = scaled(base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
 
         self.from_mask = nn.ModuleList(
             EqualizedConv2d(self.num_classes, c, 1, gain=HEAD_GAIN) for c in self.channels)
@@ -374,11 +277,11 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
             float (N,) scores.
         """
         j = self._check_x(x)
-        alpha, fade = _check_fade("SegDiscriminator", alpha, j, f"R={self.resolutions[0]}")
-        h = _lrelu(self.from_mask[j](x))
+        alpha, fade = check_fade("SegDiscriminator", alpha, j, f"R={self.resolutions[0]}")
+        h = lrelu(self.from_mask[j](x))
         if fade:
             fine = self.blocks[j](h)
-            coarse = _lrelu(self.from_mask[j - 1](F.avg_pool2d(x, 2)))
+            coarse = lrelu(self.from_mask[j - 1](F.avg_pool2d(x, 2)))
             h = (1.0 - alpha) * coarse + alpha * fine
             j -= 1
         for i in range(j, -1, -1):
@@ -408,11 +311,11 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = "SegDiscriminator"
-        sd, n = reference_state(owner, state_dict, "D_state_dict", _num_blocks(owner, max_dim), max_dim)
+        sd, n = reference_state(owner, state_dict, "D_state_dict", num_blocks(owner, max_dim), max_dim)
         head = sd.get(f"blocks.{n - 1}.from_mask.weight")
         if head is None or head.dim() != 4:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.from_mask.weight' (4-D) is missing")
-        wm = _infer_width_mult(owner, int(head.shape[0]), width_mult)
+        wm = infer_width_mult(owner, int(head.shape[0]), width_mult)
         model = cls(num_classes, max_dim=max_dim, aspect_ratio=aspect_ratio, width_mult=wm)
         load_mapped(model, owner, sd, model._reference_key_map())
         return model
