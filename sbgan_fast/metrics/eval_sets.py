@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..models import generated_label_maps, label_ids
-from .fid import FeatureStats, FIDExtractor, fid_from_stats
+from .fid import FeatureStats, fid_from_stats
 from .quality import DC_K, PR_K, quality_metrics
 
 # the synthetic validation scenes use seed (run seed + this): disjoint from the training scenes
@@ -108,17 +108,6 @@ def label_subset(count: int, n: int, seed: int) -> List[int]:
     if n >= count:
         return list(range(count))
     return sorted(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())
-
-
-def stats_of(extractor: FIDExtractor, batches: Iterator[torch.Tensor],
-              on_batch: Optional[Callable[[int], None]] = None) -> FeatureStats:
-    """Statistics and features (``keep_features``) of generated batches; ``on_batch(count)`` after each."""
-    stats = FeatureStats(keep_features=True)
-    for b in batches:
-        extractor.update(stats, b)
-        if on_batch is not None:
-            on_batch(int(b.shape[0]))
-    return stats
 
 
 def set_metrics(fake: FeatureStats, real: FeatureStats, *, seed: int = 0) -> Dict[str, float]:

@@ -33,7 +33,7 @@ import torch
 from ..config import resolve_device
 from ..models import load_generators
 from .eval_sets import (SYNTHETIC_VAL_SEED, build_eval_dataset, conditional_batches, label_subset, real_batches,
-                        set_metrics, stats_of, unconditional_batches)
+                        set_metrics, unconditional_batches)
 from .fid import FIDExtractor, real_statistics
 from .quality import DC_K, KID_SUBSETS, PR_K
 
@@ -196,7 +196,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
             per_set, seeds = [], []
             for s in range(sets):
                 t = time.perf_counter()
-                st = stats_of(extractor, unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev),
+                st = extractor.statistics(unconditional_batches(nets, cfg, n_gen, seed + s, batch_size, dev),
                                bar.update)
                 per_set.append(set_metrics(st, real, seed=seed + s))
                 seeds.append(seed + s)
@@ -208,7 +208,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
             for s in range(c_sets):
                 t = time.perf_counter()
                 idx = label_subset(count, n_cond, seed + s)
-                st = stats_of(extractor, conditional_batches(nets, cfg, k, ds, idx, batch_size, dev), bar.update)
+                st = extractor.statistics(conditional_batches(nets, cfg, k, ds, idx, batch_size, dev), bar.update)
                 per_set.append(set_metrics(st, real, seed=seed + s))
                 seeds.append(seed + s)
                 log(f"[fid] conditional set {s + 1}/{c_sets} ({n_cond} of {count} real label maps): "
@@ -316,10 +316,10 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
             if name in nets:
                 nets[name].eval()
         if do_uncond:
-            st = stats_of(extractor, unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
+            st = extractor.statistics(unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
             out.update(_record(set_metrics(st, real, seed=seed), ""))
         idx = list(range(min(n_images, count)))   # the same label maps at every call
-        st = stats_of(extractor, conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
+        st = extractor.statistics(conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
         out.update(_record(set_metrics(st, real, seed=seed), "_cond"))
     finally:
         for name, training in modes.items():
