@@ -35,7 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -192,7 +192,7 @@ def run_folder(args, seed: int, *, check: bool = False) -> str:
     return run
 
 
-def bench_seed(args, cfg: dict, seed: int) -> dict:
+def bench_seed(args, seed: int) -> dict:
     from sbgan_fast.metrics.labelstats import label_stats, read_label_pngs
     run = run_folder(args, seed)
     load0 = os.getloadavg()[0]
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
                              f"the configuration trains on data.dataset={cfg['data']['dataset']}")
         rows = []
         for seed in args.seeds:
-            row = bench_seed(args, cfg, seed)
+            row = bench_seed(args, seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not args.no_record:
