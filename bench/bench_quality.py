@@ -178,7 +178,7 @@ def real_label_maps(cfg: dict, num_classes: int, n: int):
     d = cfg["data"]
     count = min(n, int(d["synthetic_size"]))
     ds = SyntheticScenes(int(d["synthetic_size"]), height=int(d["height"]), width=int(d["width"]),
-                         seed=int(cfg["seed"]), num_classes=num_classes, hflip=False, with_images=False)
+                         seed=int(cfg["seed"]), num_classes=num_classes, with_images=False)
     import numpy as np
     return np.stack([ds[i]["label"].numpy() for i in range(count)])
 
