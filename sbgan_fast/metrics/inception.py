@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..errors import SbganError
-from .inception_net import InceptionV3Features
+from .inception_net import FEATURE_DIM, INPUT_SIZE, InceptionV3Features, fuse_batch_norms_  # noqa: F401 (their former home)
 
 __all__ = [
     "InceptionV3Features", "load_inception", "packaged_weights_path", "convert_torchscript_state_dict",
