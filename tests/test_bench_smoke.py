@@ -27,6 +27,7 @@ def bench():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_quick_rows_every_stage_and_seg_resolution(bench):
     args = bench.parse_args(["--quick", "--no-csv", "--no-report", "--providers", "fast",
                              "--stages", "seg,spade,e2e,e2e-reuse"] + SMALL)
@@ -101,6 +102,7 @@ def test_report_keeps_the_resize_rule_of_onehot_rows(bench):
     assert "3.000" in text and "1.000" in text
 
 
+@pytest.mark.slow
 def test_inception_bench_runs(capsys):
     """bench/bench_inception.py at its smallest: one configuration besides the reference, nothing recorded."""
     from sbgan_fast.metrics.inception import packaged_weights_path

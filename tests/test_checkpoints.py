@@ -37,6 +37,7 @@ def _evil_checkpoint(path, marker):
                 "num_classes": 11, "nets": {"G_seg": {"w": torch.zeros(1)}}, "x": _Payload(marker)}, path)
 
 
+@pytest.mark.slow
 def test_a_crafted_pickle_payload_does_not_run(tmp_path, capsys, seg_run):
     marker = tmp_path / "ran.txt"
     evil = tmp_path / "evil.pt"
@@ -80,6 +81,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(seg_run):
     assert np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.slow
 def test_checkpoints_of_the_previous_format_still_load(seg_run, tmp_path):
     """Format sbgan_fast/1 stored the NumPy RNG state as an array: loaded with NumPy's array types allowed."""
     run = tmp_path / "old"
@@ -181,6 +183,7 @@ def test_an_architecture_mismatch_on_resume_names_key_values_and_file(seg_run, t
     assert _unchanged(run) == before
 
 
+@pytest.mark.slow
 def test_the_e2e_stage_checks_the_earlier_stages_checkpoints(tmp_path):
     from sbgan_fast.errors import CheckpointMismatchError
     run = tmp_path / "r"

@@ -1,4 +1,5 @@
 """The SB-GAN composition and the integer-label (gather) routes the trainer uses."""
+import pytest
 import torch
 
 from sbgan_fast import ops
@@ -13,6 +14,7 @@ def small_generators(k=7):
     return g_seg, g_spd
 
 
+@pytest.mark.slow
 def test_spade_generator_labels_route_matches_float_route():
     _, g = small_generators()
     g.eval()
@@ -33,6 +35,7 @@ def test_spade_generator_labels_route_matches_float_route():
     assert seg_a.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_int_labels_equal_one_hot_input():
     _, g = small_generators()
     g.eval()
@@ -40,6 +43,7 @@ def test_int_labels_equal_one_hot_input():
     torch.testing.assert_close(g(labels), g(ops.one_hot(labels, 7)), **FP32_REORDERED)
 
 
+@pytest.mark.slow
 def test_sbgan_forward_hard_and_soft():
     g_seg, g_spd = small_generators()
     model = SBGAN(g_seg, g_spd, seg_upsample=2).eval()

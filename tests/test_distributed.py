@@ -44,7 +44,7 @@ from sbgan_fast.config import build_config  # noqa: E402
 from sbgan_fast.train.trainer import Trainer, train  # noqa: E402
 from tolerances import FP32_REORDERED, FP32_SHORT_CHAIN
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]   # spawns processes: seconds per test
 
 WORLD = 2
 STAGES = ("seg", "spade", "e2e")
@@ -242,6 +242,7 @@ def _assert_updates_match(got, ref, start, names, what, tol=0.05):
 TRAINS = {"seg": ("G_seg", "D_seg"), "spade": ("G_spd", "D_spd"), "e2e": ("G_seg", "D_seg", "G_spd", "D_spd", "D2")}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_run):
     root, data = two_process_run
     grads = torch.load(root / "results" / "grads.pt", weights_only=False)
@@ -307,6 +308,7 @@ def test_resume_of_a_two_process_run_is_exact(two_process_run):
     assert (root / "full" / "stats.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_synthetic_labels_two_processes_equal_one_process(two_process_run):
     root, data = two_process_run
     ref_grads = []

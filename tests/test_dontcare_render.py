@@ -1,5 +1,6 @@
 """Don't-care label values in sample grids and `sample` output: drawn in one fixed colour everywhere, never an
 error (Cityscapes train ids with 255, folder datasets with data.dontcare=255 such as COCO-Stuff)."""
+import pytest
 import os
 
 import numpy as np
@@ -81,6 +82,7 @@ def _coco_like(root, n=4, h=32, w=32, k=6):
             f"data.num_classes={k + 1}", "data.dontcare=255"]
 
 
+@pytest.mark.slow
 def test_folder_dontcare_grid_and_sample_output(tmp_path):
     over = _coco_like(tmp_path / "coco")
     t = _spade_trainer(tiny_cfg(tmp_path / "run", *over, "stages=spade", "n_sample_grid=2"))

@@ -73,6 +73,7 @@ def _st(t, z, gumbel):
     return ops.gumbel_softmax_st(torch.log(p.float() + 1e-5), t.cfg.seg.tau, noise=gumbel, impl="ref")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse", [False, True])
 def test_discriminators_see_fakes_of_the_updated_generators(base, tmp_path, reuse):
     t, stage = _open(base, tmp_path, "e2e.d2_pretrain_epochs=0", f"e2e.reuse_fakes={str(reuse).lower()}")
@@ -120,6 +121,7 @@ def test_discriminators_see_fakes_of_the_updated_generators(base, tmp_path, reus
     t.close()
 
 
+@pytest.mark.slow
 def test_d2_pretraining_renders_real_maps_and_ends_with_a_fresh_adam(base, tmp_path):
     t, stage = _open(base, tmp_path)
     assert stage.pretrain_steps() == 2
@@ -177,6 +179,7 @@ def test_learning_rates_follow_the_authors_e2e_loop(base, tmp_path, d2_lr):
     t.close()
 
 
+@pytest.mark.slow
 def test_resume_across_the_pretraining_boundary_and_the_first_decay(base, tmp_path):
     extra = ("stages=e2e", "data.synthetic_size=16", "e2e.batch_size=8", "e2e.epochs=0", "e2e.epochs_decay=3")
     # 1 pre-training step, 2 joint steps per epoch, the first decayed epoch (2) starts at step 5

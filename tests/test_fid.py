@@ -249,6 +249,7 @@ def test_extractor_feeds_preprocessed_images_in_batches():
 
 
 # ------------------------------------------------------------------------------------------ Inception weights
+@pytest.mark.slow
 @needs_wheel
 def test_inception_matches_the_packaged_torchscript_network():
     model, info = load_inception()
@@ -263,6 +264,7 @@ def test_inception_matches_the_packaged_torchscript_network():
     assert mine.abs().max() > 0.1    # real features, not zeros
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_features_agree_across_batch_sizes_and_memory_formats():
     """The extractor's layout (channels-last on the CPU), folded batch norms and batch size change the
@@ -301,6 +303,7 @@ def _random_inception(variant="fid"):
     return src.eval()
 
 
+@pytest.mark.slow
 def test_fused_batch_norms_compute_the_same_features():
     from sbgan_fast.metrics.inception_net import fuse_batch_norms_
     import copy
@@ -321,6 +324,7 @@ def test_fused_batch_norms_compute_the_same_features():
         fuse_batch_norms_(copy.deepcopy(ref).train())
 
 
+@pytest.mark.slow
 def test_state_dict_files_load_with_hash_checks(tmp_path):
     """State-dict files (pytorch-fid's layout: classifier kept, no num_batches_tracked; torchvision's adds
     the auxiliary head): heads dropped, hash prefix checked. Both graphs share the parameter names, so one
@@ -412,6 +416,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     from sbgan_fast.metrics.evaluate import evaluate_checkpoint
     ex = FIDExtractor(model=Recorder(record=False), batch_size=4)
@@ -491,6 +496,7 @@ def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
         {f"{n}_cond" for n in names} | {"fid_n"}
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_eval_cli_with_the_real_inception(tiny_run, tmp_path, capsys):
     from sbgan_fast.cli import main
@@ -526,6 +532,7 @@ print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_keep_freed_memory_reuses_pages():
     """Without the malloc setting every 64 MiB tensor faults in ~16k fresh pages; with it the freed pages

@@ -39,6 +39,7 @@ def _run(base, tmp_path, mode):
 
 @pytest.mark.parametrize("mode,trained", [("seg", ("G_seg", "D_seg", "D2")), ("spade", ("G_spd", "D_spd", "D2")),
                                           ("all", ALL)])
+@pytest.mark.slow
 def test_finetune_trains_only_its_networks(base, tmp_path, mode, trained):
     start, end, t = _run(base, tmp_path, mode)
     assert set(t.optims) == set(trained)

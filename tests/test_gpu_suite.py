@@ -64,6 +64,7 @@ def _seed_estimate(results, item, seconds, status="ok"):
                     "device": "CPU (dry run)", "item": item, "status": status, "seconds": seconds})
 
 
+@pytest.mark.slow
 def test_dry_run_rows_summary_and_budget_skip(tmp_path):
     results, out = str(tmp_path / "results"), str(tmp_path / "out")
     _seed_estimate(results, "step-seg", 100000)          # measured once: far more than the budget
@@ -164,6 +165,7 @@ def test_killed_run_still_writes_its_report(tmp_path):
     assert "interrupted by signal SIGTERM" in open(os.path.join(out, "gpu_suite.log"), encoding="utf-8").read()
 
 
+@pytest.mark.slow
 def test_item_past_its_time_is_stopped_and_recorded(gpu_suite, tmp_path):
     suite = gpu_suite.Suite(gpu_suite.parse_args(["--dry-run", "--budget", "10", "--results", str(tmp_path / "r")]))
     try:
@@ -257,6 +259,7 @@ def test_gpu_commands_are_valid_for_the_benchmarks(gpu_suite, tmp_path, monkeypa
     suite.close()
 
 
+@pytest.mark.slow
 def test_dry_parity_cases_exist(gpu_suite):
     """The dry run's parity cases name tests that exist (a renamed parametrization would make pytest fail)."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",

@@ -170,6 +170,7 @@ def test_in_kernel_noise_reproducible_and_layout_independent():
     assert torch.equal(a, b.contiguous())
 
 
+@pytest.mark.slow
 def test_in_kernel_noise_is_gumbel():
     stats = pytest.importorskip("scipy.stats")
     g = gumbel_noise((1, 1, 128, 256), torch.tensor([987654321], dtype=torch.int64)).flatten().double()

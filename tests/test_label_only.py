@@ -23,6 +23,7 @@ def _truncate(path):
         f.write(data[: len(data) // 2])
 
 
+@pytest.mark.slow
 def test_bad_photo_does_not_stop_the_seg_stage(tmp_path):
     root = make_cityscapes(tmp_path / "cs", n=4)
     ds = cityscapes(root, height=32, width=64)

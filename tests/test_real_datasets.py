@@ -300,6 +300,7 @@ def test_skip_bad_files_counts(tmp_path):
     assert out[-1]["skipped_files"] == 3
 
 
+@pytest.mark.slow
 def test_training_counts_skipped_files_in_stats(tmp_path):
     import json
 

@@ -25,6 +25,7 @@ def _hold_lock_in_another_process(folder):
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "r"
     holder = _hold_lock_in_another_process(out)
@@ -60,6 +61,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, c
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_for_the_whole_run_and_released_on_errors(tmp_path):
     out = tmp_path / "r"
     seen = []
@@ -105,6 +107,7 @@ def test_resume_without_checkpoints_is_an_error(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 def test_the_next_stage_runs_in_a_used_folder_without_resume(tmp_path):
     out = tmp_path / "r"
     train(tiny_cfg(out, "stages=seg", max_steps=1))
@@ -126,6 +129,7 @@ def test_temporary_files_of_killed_writes_are_removed_and_never_count(tmp_path, 
     assert not tmp.exists() and "temporary file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stats_hold_each_step_once_after_a_resume(tmp_path):
     import shutil
     out = tmp_path / "r"
@@ -143,6 +147,7 @@ def test_stats_hold_each_step_once_after_a_resume(tmp_path):
     assert steps == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_a_failing_sample_grid_costs_no_checkpoint(tmp_path, capsys, monkeypatch):
     import sbgan_fast.metrics.grids as grids
     from sbgan_fast.train import checkpoint as ckpt_io
@@ -174,6 +179,7 @@ def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, mo
     assert seen == [("seg-0000002.png", ["seg-latest.pt"])]
 
 
+@pytest.mark.slow
 def test_a_file_that_fails_to_decode_mid_run_stops_after_a_checkpoint(tmp_path):
     from sbgan_fast.data.datasets import DataError
     from sbgan_fast.train import checkpoint as ckpt_io

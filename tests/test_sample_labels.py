@@ -66,6 +66,7 @@ def frankfurt(shared_fixtures, tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_cityscapes_label_ids_folder(tmp_path, frankfurt, ids_run, capsys):
     run = ids_run[0]
     out = tmp_path / "s"
@@ -84,6 +85,7 @@ def test_cityscapes_label_ids_folder(tmp_path, frankfurt, ids_run, capsys):
     assert np.array_equal(np.asarray(Image.open(out / f"{STEM}_labelIds_image.png")), _image_of(run, ids))
 
 
+@pytest.mark.slow
 def test_cityscapes_train_ids_folder(tmp_path, frankfurt):
     run = _run(tiny_cfg(tmp_path / "run", *CS, f"data.root={make_cityscapes(tmp_path / 'cs', n=2)}",
                         "data.num_classes=20", "data.dontcare=255"))
@@ -110,6 +112,7 @@ def _indoor_from_challenge(tmp_path):
             f"data.list_dir={lists}", f"data.class_map={tmp_path / 'map.txt'}", "stages=spade"]
 
 
+@pytest.mark.slow
 def test_ade_indoor_class_map(tmp_path):
     over = _indoor_from_challenge(tmp_path)
     cfg = tiny_cfg(tmp_path / "run", *over)
@@ -127,6 +130,7 @@ def test_ade_indoor_class_map(tmp_path):
     assert raw.max() > 94                                         # ADE20K-150 values, not indoor ones
 
 
+@pytest.mark.slow
 def test_bad_and_missing_files_reported(tmp_path, ids_run, capsys):
     run, cs = ids_run
     lab = tmp_path / "maps"

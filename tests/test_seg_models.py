@@ -92,6 +92,7 @@ def test_pixel_norm_modes():
 # shapes and parameter counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ar", [1, 2])
 def test_shapes_every_resolution(ar):
     k = 5
@@ -268,6 +269,7 @@ def _handmade_reference_state_dicts(k, ar, chans, z_dim):
     return g, d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ar", [1, 2])
 def test_handmade_reference_layout_loads_and_matches(ar):
     k, z_dim, max_dim = 6, 24, 64
@@ -371,6 +373,7 @@ def test_wgan_gp_double_backward():
     assert D.from_mask[2].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_gradcheck_tiny_networks_float64():
     D = _rand_params(SegDiscriminator(2, max_dim=8, aspect_ratio=2, width_mult=1 / 128)).double()
     x = torch.rand(1, 2, 8, 16, dtype=torch.float64, requires_grad=True)

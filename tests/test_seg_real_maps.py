@@ -27,6 +27,7 @@ def _folder(tmp_path, n=4):
     return labels
 
 
+@pytest.mark.slow
 def test_seg_real_maps_are_pil_nearest_of_the_label_file(tmp_path):
     files = _folder(tmp_path)
     cfg = tiny_cfg(tmp_path / "run", "data.dataset=folder", f"data.image_dir={tmp_path / 'img'}",

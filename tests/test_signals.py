@@ -59,6 +59,7 @@ def _finish(procs, timeout=300):
                 p.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
     sig = signal.SIGTERM
     out = tmp_path / "r"
@@ -82,6 +83,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
     assert _steps(out) == list(range(1, ck["step"] + 3))
 
 
+@pytest.mark.slow
 def test_a_signal_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
     """torchrun and a terminal's Ctrl-C signal the whole process group, data-loader workers included: the
     workers ignore it and the run stops as with a signal to the main process alone."""
@@ -95,6 +97,7 @@ def test_a_signal_to_the_whole_process_group_spares_the_loader_workers(tmp_path)
     assert ckpt_io.load_checkpoint(str(out / "checkpoints" / "seg-latest.pt"))["step"] == _steps(out)[-1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     full = train(tiny_cfg(tmp_path / "a", "stages=seg", max_steps=4))
     t = Trainer(tiny_cfg(tmp_path / "b", "stages=seg", "ckpt_every=0", max_steps=4))
@@ -139,6 +142,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_every_torchrun_process_stops_at_the_same_step(tmp_path):
     """Two gloo processes started as torchrun starts them; SIGUSR1 reaches rank 1 only."""
@@ -194,6 +198,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_hung_process_fails_the_others_after_the_timeout(tmp_path):
     port = _free_port()

@@ -192,6 +192,7 @@ def test_stats_merge_across_tiles_and_chunks_is_numerically_safe():
 # ---------------------------------------------------------------- reference gradients
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_reference_gradcheck(norm):
     """The reference computes in fp64 for fp64 inputs and supports any gradient order."""
@@ -279,6 +280,7 @@ def sync_run(tmp_path_factory):
         torch.set_default_device(previous)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(sync_run, on_cpu):
     data, results = sync_run

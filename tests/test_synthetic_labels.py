@@ -32,6 +32,7 @@ def _params(net):
     return {k: v.detach().clone() for k, v in net.named_parameters()}
 
 
+@pytest.mark.slow
 def test_spade_stage_with_synthetic_labels(seg_run, tmp_path):
     out = _copy(seg_run, tmp_path / "run")
     t = train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=6", max_steps=3), resume=True)
@@ -69,6 +70,7 @@ def test_spade_stage_with_synthetic_labels(seg_run, tmp_path):
         t2.close()
 
 
+@pytest.mark.slow
 def test_zero_weight_leaves_the_real_update_unchanged(seg_run, tmp_path):
     """With synthetic_weight=0 the synthetic branch adds nothing to G_spd's gradient: G_spd's parameters after
     one step equal those of the plain spade stage (buffers differ: the extra forward updates the statistics)."""
@@ -86,6 +88,7 @@ def test_zero_weight_leaves_the_real_update_unchanged(seg_run, tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in _params(one.G_spd).items())
 
 
+@pytest.mark.slow
 def test_resume_with_synthetic_labels_is_exact(seg_run, tmp_path):
     extra = ("stages=spade", "spade.synthetic_labels=5", "spade.synthetic_batch=2")
     full = train(tiny_cfg(_copy(seg_run, tmp_path / "a"), *extra, max_steps=4), resume=True)
@@ -98,6 +101,7 @@ def test_resume_with_synthetic_labels_is_exact(seg_run, tmp_path):
             assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs"
 
 
+@pytest.mark.slow
 def test_synthetic_label_errors(seg_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="--seg-checkpoint"):
         train(tiny_cfg(tmp_path / "none", "stages=spade", "spade.synthetic_labels=4", max_steps=1))
@@ -114,6 +118,7 @@ def test_synthetic_label_errors(seg_run, tmp_path):
                        **{"spade.seg_checkpoint": str(seg_run)}), resume=True)
 
 
+@pytest.mark.slow
 def test_resuming_with_synthetic_labels_added_is_refused(seg_run, tmp_path):
     out = _copy(seg_run, tmp_path / "run")
     train(tiny_cfg(out, "stages=spade", max_steps=1), resume=True)
@@ -121,6 +126,7 @@ def test_resuming_with_synthetic_labels_added_is_refused(seg_run, tmp_path):
         train(tiny_cfg(out, "stages=spade", "spade.synthetic_labels=4", max_steps=2), resume=True)
 
 
+@pytest.mark.slow
 def test_continuing_seg_keeps_the_stored_maps_with_a_warning(tmp_path, capsys):
     out = tmp_path / "run"
     train(tiny_cfg(out, "stages=seg,spade", "spade.synthetic_labels=4", max_steps=1))
@@ -132,6 +138,7 @@ def test_continuing_seg_keeps_the_stored_maps_with_a_warning(tmp_path, capsys):
     assert np.array_equal(np.load(bank_paths(str(out))[0]), first)
 
 
+@pytest.mark.slow
 def test_cli_train_with_synthetic_labels(seg_run, tmp_path):
     from sbgan_fast.cli import main
     out = tmp_path / "cli"
@@ -144,6 +151,7 @@ def test_cli_train_with_synthetic_labels(seg_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ periodic FID
+@pytest.mark.slow
 def test_periodic_fid_is_logged_and_leaves_training_alone(tmp_path):
     from sbgan_fast.metrics.inception import packaged_weights_path
     if packaged_weights_path() is None:
@@ -165,6 +173,7 @@ def test_periodic_fid_is_logged_and_leaves_training_alone(tmp_path):
         tiny_cfg(tmp_path / "x", "fid_n=1")
 
 
+@pytest.mark.slow
 def test_periodic_fid_in_the_seg_stage_says_why_there_is_none(tmp_path, capsys, monkeypatch):
     from sbgan_fast.metrics.fid import FIDExtractor
     from sbgan_fast.train.trainer import Trainer

@@ -60,6 +60,7 @@ def test_demo_all_stages_and_sample(tmp_path):
     assert img.shape == (32, 32, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["seg", "spade"])
 def test_resume_equals_uninterrupted(tmp_path, stage):
     full = train(tiny_cfg(tmp_path / "a", f"stages={stage}", max_steps=5))
@@ -73,6 +74,7 @@ def test_resume_equals_uninterrupted(tmp_path, stage):
                 assert torch.equal(a[i][k], b[i][k]), f"{name} optimizer state {i}.{k} differs"
 
 
+@pytest.mark.slow
 def test_resume_e2e(tmp_path):
     base = tmp_path / "base"
     train(tiny_cfg(base, "stages=seg,spade", max_steps=2))
@@ -127,6 +129,7 @@ def test_class_count_mismatch_names_the_file(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_seg_stage_on_files_without_a_cache_gives_a_hint(tmp_path, capsys):
     train(tiny_cfg(tmp_path / "run", *folder_dataset(tmp_path), "stages=seg", max_steps=1))
     assert "data.cache=DIR" in capsys.readouterr().err

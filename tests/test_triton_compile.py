@@ -40,6 +40,8 @@ triton = pytest.importorskip("triton")
 from sbgan_fast.ops import _triton, gumbel  # noqa: E402
 from sbgan_fast.ops.spade_norm import spade_norm_triton  # noqa: E402
 
+pytestmark = pytest.mark.slow   # compiles every kernel for sm_90 once (about a minute)
+
 CAPABILITY = 90
 #: Kernels whose first pointer argument is not the op's input (one dtype whatever the input's).
 INTERNAL_INPUT_KERNELS = {"_stats_finalize_kernel", "_gumbel_noise_kernel"}
@@ -342,6 +344,7 @@ def report(tmp_path_factory):
     return merged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", [sid for sid, _ in SCENARIOS])
 def test_launches_compile_for_sm90(report, scenario):
     entry = report["scenarios"][scenario]
