@@ -43,6 +43,7 @@ def test_quick_rows_every_stage_and_seg_resolution(bench):
         assert r["data"] == "synthetic" and r["size"] == "32x64" and r["channels_last"] is False
 
 
+@pytest.mark.slow
 def test_loader_vs_step_rows(bench, tmp_path):
     sys.path.insert(0, HERE)
     from real_lookalike import make_cityscapes

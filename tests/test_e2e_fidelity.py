@@ -160,6 +160,7 @@ def _authors_rates(epochs, niter, niter_decay, lr=2e-4):
     return rates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d2_lr", ["ttur", "constant"])
 def test_learning_rates_follow_the_authors_e2e_loop(base, tmp_path, d2_lr):
     niter, niter_decay = 2, 4
@@ -200,6 +201,7 @@ def test_resume_across_the_pretraining_boundary_and_the_first_decay(base, tmp_pa
     assert full.optims["D2"].param_groups[0]["lr"] == pytest.approx(4e-4 * 2 / 3)
 
 
+@pytest.mark.slow
 def test_given_noise_names_what_is_missing(base, tmp_path):
     t, stage = _open(base, tmp_path, "e2e.d2_pretrain_epochs=0")
     with pytest.raises(KeyError, match="z_D"):

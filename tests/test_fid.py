@@ -468,6 +468,7 @@ def test_evaluate_checkpoint_sets_cache_and_json(tiny_run, tmp_path, capsys):
     assert r4["conditional"]["fid"] > 0
 
 
+@pytest.mark.slow
 def test_fid_callback_leaves_training_state_alone(tiny_run, tmp_path):
     from types import SimpleNamespace
 

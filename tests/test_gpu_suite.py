@@ -133,6 +133,7 @@ def test_budget_smaller_than_every_item_skips_them_all(tmp_path):
     assert os.path.isfile(str(tmp_path / "RESULTS.md"))
 
 
+@pytest.mark.slow
 def test_killed_run_still_writes_its_report(tmp_path):
     results, out = str(tmp_path / "results"), str(tmp_path / "out")
     proc = subprocess.Popen(["bash", SUITE, "--dry-run", "--results", results, "--out", out,

@@ -182,6 +182,7 @@ def test_in_kernel_noise_is_gumbel():
     assert g.min() >= -math.log(-math.log(2.0 ** -24)) - 1e-3  # finite lower tail, no -inf
 
 
+@pytest.mark.slow
 def test_in_kernel_noise_sample_frequencies():
     """argmax(logits + g) ~ Categorical(softmax(logits)): uniform for equal logits, softmax otherwise."""
     stats = pytest.importorskip("scipy.stats")

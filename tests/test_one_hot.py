@@ -360,6 +360,7 @@ def test_torch_compile_traces_the_op(mode):
                                       mode=mode or "nearest"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_reference_resize_under_torch_compile(mode):
     """The reference resize traces in one graph on both rules (the index tables are constants)."""

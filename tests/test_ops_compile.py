@@ -105,10 +105,12 @@ def _float_inputs():
     return [logits, noise, *_spade_inputs()]
 
 
+@pytest.mark.slow
 def test_ref_float_ops_compile_without_graph_break():
     _compare(_float_ops("ref"), _float_inputs(), buffers=(5, 6))
 
 
+@pytest.mark.slow
 @needs_interpreter
 def test_triton_ops_compile_without_graph_break():
     graphs = _compare(_float_ops("triton"), _float_inputs(), buffers=(5, 6),
@@ -145,6 +147,7 @@ def _label_inputs():
     return [labels, torch.randn(4, 6, 3, 3), torch.randn(4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["ref", pytest.param("cpp", marks=needs_ext)])
 def test_label_ops_compile_without_graph_break(impl):
     graphs = _compare(_label_ops(impl), _label_inputs())

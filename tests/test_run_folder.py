@@ -165,6 +165,7 @@ def test_a_failing_sample_grid_costs_no_checkpoint(tmp_path, capsys, monkeypatch
     assert "3 sample grids" in lines[1]
 
 
+@pytest.mark.slow
 def test_the_checkpoint_of_a_step_is_written_before_its_sample_grid(tmp_path, monkeypatch):
     import sbgan_fast.metrics.grids as grids
     out = tmp_path / "r"

@@ -345,6 +345,7 @@ def test_reference_loading_errors():
 # gradients
 
 
+@pytest.mark.slow
 def test_wgan_gp_double_backward():
     k, ar = 4, 2
     G = SegGenerator(k, max_dim=16, aspect_ratio=ar, z_dim=16, width_mult=1 / 32)

@@ -301,6 +301,7 @@ def test_sync_batch_two_processes_equals_batch_norm_of_concatenated_batch(sync_r
             torch.testing.assert_close(r["rv"], rv_e, **t)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sync_statistics_merge_is_stable_where_sums_cancel(sync_run, on_cpu):
     """With |mean| / std = 1e4 the old reference (all-reduced sum and sum of squares in fp32) loses the

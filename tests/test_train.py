@@ -23,6 +23,7 @@ def assert_same(a, b, names):
             assert torch.equal(a[name][k], b[name][k]), f"{name}.{k} differs"
 
 
+@pytest.mark.slow
 def test_demo_all_stages_and_sample(tmp_path):
     out = tmp_path / "run"
     t = train(tiny_cfg(out))

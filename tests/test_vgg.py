@@ -78,6 +78,7 @@ def test_layout_matches_torchvision_keys():
     assert keys == {f"features.{i}.{p}" for i, _, _ in CONVS if i <= 28 for p in ("weight", "bias")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("imagenet_norm", [False, True])
 def test_loss_value_gradient_and_frozen_weights(fake_weights, imagenet_norm):
     path, sd, digest = fake_weights
