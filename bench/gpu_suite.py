@@ -78,7 +78,7 @@ CHECK_ONLY = "a check of the built extension"
 OUT_FILES = 8                          # a lent device machine returns at most this many files from its $OUT
 SUITE_CSV = "suite_items.csv"
 PARITY_FILES = ["tests/test_gumbel.py", "tests/test_spade_norm.py", "tests/test_one_hot.py",
-                "tests/test_onehot_conv2d.py"]
+                "tests/test_onehot_conv2d.py", "tests/test_ops_compile.py"]
 # a few cases of each parity file (the interpreter runs about a launch per second on a busy 2-core machine)
 DRY_PARITY = ["tests/test_gumbel.py::test_explicit_noise_parity[nchw-dtype0]",
               "tests/test_spade_norm.py::test_parity[True-batch-nchw-dtype0]",
