@@ -72,6 +72,9 @@ def _add_train(sub) -> None:
                    help="fp32 (default) | bf16 autocast | fp16 autocast with a GradScaler per loss group")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last networks and inputs (default: on for CUDA, off on CPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the networks and the VGG loss (default off; the first steps of each "
+                        "resolution pay the compile time; the WGAN-GP penalty runs eagerly)")
     p.add_argument("--accum", type=positive_int, help="split each process's share of a batch into N micro-batches "
                    "(gradient accumulation: same optimizer batch, less memory)")
     p.add_argument("--synthetic-labels", type=non_negative_int, metavar="N",
@@ -94,7 +97,8 @@ def cmd_train(args) -> int:
     from .config import build_config
     direct = {"data.root": args.data_root, "out": args.out, "max_steps": args.max_steps, "device": args.device,
               "seed": args.seed, "spade.vgg_weights": args.vgg_weights, "impl": args.impl,
-              "precision": args.precision, "channels_last": args.channels_last, "accum": args.accum,
+              "precision": args.precision, "channels_last": args.channels_last,
+              "compile": args.compile, "accum": args.accum,
               "spade.synthetic_labels": args.synthetic_labels, "spade.seg_checkpoint": args.seg_checkpoint,
               "fid_every": args.fid_every, "fid_n": args.fid_n, "dist_timeout": args.dist_timeout}
     if args.stage:

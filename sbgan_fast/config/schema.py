@@ -149,6 +149,7 @@ class TrainConfig:
     # precision, memory layout and scale (train/amp.py, train/dist.py, train/monitor.py)
     precision: str = "fp32"              # fp32 | bf16 (autocast) | fp16 (autocast + a GradScaler per loss group)
     channels_last: Optional[bool] = None  # channels-last networks and inputs (None: on for CUDA, off on CPU)
+    compile: bool = False                # torch.compile the five networks and the VGG loss (train/compiled.py)
     cudnn_benchmark: bool = True         # torch.backends.cudnn.benchmark on CUDA (fixed shapes per phase)
     accum: int = 1                       # micro-batches per update on each process (same global batch, less memory)
     nonfinite_limit: int = 20            # stop after this many steps in a row with a NaN/Inf loss or gradient (0: never)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from .compiled import eager
 
 
 def wgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,8 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, *, eps: Optional
 
     Mixed precision: D's forward follows the caller's autocast; the inner gradient, the unscaling and
     the norm run with autocast off in fp32. The D forward runs inside
-    :func:`sbgan_fast.ops.double_backward`, so no first-order-only fast op is chosen there.
+    :func:`sbgan_fast.ops.double_backward`, so no first-order-only fast op is chosen there, and eagerly when D
+    is compiled (``compile=true``; :func:`sbgan_fast.train.compiled.eager`).
     """
     n = real.shape[0]
     shape = (n,) + (1,) * (real.dim() - 1)
@@ -39,7 +41,7 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, *, eps: Optional
         raise ValueError(f"gradient_penalty: eps must have shape {shape}, got {tuple(eps.shape)}")
     eps = eps.to(real.dtype)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    with ops.double_backward():
+    with ops.double_backward(), eager():   # a compiled D's backward cannot be differentiated again
         out = D(x_hat, **d_kwargs)
         with torch.autocast(device_type=real.device.type, enabled=False):
             total = out.float().sum()

@@ -110,6 +110,9 @@ class Trainer(RunCheckpoints, RunPreviews):
         self.vgg = self._vgg() if any(s in cfg.stages for s in ("spade", "e2e")) else None
         if self.vgg is not None and self.channels_last:
             self.vgg.to(memory_format=torch.channels_last)
+        if cfg.compile:     # in place: the modules, their state dicts and checkpoints stay the plain ones
+            from .compiled import compile_networks
+            compile_networks(self.nets, self.vgg)
         self.trained: set = set()   # networks trained or loaded so far: the ones checkpoints hold
         self.current_step = 0
         g = torch.Generator().manual_seed(cfg.seed + 12345)
