@@ -26,12 +26,15 @@ import torch
 
 BACKEND = "inductor"   # the torch.compile backend of compile=true
 RECOMPILE_LIMIT = 64   # graphs per compiled function: 7 resolutions x (G phase, D phase, preview) with room to spare
+_compiled = False      # set by compile_networks: until then eager() is a plain no-op (torch._dynamo never imported)
 
 
 def compile_networks(nets: Dict[str, torch.nn.Module], vgg: Optional[torch.nn.Module] = None,
                      backend: Optional[str] = None) -> None:
     """Compile every module of ``nets`` (and ``vgg``) in place (:meth:`torch.nn.Module.compile`) with ``backend``
     (default :data:`BACKEND`)."""
+    global _compiled
+    _compiled = True
     cfg = torch._dynamo.config
     for key in ("recompile_limit", "cache_size_limit"):      # the name changed across torch versions
         if hasattr(cfg, key):
@@ -42,6 +45,9 @@ def compile_networks(nets: Dict[str, torch.nn.Module], vgg: Optional[torch.nn.Mo
 
 
 def eager():
-    """A context in which compiled modules run their plain eager code (the double-backward pass)."""
+    """A context in which compiled modules run their plain eager code (the double-backward pass); nothing at all
+    in a process that compiled nothing."""
+    if not _compiled:
+        return contextlib.nullcontext()
     stance = getattr(torch.compiler, "set_stance", None)
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
