@@ -24,6 +24,8 @@ from sbgan_fast.train.trainer import Trainer, train
 from tiny import tiny_cfg
 from tolerances import FP32_GRAD, FP32_REORDERED
 
+pytestmark = pytest.mark.slow   # compiles networks (tens of seconds on a 2-core CPU)
+
 BACKEND = "aot_eager"
 K = 11   # label channels of the tiny synthetic data
 
