@@ -262,7 +262,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_r
                 if k.endswith(("running_mean", "running_var")):
                     # (biases before the norms move by Adam's rounding-driven +-lr: ~1e-4 here; per-process
                     # statistics of 2 random samples would be off by ~0.1)
-                    torch.testing.assert_close(states[0]["G_spd"][k], v, atol=1e-3, rtol=1e-2)
+                    torch.testing.assert_close(states[0]["G_spd"][k], v, atol=1e-3, rtol=1e-2)  # see above
     single = Trainer(cfg_for(root / "s-base", data, *EQUIV, "stages=e2e", max_steps=STEPS["e2e"]), resume=True)
     base = {}
     record_gradients(single, ref_grads["e2e"], base)
