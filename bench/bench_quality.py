@@ -64,24 +64,17 @@ def parse_seeds(text: str) -> List[int]:
     return seeds
 
 
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _at_least_2(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
-    return v
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= lo (the error names the bound and the value given)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return v
+    return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,12 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="config override, as `train KEY=VALUE` (repeatable)")
     p.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated run seeds, one run each "
                                                                  "(default 0)")
-    p.add_argument("--budget", type=_non_negative, default=0, metavar="STEPS",
+    p.add_argument("--budget", type=_int_at_least(0), default=0, metavar="STEPS",
                    help="training steps per stage (train --max-steps); 0 (default): the configuration's schedule")
-    p.add_argument("--n", type=_at_least_2, default=500,
+    p.add_argument("--n", type=_int_at_least(2), default=500,
                    help="images per FID set, real images, conditional label maps and sampled label maps (default "
                         "500, the paper's protocol)")
-    p.add_argument("--sets", type=_at_least_2, default=5, help="unconditional FID/KID sets (default 5)")
+    p.add_argument("--sets", type=_int_at_least(2), default=5, help="unconditional FID/KID sets (default 5)")
     p.add_argument("--out", default=os.path.join("runs", "bench_quality"),
                    help="folder of the run folders (<out>/seed<S>); must not hold a run of these seeds yet")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (train, sample and eval)")
