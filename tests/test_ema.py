@@ -155,3 +155,12 @@ def test_sample_and_eval_choose_the_average(tmp_path, monkeypatch):
             fn(checkpoint=path, weights="raw", **kw, **({"extractor": object()} if fn is ev.evaluate_checkpoint
                                                         else {}))
     assert calls == ["raw", "raw"]
+
+
+def test_settings_are_validated(tmp_path):
+    import pytest
+
+    from sbgan_fast.config import ConfigError
+    for bad, key in (("ema.kimg=0", "ema.kimg"), ("ema.rampup=-1", "ema.rampup"), ("ema.bn_maps=-2", "ema.bn_maps")):
+        with pytest.raises(ConfigError, match=key):
+            tiny_cfg(tmp_path / "r", bad)

@@ -17,7 +17,9 @@ G_spd normalizes with batch norm (SPADE's ``syncbatch``), whose running statisti
 eval mode. Statistics copied from the trained G_spd do not belong to the averaged weights, so before the averaged
 G_spd is used :func:`recalibrate_batchnorm` recomputes them: reset, then forward passes of real label maps in
 train mode with each batch weighted as a cumulative average (the ``momentum=None`` rule of ``nn.BatchNorm2d``:
-batch ``i`` gets momentum ``1 / (i + 1)``), every other buffer (spectral-norm vectors, counters) restored.
+batch ``i`` gets momentum ``1 / (i + 1)``), every other buffer (spectral-norm vectors, counters) restored. The
+statistics are those of the given maps on this process alone (synchronized batch norm runs as plain batch norm
+meanwhile), so one process can recalibrate while the others wait.
 """
 from __future__ import annotations
 
@@ -106,6 +108,9 @@ def recalibrate_batchnorm(net: torch.nn.Module, label_batches: Iterable[torch.Te
     stats = {id(t) for bn, _ in layers for t in (bn.running_mean, bn.running_var)}
     saved = [(b, b.detach().clone()) for b in net.buffers() if id(b) not in stats]
     moms = [owner.momentum for _, owner in layers]
+    # statistics of this process's maps alone (no collective: one process may recalibrate while the others wait)
+    norms = [(m, m.norm) for m in net.modules() if isinstance(getattr(m, "norm", None), str)
+             and m.norm == "sync_batch"]
     was_training = net.training
     old = [(bn.running_mean.clone(), bn.running_var.clone()) for bn, _ in layers]
     count = 0
@@ -114,6 +119,8 @@ def recalibrate_batchnorm(net: torch.nn.Module, label_batches: Iterable[torch.Te
             for bn, _ in layers:
                 bn.running_mean.zero_()
                 bn.running_var.fill_(1.0)
+            for m, _ in norms:
+                m.norm = "batch"
             net.train()
             for i, labels in enumerate(label_batches):
                 for _, owner in layers:
@@ -121,6 +128,8 @@ def recalibrate_batchnorm(net: torch.nn.Module, label_batches: Iterable[torch.Te
                 net(labels)
                 count += 1
     finally:
+        for m, norm in norms:
+            m.norm = norm
         for (_, owner), m in zip(layers, moms):
             owner.momentum = m
         for b, v in saved:

@@ -106,7 +106,7 @@ class RunCheckpoints:
                                  f"refusing to write the {which} checkpoint (the last good one: "
                                  f"{self._last_ckpt or 'none'})")
         rngs = dist.all_gather_object(ckpt_io.rng_state(), self.dist)
-        self.recalibrate_ema()   # every process (the statistics of a sync batch norm are gathered)
+        self.recalibrate_ema()   # every process: their averages stay identical
         path = ckpt_io.stage_checkpoint_path(self.out, stage, which)
         if self.is_main:
             state = {
