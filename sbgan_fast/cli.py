@@ -137,12 +137,16 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of z (fixed: same seed, same samples)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", choices=("ema", "raw"), default=None,
+                   help="generator weights: ema (the moving averages of a run trained with ema.enabled) or raw (the "
+                        "trained weights); default: ema when the checkpoint holds them, else raw")
 
 
 def cmd_sample(args) -> int:
     from .sample import sample_main
     paths = sample_main(checkpoint=args.checkpoint, n=args.n, out=args.out, labels=args.labels, seed=args.seed,
-                        batch_size=args.batch_size, device=args.device, label_pattern=args.label_pattern)
+                        batch_size=args.batch_size, device=args.device, label_pattern=args.label_pattern,
+                        weights=args.weights)
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}")
     return 0
 
@@ -197,6 +201,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="keep freed memory in the process (glibc malloc: no mmap of large blocks, no trimming) so "
                         "that each batch reuses the pages of the last; faster on the CPU (default on)")
+    p.add_argument("--weights", choices=("ema", "raw"), default=None,
+                   help="generator weights: ema (the moving averages of a run trained with ema.enabled) or raw (the "
+                        "trained weights); default: ema when the checkpoint holds them, else raw")
 
 
 def cmd_eval(args) -> int:
@@ -219,7 +226,7 @@ def cmd_eval(args) -> int:
                                   image_dir=args.image_dir, label_dir=args.label_dir, variant=args.fid_variant,
                                   inception_weights=args.inception_weights, cache_dir=args.cache_dir,
                                   batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out,
-                                  progress=args.progress)
+                                  progress=args.progress, weights=args.weights)
     except (WeightsError, ValueError) as e:
         from .errors import one_line
         if _debug(args):

@@ -67,18 +67,19 @@ def read_label_maps(cfg, num_classes: int, folder: str, n: int, *, pattern: Opti
 @torch.no_grad()
 def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = None, seed: int = 0,
                 batch_size: int = 8, device: str = "auto", label_pattern: Optional[str] = None,
-                log: Callable[[str], None] = _log_stderr) -> List[str]:
+                weights: Optional[str] = None, log: Callable[[str], None] = _log_stderr) -> List[str]:
     """Write ``n`` unconditional (label map, image) pairs, or images of the label maps in ``labels`` (read as
     training reads the run's dataset; ``label_pattern`` replaces its file pattern), to ``out``: per sample
     ``<name>_label.png`` (the map in the dataset's label-file values where they map one-to-one onto the
-    channels, else channel indices), ``<name>_label_color.png``, ``<name>_image.png``; and ``grid.png``."""
+    channels, else channel indices), ``<name>_label_color.png``, ``<name>_image.png``; and ``grid.png``. ``weights``: 'ema' | 'raw' | None (the
+    moving averages when the checkpoint holds them), see :func:`sbgan_fast.models.build.load_generators`."""
     from .data.factory import label_file_values, palette_for
     from .data.palettes import colorize
     from .metrics.grids import save_pairs_grid
     if n <= 0:
         raise ConfigError(f"--n must be positive, got {n}")
     dev = resolve_device(device)
-    cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None)
+    cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None, weights=weights)
     palette = palette_for(cfg, k)
     values = label_file_values(cfg, k)
     all_labels, all_images = [], []

@@ -155,6 +155,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.data.num_classes >= 0, f"data.num_classes must be >= 0 (0 = from the dataset), got {cfg.data.num_classes}")
     need(cfg.data.dataset == "synthetic" or cfg.data.root or cfg.data.image_dir or cfg.data.label_dir,
          f"data.root (--data-root) is required for dataset {cfg.data.dataset!r}")
+    need(cfg.ema.kimg > 0, f"ema.kimg must be > 0 (thousands of images), got {cfg.ema.kimg}")
+    need(cfg.ema.rampup >= 0, f"ema.rampup must be >= 0 (0: no ramp-up), got {cfg.ema.rampup}")
+    need(cfg.ema.bn_maps >= 0, f"ema.bn_maps must be >= 0 (0: no batch-norm recalibration), got {cfg.ema.bn_maps}")
     md = cfg.seg.max_dim
     need(md >= 4 and (md & (md - 1)) == 0, f"seg.max_dim must be a power of two >= 4, got {md}")
     need(cfg.seg.aspect_ratio >= 1 and float(cfg.seg.aspect_ratio).is_integer(),

@@ -132,6 +132,20 @@ class E2EConfig:
 
 
 @dataclass
+class EMAConfig:
+    """Exponential moving averages of G_seg and G_spd (off by default: the authors keep none). After each optimizer
+    update of a generator, with ``cur`` the images that generator was trained on before it and ``batch`` the
+    update's global batch: ``ema_nimg = kimg * 1000``, ``min(ema_nimg, cur * rampup)`` when ``rampup > 0``,
+    ``beta = 0.5 ** (batch / max(ema_nimg, 1e-8))`` and ``ema = beta * ema + (1 - beta) * weights`` (StyleGAN2-ADA's
+    rule; buffers are copied). ``sample``, ``eval`` and periodic FID use the averages when a checkpoint holds them."""
+    enabled: bool = False
+    kimg: float = 10.0                   # half-life of the average, in thousands of images
+    rampup: float = 0.05                 # half-life at most rampup x the images seen so far (0: no ramp-up)
+    bn_maps: int = 64                    # real label maps whose batch-norm statistics the averaged G_spd takes
+                                         # before use (0: keep the statistics copied from the trained G_spd)
+
+
+@dataclass
 class TrainConfig:
     preset: str = "demo"
     seed: int = 0
@@ -168,6 +182,7 @@ class TrainConfig:
     seg: SegConfig = field(default_factory=SegConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     dist_timeout: float = 600.0          # seconds a collective may wait for the other processes (a hung rank)
 
     # ------------------------------------------------------------------ helpers

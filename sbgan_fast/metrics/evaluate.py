@@ -116,6 +116,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
                         inception_weights: Optional[str] = None, cache_dir: Optional[str] = None,
                         batch_size: int = 16, device: str = "auto", seed: int = 0, out: Optional[str] = None,
                         extractor: Optional[FIDExtractor] = None, progress: Optional[bool] = None,
+                        weights: Optional[str] = None,
                         log: Callable[[str], None] = _log_stderr) -> Dict[str, Any]:
     """FID, KID, precision/recall and density/coverage of a checkpoint (file or run folder); returns the result
     dict (also written to ``out`` as JSON).
@@ -130,6 +131,8 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
         extractor: a ready :class:`FIDExtractor` (else one is built from variant / inception_weights).
         progress: a progress bar on stderr over every image of the run (images/s, ETA); None: only when stderr
             is a terminal.
+        weights: 'ema' | 'raw' | None (the moving averages when the checkpoint holds them), see
+            :func:`sbgan_fast.models.build.load_generators`.
 
     The ``unconditional`` / ``conditional`` entries hold the FID's mean, std (ddof 1), min, max and per-set
     values at the top level, and one such summary per other metric under ``kid`` (with the per-set subset std
@@ -149,7 +152,7 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
     if extractor is None:   # first: a missing weights file is reported before anything else is loaded
         extractor = FIDExtractor(variant, inception_weights, device=dev, batch_size=max(1, batch_size))
     try:
-        cfg, k, nets = load_generators(checkpoint, dev, need_seg=unconditional)
+        cfg, k, nets = load_generators(checkpoint, dev, need_seg=unconditional, weights=weights)
     except FileNotFoundError as e:
         if unconditional and "G_seg" in str(e):
             raise FileNotFoundError(f"{checkpoint} holds no trained G_seg, so there is no unconditional FID: "
@@ -289,6 +292,10 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
         raise ValueError(f"fid_callback: n_images must be at least 2, got {n_images}")
     trained = getattr(trainer, "trained", None)
     nets = trainer.nets
+    ema = getattr(trainer, "ema", None)
+    if ema is not None:   # the moving averages (ema.enabled), G_spd's batch-norm statistics recomputed
+        trainer.recalibrate_ema()
+        nets = dict(nets, **ema.nets)
     has = (lambda name: name in nets and (trained is None or name in trained))
     do_uncond, do_cond = has("G_seg") and has("G_spd"), has("G_spd")
     if not do_cond:

@@ -58,13 +58,21 @@ def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[
     return nets
 
 
-def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True):
+WEIGHTS = ("ema", "raw")
+
+
+def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True, weights=None):
     """Return (cfg, num_classes, {'G_seg'?, 'G_spd'}) in eval mode on ``device``, from a checkpoint file or a run
-    folder (its e2e checkpoint, else its seg and spade checkpoints).
+    folder (its e2e checkpoint, else its seg and spade checkpoints). ``weights``: 'ema' (the moving averages a
+    run with ``ema.enabled`` stores; the averaged G_spd's batch-norm statistics were recomputed on real label maps
+    when the checkpoint was written), 'raw' (the trained weights) or None (the averages where the checkpoint
+    holds them, else the trained weights).
 
     Raises:
-        FileNotFoundError: the folder or file holds no trained generator asked for.
+        FileNotFoundError: the folder or file holds no trained generator asked for, or no average with 'ema'.
     """
+    if weights not in (None,) + WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS} or None, got {weights!r}")
     if os.path.isdir(checkpoint):
         paths = []
         e2e = ckpt_io.find_checkpoint(checkpoint, "e2e")
@@ -85,9 +93,13 @@ def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = T
         ck = ckpt_io.load_checkpoint(p, map_location="cpu")
         if cfg is None:
             cfg, k = from_dict(ck["config"]), ck["num_classes"]
+        averaged = ck.get("ema", {}).get("nets", {}) if isinstance(ck.get("ema"), dict) else {}
         for name in ("G_seg", "G_spd"):
             if name in ck["nets"]:
-                states[name] = ck["nets"][name]
+                if weights == "ema" and name not in averaged:
+                    raise FileNotFoundError(f"{p} holds no moving average of {name} (trained without ema.enabled): "
+                                            "use --weights raw")
+                states[name] = averaged[name] if weights != "raw" and name in averaged else ck["nets"][name]
     names = ("G_seg", "G_spd") if need_seg else ("G_spd",)
     missing = [name for name in names if name not in states]
     if missing:

@@ -186,7 +186,7 @@ class Updater:
             for n in names:
                 self.optims[n].zero_grad(set_to_none=True)
         yield upd
-        upd.finish()
+        upd.applied = upd.finish()
 
     # -- steps ---------------------------------------------------------------------------------
     def begin_step(self) -> None:

@@ -106,6 +106,7 @@ class RunCheckpoints:
                                  f"refusing to write the {which} checkpoint (the last good one: "
                                  f"{self._last_ckpt or 'none'})")
         rngs = dist.all_gather_object(ckpt_io.rng_state(), self.dist)
+        self.recalibrate_ema()   # every process: their averages stay identical
         path = ckpt_io.stage_checkpoint_path(self.out, stage, which)
         if self.is_main:
             state = {
@@ -118,6 +119,8 @@ class RunCheckpoints:
             }
             if self.dist.enabled:
                 state["rng_ranks"] = rngs
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict(n for n in self.ema.nets if n in self.trained)
             ckpt_io.save_checkpoint(state, path)
         dist.barrier(self.dist)   # the file is complete before any process goes on (and may read it)
         self._last_ckpt = path
@@ -148,6 +151,33 @@ class RunCheckpoints:
             if name in self.nets:
                 self.nets[name].load_state_dict(sd)
                 self.trained.add(name)
+                self._load_ema(ck, name)
+
+    def _load_ema(self, ck: dict, name: str) -> None:
+        """The average of ``name`` from the checkpoint, or (a checkpoint written without ``ema``) restarted from
+        the loaded weights with a warning."""
+        if self.ema is None or name not in self.ema.nets:
+            return
+        state = ck.get("ema")
+        if isinstance(state, dict) and name in state.get("nets", {}) and name in state.get("nimg", {}):
+            self.ema.load(name, state)
+            return
+        self.ema.reset(name)
+        dist.warn_main(self.dist, f"the checkpoint of stage {ck.get('stage')!r} (step {ck.get('step')}) holds no "
+                                  f"moving average of {name}: its average starts from the loaded weights "
+                                  "(ramp-up restarted)")
+
+    def recalibrate_ema(self) -> None:
+        """The batch-norm statistics of the averaged G_spd from the first ``ema.bn_maps`` real label maps of the
+        dataset (:func:`sbgan_fast.models.ema.recalibrate_batchnorm`), in batches of ``spade.batch_size``."""
+        n = self.cfg.ema.bn_maps
+        if self.ema is None or n <= 0 or "G_spd" not in self.ema.nets or "G_spd" not in self.trained:
+            return
+        from ..data.factory import preview_label_maps
+        from ..models.ema import recalibrate_batchnorm
+        ids = self.label_ids(preview_label_maps(self.dataset, n).to(self.device))
+        bs = max(1, self.cfg.spade.batch_size)
+        recalibrate_batchnorm(self.ema.nets["G_spd"], (ids[i:i + bs] for i in range(0, len(ids), bs)))
 
     def _exists_everywhere(self, path: str) -> bool:
         return dist.exists_everywhere(path, self.dist)

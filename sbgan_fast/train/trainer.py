@@ -114,6 +114,14 @@ class Trainer(RunCheckpoints, RunPreviews):
             from .compiled import compile_networks
             compile_networks(self.nets, self.vgg)
         self.trained: set = set()   # networks trained or loaded so far: the ones checkpoints hold
+        self.ema = None   # averaged generators (ema.enabled), built apart from the training RNG stream
+        if cfg.ema.enabled:
+            from ..models.ema import EMA_NETS, GeneratorEMA
+            with torch.random.fork_rng(devices=[]):
+                copies = build_networks(cfg, self.num_classes, names=EMA_NETS)
+            for net in copies.values():
+                net.to(self.device, memory_format=fmt).eval()
+            self.ema = GeneratorEMA({n: self.nets[n] for n in copies}, copies, cfg.ema)
         self.current_step = 0
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         n = cfg.n_sample_grid
@@ -126,7 +134,7 @@ class Trainer(RunCheckpoints, RunPreviews):
                                 noise=self.noise, num_classes=self.num_classes, dataset_size=self.dataset_size,
                                 channels_last=self.channels_last, vgg=self.vgg, preview_z=self.preview_z,
                                 preview_labels=self.preview_labels, out=self.out, palette=self.palette,
-                                log=self.log_message)
+                                log=self.log_message, ema=self.ema)
         self._last_ckpt: Optional[str] = None
         self._saved_step: Dict[str, int] = {}    # stage -> step of the checkpoint written last in this process
         # every checkpoint this run will load must fit its networks: checked before anything is written

@@ -53,6 +53,7 @@ class StageContext:
     palette: Any = None
     log: Callable[[str], None] = print
     optims: Dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    ema: Any = None                       # a GeneratorEMA (sbgan_fast.models.ema) when ema.enabled, else None
 
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-d float input in the networks' memory format (channels-last when configured)."""
@@ -182,7 +183,8 @@ class Stage:
         """One optimizer update of the loss groups ``groups`` ({group: the networks its loss trains}) over the
         micro-batches ``parts``: ``micro_step(i, part) -> (losses, logs)`` gives micro-batch ``i``'s loss of each
         group (backpropagated divided by the number of micro-batches) and the scalars to log (added to ``means``).
-        The ``frozen`` networks' parameters take no gradient meanwhile (the other player of the GAN)."""
+        The ``frozen`` networks' parameters take no gradient meanwhile (the other player of the GAN). With
+        ``ema`` settings on, the averages of the generators an applied update trained follow it."""
         set_requires_grad(frozen, False)
         k = len(parts)
         with self.ctx.updater.update(groups) as upd:
@@ -191,6 +193,11 @@ class Stage:
                 upd.backward({g: loss / k for g, loss in losses.items()})
                 means.add(logs)
         set_requires_grad(frozen, True)
+        ema = self.ctx.ema
+        if ema is not None:   # the averaged generators follow each applied update of theirs
+            names = [n for g, ns in upd.groups.items() if upd.applied.get(g) for n in ns if n in ema.nets]
+            if names:
+                ema.update(names, (parts[-1].stop - parts[0].start) * self.ctx.dist.world)
 
     def real_batch(self, step: int, batch, *, need_image: bool):
         """Move to device, flip (shared image/label decision from the per-step generator, drawn for
