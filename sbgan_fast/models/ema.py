@@ -27,7 +27,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-EMA_NETS = ("G_seg", "G_spd")
+EMA_NETS = ("G_seg", "G_spd", "G_img")   # the generators averaged (those a run builds)
 _BN_STATS = ("running_mean", "running_var")
 
 
