@@ -181,7 +181,8 @@ class SegGenerator(ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = cls.__name__
-        sd, _ = reference_state(owner, state_dict, "G_state_dict", num_blocks(owner, max_dim), max_dim)
+        sd, _ = reference_state(owner, state_dict, "G_state_dict", num_blocks(owner, max_dim), max_dim,
+                                rgb=cls.HEAD == "to_rgb")
         fc = sd.get("blocks.0.fc1.weight")
         if fc is None or fc.dim() != 2:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
@@ -327,7 +328,8 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
         owner = cls.__name__
-        sd, n = reference_state(owner, state_dict, "D_state_dict", num_blocks(owner, max_dim), max_dim)
+        sd, n = reference_state(owner, state_dict, "D_state_dict", num_blocks(owner, max_dim), max_dim,
+                                rgb=cls.HEAD == "from_rgb")
         head = sd.get(f"blocks.{n - 1}.{cls.HEAD}.weight")
         if head is None or head.dim() != 4:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.{cls.HEAD}.weight' (4-D) is missing")
