@@ -386,53 +386,49 @@ def ablation_main(args, cfg: dict) -> List[dict]:
     return rows
 
 
+def quality_main(args) -> List[dict]:
+    for seed in args.seeds:
+        run_folder(args, seed, check=True)
+    rows = []
+    for seed in args.seeds:
+        row = bench_seed(args, seed)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if not args.no_record:
+            path = benchlib.append_row("quality", row)
+            print(f"appended a row to {path}", flush=True)
+    return rows
+
+
+def _summary_line(r: dict) -> str:
+    if "arm" in r:
+        show = (lambda key: "-" if r[key] == "" else f"{r[key]:.1f}")
+        return (f"arm {r['arm']} seed {r['seed']}: trained {r['train_s']:.0f} s (budget {r['budget_s']:g}), FID "
+                f"{show('fid_mean')}, conditional FID {show('fid_cond')}")
+    return (f"seed {r['seed']}: FID {r['fid_mean']:.1f} +- {r['fid_std']:.1f}, KID {r['kid_mean']:.4f} "
+            f"+- {r['kid_std']:.4f}, conditional FID {r['fid_cond']:.1f}, class TV {r['class_tv']:.3f}, "
+            f"diversity {r['diversity']:.3f} (real {r['real_diversity']:.3f}), {r['images_per_s']:.1f} img/s, "
+            f"wall {r['wall_s']:.0f} s, load {r['load_start']} -> {r['load_end']}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.ablation:
-        try:
-            cfg = resolved_config(args.preset, args.overrides)
-            if cfg["data"]["dataset"] != "synthetic":
-                raise BenchError("the ablation runs on the built-in synthetic scenes (data.dataset=synthetic); the "
-                                 f"configuration trains on data.dataset={cfg['data']['dataset']}")
-            rows = ablation_main(args, cfg)
-        except BenchError as e:
-            print(f"bench_quality: error: {e}", file=sys.stderr)
-            return 2
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "ablation.json"), "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
-        for r in rows:
-            print(f"arm {r['arm']} seed {r['seed']}: trained {r['train_s']:.0f} s (budget {r['budget_s']:g}), "
-                  f"FID {r['fid_mean'] if r['fid_mean'] == '' else round(r['fid_mean'], 1)}, conditional FID "
-                  f"{r['fid_cond'] if r['fid_cond'] == '' else round(r['fid_cond'], 1)}")
-        _report(args)
-        return 0
     try:
-        for seed in args.seeds:
-            run_folder(args, seed, check=True)
         cfg = resolved_config(args.preset, args.overrides)
         if cfg["data"]["dataset"] != "synthetic":
-            raise BenchError(f"the label statistics need the built-in synthetic scenes (data.dataset=synthetic); "
-                             f"the configuration trains on data.dataset={cfg['data']['dataset']}")
-        rows = []
-        for seed in args.seeds:
-            row = bench_seed(args, seed)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if not args.no_record:
-                path = benchlib.append_row("quality", row)
-                print(f"appended a row to {path}", flush=True)
+            raise BenchError(f"the label statistics{' and the ablation' if args.ablation else ''} need the built-in "
+                             f"synthetic scenes (data.dataset=synthetic); the configuration trains on "
+                             f"data.dataset={cfg['data']['dataset']}")
+        rows = ablation_main(args, cfg) if args.ablation else quality_main(args)
     except BenchError as e:
         print(f"bench_quality: error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "quality.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.out, "ablation.json" if args.ablation else "quality.json"), "w",
+              encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
     for r in rows:
-        print(f"seed {r['seed']}: FID {r['fid_mean']:.1f} +- {r['fid_std']:.1f}, KID {r['kid_mean']:.4f} "
-              f"+- {r['kid_std']:.4f}, conditional FID {r['fid_cond']:.1f}, class TV {r['class_tv']:.3f}, "
-              f"diversity {r['diversity']:.3f} (real {r['real_diversity']:.3f}), {r['images_per_s']:.1f} img/s, "
-              f"wall {r['wall_s']:.0f} s, load {r['load_start']} -> {r['load_end']}")
+        print(_summary_line(r))
     _report(args)
     return 0
 

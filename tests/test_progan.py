@@ -14,7 +14,7 @@ from sbgan_fast.errors import CheckpointMismatchError, RunExistsError
 from sbgan_fast.models import ImageDiscriminator, ImageGenerator, SegGenerator, build_networks
 from sbgan_fast.train.stages.progan import CODE_STEP_MULTIPLIER, ProGANStage, resize_images
 from sbgan_fast.train.trainer import Trainer, train
-from test_train import assert_same, state_of
+from test_train import assert_same, assert_same_optimizers, state_of
 from tiny import tiny_cfg
 
 # the tiny config with the progressive networks at the image height (32): 7 phases of 2 steps
@@ -128,11 +128,7 @@ def test_progan_trains_and_resumes_exactly(tmp_path):
     train(tiny_cfg(tmp_path / "b", *PG, max_steps=2))   # steps 0-1 at 4 px, then resumed in the 8 px fade phase
     resumed = train(tiny_cfg(tmp_path / "b", *PG, max_steps=5), resume=True)
     assert_same(state_of(full), state_of(resumed), ("G_img", "D_img"))
-    for name, opt in full.optims.items():
-        a, b = opt.state_dict()["state"], resumed.optims[name].state_dict()["state"]
-        for i in a:
-            for k in a[i]:
-                assert torch.equal(a[i][k], b[i][k]), f"{name} optimizer state {i}.{k} differs"
+    assert_same_optimizers(full, resumed)
 
 
 @pytest.mark.slow
