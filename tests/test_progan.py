@@ -182,12 +182,13 @@ def test_progan_samples_and_evaluates_like_sbgan(tmp_path):
     from sbgan_fast.models import generated_images
     from sbgan_fast.sample import sample_main
     run = tmp_path / "run"
-    t = train(tiny_cfg(run, *PG, max_steps=3))
+    t = train(tiny_cfg(run, *PG, "ema.enabled=true", max_steps=3))
+    assert sorted(t.ema.nets) == ["G_img"] and t.ema.nimg["G_img"] == 12   # the average of G_img follows it
     written = sample_main(checkpoint=str(run), n=3, out=str(tmp_path / "s"), device="cpu", seed=5)
     assert sorted(os.path.basename(p) for p in written) == ["00000_image.png", "00001_image.png",
                                                            "00002_image.png", "grid.png"]
-    # the images of z drawn from the seed (the codes SB-GAN's label maps take), clamped, as 8 bits
-    G = t.nets["G_img"].eval()
+    # the averaged G_img's images of z drawn from the seed (the codes SB-GAN's label maps take), clamped, 8 bits
+    G = t.ema.nets["G_img"].eval()
     want = torch.cat(list(generated_images(G, 3, 5, 2, torch.device("cpu"))))
     png = np.asarray(Image.open(tmp_path / "s" / "00001_image.png"))
     assert png.shape == (32, 32, 3)

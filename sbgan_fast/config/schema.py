@@ -149,11 +149,12 @@ class ProGANConfig:
 
 @dataclass
 class EMAConfig:
-    """Exponential moving averages of G_seg and G_spd (off by default: the authors keep none). After each optimizer
-    update of a generator, with ``cur`` the images that generator was trained on before it and ``batch`` the
-    update's global batch: ``ema_nimg = kimg * 1000``, ``min(ema_nimg, cur * rampup)`` when ``rampup > 0``,
-    ``beta = 0.5 ** (batch / max(ema_nimg, 1e-8))`` and ``ema = beta * ema + (1 - beta) * weights`` (StyleGAN2-ADA's
-    rule; buffers are copied). ``sample``, ``eval`` and periodic FID use the averages when a checkpoint holds them."""
+    """Exponential moving averages of G_seg and G_spd (G_img in a ProGAN run; off by default: the authors keep none).
+    After each optimizer update of a generator, with ``cur`` the images that generator was trained on before it and
+    ``batch`` the update's global batch: ``ema_nimg = kimg * 1000``, ``min(ema_nimg, cur * rampup)`` when ``rampup >
+    0``, ``beta = 0.5 ** (batch / max(ema_nimg, 1e-8))`` and ``ema = beta * ema + (1 - beta) * weights``
+    (StyleGAN2-ADA's rule; buffers are copied). ``sample``, ``eval`` and periodic FID use the averages when a
+    checkpoint holds them."""
     enabled: bool = False
     kimg: float = 10.0                   # half-life of the average, in thousands of images
     rampup: float = 0.05                 # half-life at most rampup x the images seen so far (0: no ramp-up)

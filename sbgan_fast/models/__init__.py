@@ -11,5 +11,6 @@ from .vgg import VGG19Features, VGGLoss, load_vgg19_weights
 
 __all__ = ["ImageDiscriminator", "ImageGenerator", "MultiscaleDiscriminator", "NET_NAMES", "NLayerDiscriminator",
            "PROGAN_NETS", "SBGAN", "SPADEGenerator", "SegDiscriminator", "SegGenerator", "VGG19Features", "VGGLoss",
-           "bottleneck_sample", "build_networks", "generated_images", "generated_label_maps", "run_networks", "label_ids", "load_generators", "load_seg_generator", "load_vgg19_weights",
-           "one_hot_labels", "render", "upsample"]
+           "bottleneck_sample", "build_networks", "generated_images", "generated_label_maps", "label_ids",
+           "load_generators", "load_seg_generator", "load_vgg19_weights", "one_hot_labels", "render", "run_networks",
+           "upsample"]

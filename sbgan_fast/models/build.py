@@ -80,9 +80,9 @@ WEIGHTS = ("ema", "raw")
 def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True, weights=None):
     """Return (cfg, num_classes, {'G_seg'?, 'G_spd'}) in eval mode on ``device``, from a checkpoint file or a run
     folder (its e2e checkpoint, else its seg and spade checkpoints); from a ProGAN checkpoint (stage ``progan``:
-    the file, or a run folder holding it and no e2e or seg checkpoint), {'G_img'}. ``weights``: 'ema' (the moving averages a
-    run with ``ema.enabled`` stores; the averaged G_spd's batch-norm statistics were recomputed on real label maps
-    when the checkpoint was written), 'raw' (the trained weights) or None (the averages where the checkpoint
+    the file, or a run folder holding it and no e2e or seg checkpoint), {'G_img'}. ``weights``: 'ema' (the moving
+    averages a run with ``ema.enabled`` stores; the averaged G_spd's batch-norm statistics were recomputed on real
+    label maps when the checkpoint was written), 'raw' (the trained weights) or None (the averages where the checkpoint
     holds them, else the trained weights).
 
     Raises:
