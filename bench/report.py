@@ -225,6 +225,45 @@ def quality_summary(rows, last) -> list:
     return parts
 
 
+ABLATION_ARMS = ("progan", "sbgan", "e2e_all", "e2e_seg", "e2e_spade", "spade_real", "spade_synth")
+
+
+def _mean_std(vals, digits) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return fmt(mean, digits)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    return f"{fmt(mean, digits)} +- {fmt(std, digits)}"
+
+
+def ablation_summary(rows, verdict: str) -> list:
+    """Per device and run of the ablation (commit, configuration, overrides, budget, n, sets): one row per arm with
+    the mean +- std (ddof 1) over its seeds (the newest row of each seed), then the verdict line."""
+    by_run = OrderedDict()
+    for r in rows:
+        key = (r.get("device", "?"), r.get("commit", ""), r.get("config", ""), r.get("overrides", ""),
+               r.get("budget_s", ""), r.get("n", ""), r.get("sets", ""))
+        by_run.setdefault(key, OrderedDict()).setdefault(r.get("arm", "?"), OrderedDict())[r.get("seed", "")] = r
+    parts = []
+    for (dev, commit, config, overrides, budget, n, sets), arms in by_run.items():
+        out = []
+        for arm in sorted(arms, key=lambda a: ABLATION_ARMS.index(a) if a in ABLATION_ARMS else len(ABLATION_ARMS)):
+            seeds = arms[arm]
+            col = (lambda key: [num(r.get(key)) for r in seeds.values()])
+            out.append({"arm": arm, "seeds": ",".join(seeds), "FID": _mean_std(col("fid_mean"), 1),
+                        "KID": _mean_std(col("kid_mean"), 4), "cond. FID": _mean_std(col("fid_cond"), 1),
+                        "class TV": _mean_std(col("class_tv"), 3), "trained s": _mean_std(col("train_s"), 0)})
+        parts += [f"### {dev}: {config} {overrides or ''}, commit {commit}, budget {budget} s per arm, FID "
+                  f"{n} x {sets}", "",
+                  table(out, ["arm", "seeds", "FID", "KID", "cond. FID", "class TV", "trained s"]), ""]
+    parts += [f"Verdict: {verdict}" if verdict else
+              "Verdict: not written yet (`bench/ablation_verdict.md`, by hand after a real run).", ""]
+    return parts
+
+
 def suite_summary(csvs) -> list:
     """The last GPU suite run: its items and its targets (from the rows carrying its ``suite_run``)."""
     if HERE not in sys.path:
@@ -334,6 +373,18 @@ def main(argv=None) -> int:
                   "wall time. `load`: the 1-minute load average at the start and the end (images/s and wall time "
                   "from a loaded machine are not clean figures).", ""]
         parts += quality_summary(csvs["quality"], args.last)
+    if "ablation" in csvs:
+        verdict_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ablation_verdict.md")
+        verdict = open(verdict_path, encoding="utf-8").read().strip() if os.path.isfile(verdict_path) else ""
+        parts += ["## Ablation (summary of `results/ablation.csv`)", "",
+                  "`python bench/bench_quality.py --ablation --budget-s S`: the paper's ablations in miniature on the "
+                  "built-in scenes, every arm trained for the same time per seed (each arm's schedules scaled by "
+                  "one factor from a calibration run; `trained s`: the seconds it actually trained). `progan`: "
+                  "ProGAN on the images; `sbgan`: SB-GAN without fine-tuning (seg + spade); `e2e_all` / `e2e_seg` "
+                  "/ `e2e_spade`: with end-to-end fine-tuning (e2e.finetune); `spade_real` / `spade_synth`: the "
+                  "spade stage alone on real label maps / on real plus synthetic maps from the sbgan arm's G_seg "
+                  "(the paper's Table 3: conditional FID). Mean +- std (ddof 1) over seeds.", ""]
+        parts += ablation_summary(csvs["ablation"], verdict)
     parts += ["## Raw rows", ""]
     for name, rows in csvs.items():
         by_dev = defaultdict(list)

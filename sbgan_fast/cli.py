@@ -36,6 +36,7 @@ examples:
   sbgan-fast train --preset demo spade.ngf=16 seg.fade_in=true   # KEY=VALUE overrides (dotted config keys)
   sbgan-fast train --preset demo --out runs/demo --fid-every 2000 --fid-n 200   # periodic FID, logged
   sbgan-fast train --preset demo --out runs/aug --stage spade --synthetic-labels 1000 --seg-checkpoint runs/demo
+  sbgan-fast train --preset demo --out runs/progan --stage progan progan.schedule=seg   # the ProGAN baseline
   torchrun --standalone --nproc_per_node=8 -m sbgan_fast train --preset cityscapes --data-root /data/cityscapes \
       --precision bf16                                            # one process per GPU (README: multi-GPU)
 """
@@ -50,10 +51,11 @@ def _add_train(sub) -> None:
     p.add_argument("--preset", default="demo", help="cityscapes | cityscapes25k | ade_indoor | demo (default demo: "
                    "built-in synthetic scenes, small networks, minutes on a CPU)")
     p.add_argument("--config", help="YAML or JSON file of config keys (nested sections or dotted keys)")
-    p.add_argument("--stage", choices=["seg", "spade", "e2e", "all"], default=None,
+    p.add_argument("--stage", choices=["seg", "spade", "e2e", "all", "progan"], default=None,
                    help="which stage(s) to run: seg = progressive WGAN-GP on label maps; spade = label-to-image "
                         "pretraining on real pairs; e2e = joint fine-tuning with D2; all = the three in order "
-                        "(default: the config's stages, all for every preset)")
+                        "(default: the config's stages, all for every preset); progan = the paper's ProGAN "
+                        "baseline, the seg stage's progressive WGAN-GP on the images (alone, in its own --out)")
     p.add_argument("--data-root", help="dataset root folder (official layout of the preset's dataset)")
     p.add_argument("--out", help="run folder (config.json, stats.jsonl, tb/, samples/, checkpoints/)")
     p.add_argument("--max-steps", type=non_negative_int,
@@ -104,7 +106,7 @@ def cmd_train(args) -> int:
     if args.stage:
         direct["stages"] = ["seg", "spade", "e2e"] if args.stage == "all" else [args.stage]
     if args.batch_size is not None:
-        for k in ("seg.batch_size", "spade.batch_size", "e2e.batch_size"):
+        for k in ("seg.batch_size", "spade.batch_size", "e2e.batch_size", "progan.batch_size"):
             direct[k] = args.batch_size
     if args.no_vgg_loss:
         direct["spade.vgg_loss"] = False
@@ -252,14 +254,14 @@ def cmd_info(args) -> int:
     import torch
 
     from .config import build_config
-    from .train.trainer import build_networks
+    from .train.trainer import build_networks, run_networks
     cfg = build_config(args.preset, args.config, args.overrides, **{"data.root": "<unset>"})
     k = cfg.data.num_classes
     if k == 0:
         from .data.synthetic import SyntheticScenes
         k = len(SyntheticScenes.CLASS_NAMES)
     with torch.device("meta"):
-        nets = build_networks(cfg, k)
+        nets = build_networks(cfg, k, names=run_networks(cfg))
     print(f"preset {cfg.preset}: {k} label channels, image {cfg.data.height}x{cfg.data.width}")
     for name, net in nets.items():
         n = sum(p.numel() for p in net.parameters())

@@ -1,5 +1,5 @@
 """Sampling from trained checkpoints: unconditional (label map, image) pairs, or images from given
-label maps with the SPADE generator alone."""
+label maps with the SPADE generator alone; images of the ProGAN baseline (a checkpoint of stage ``progan``)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, resolve_device
-from .models import generated_label_maps, label_ids, load_generators
+from .models import generated_images, generated_label_maps, label_ids, load_generators
 
 __all__ = ["generated_label_maps", "load_generators", "read_label_maps", "sample_main"]
 
@@ -64,6 +64,21 @@ def read_label_maps(cfg, num_classes: int, folder: str, n: int, *, pattern: Opti
     return label_ids(torch.from_numpy(np.stack(maps)), ds.dontcare, num_classes), names
 
 
+def _write_images(batches, n: int, out: str) -> List[str]:
+    """``<i>_image.png`` for each float (B, 3, H, W) image in [-1, 1] of ``batches``, and ``grid.png``."""
+    from .metrics.grids import save_pairs_grid
+    img = torch.cat([b.cpu() for b in batches])
+    os.makedirs(out, exist_ok=True)
+    written: List[str] = []
+    img_u8 = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    for i in range(n):
+        path = os.path.join(out, f"{i:05d}_image.png")
+        _write_png(np.ascontiguousarray(img_u8[i].permute(1, 2, 0).numpy()), path)
+        written.append(path)
+    written.append(save_pairs_grid(None, img, None, os.path.join(out, "grid.png")))
+    return written
+
+
 @torch.no_grad()
 def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = None, seed: int = 0,
                 batch_size: int = 8, device: str = "auto", label_pattern: Optional[str] = None,
@@ -71,8 +86,10 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
     """Write ``n`` unconditional (label map, image) pairs, or images of the label maps in ``labels`` (read as
     training reads the run's dataset; ``label_pattern`` replaces its file pattern), to ``out``: per sample
     ``<name>_label.png`` (the map in the dataset's label-file values where they map one-to-one onto the
-    channels, else channel indices), ``<name>_label_color.png``, ``<name>_image.png``; and ``grid.png``. ``weights``: 'ema' | 'raw' | None (the
-    moving averages when the checkpoint holds them), see :func:`sbgan_fast.models.build.load_generators`."""
+    channels, else channel indices), ``<name>_label_color.png``, ``<name>_image.png``; and ``grid.png``. A ProGAN
+    checkpoint writes ``<name>_image.png`` and ``grid.png`` only (its images come from z with the codes SB-GAN's
+    maps would take with ``seed``). ``weights``: 'ema' | 'raw' | None (the moving averages when the checkpoint holds
+    them), see :func:`sbgan_fast.models.build.load_generators`."""
     from .data.factory import label_file_values, palette_for
     from .data.palettes import colorize
     from .metrics.grids import save_pairs_grid
@@ -80,6 +97,8 @@ def sample_main(*, checkpoint: str, n: int, out: str, labels: Optional[str] = No
         raise ConfigError(f"--n must be positive, got {n}")
     dev = resolve_device(device)
     cfg, k, nets = load_generators(checkpoint, dev, need_seg=labels is None, weights=weights)
+    if "G_img" in nets:
+        return _write_images(generated_images(nets["G_img"], n, seed, batch_size, dev), n, out)
     palette = palette_for(cfg, k)
     values = label_file_values(cfg, k)
     all_labels, all_images = [], []

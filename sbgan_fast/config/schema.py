@@ -13,7 +13,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import SbganError
 
-STAGES = ("seg", "spade", "e2e")
+STAGES = ("seg", "spade", "e2e")          # SB-GAN's stages, in order (the default run)
+# every stage: SB-GAN's and ``progan``, the paper's ProGAN baseline on images (trained alone, in its own run folder)
+ALL_STAGES = STAGES + ("progan",)
+PROGAN_SCHEDULES = ("code", "seg")
 DATASETS = ("synthetic", "folder", "cityscapes", "ade20k", "ade_indoor")
 # the implementations of the custom ops (``impl``); the same tuple as ``sbgan_fast.ops.IMPLS`` (a test checks)
 IMPLS = ("auto", "triton", "cuda", "cpp", "ref")
@@ -132,12 +135,26 @@ class E2EConfig:
 
 
 @dataclass
+class ProGANConfig:
+    """The ProGAN baseline (stage ``progan``): the seg stage's progressive networks with RGB heads, trained with
+    WGAN-GP on the images (resized bilinearly to each resolution, flipped, in [-1, 1]). Architecture, optimizer,
+    gradient penalty and fade-in are the seg stage's settings (``seg.*``); the schedule is chosen here."""
+    schedule: str = "code"               # code: the authors' image trainer: batch progan.batch_size, halved above 64
+                                         # and again above 128 px; progan.epochs_per_phase x dataset_size images per
+                                         # phase, x2 at 64 and 128, x3 at 256, x4 at 512 px. seg: the seg stage's
+                                         # phases exactly (seg.epochs_per_phase, seg.batch_size, seg.batch_size_high)
+    batch_size: int = 32                 # schedule=code: the batch size up to 64 px
+    epochs_per_phase: float = 400.0      # schedule=code: epochs per phase (before the per-resolution multiplier)
+
+
+@dataclass
 class EMAConfig:
-    """Exponential moving averages of G_seg and G_spd (off by default: the authors keep none). After each optimizer
-    update of a generator, with ``cur`` the images that generator was trained on before it and ``batch`` the
-    update's global batch: ``ema_nimg = kimg * 1000``, ``min(ema_nimg, cur * rampup)`` when ``rampup > 0``,
-    ``beta = 0.5 ** (batch / max(ema_nimg, 1e-8))`` and ``ema = beta * ema + (1 - beta) * weights`` (StyleGAN2-ADA's
-    rule; buffers are copied). ``sample``, ``eval`` and periodic FID use the averages when a checkpoint holds them."""
+    """Exponential moving averages of G_seg and G_spd (G_img in a ProGAN run; off by default: the authors keep none).
+    After each optimizer update of a generator, with ``cur`` the images that generator was trained on before it and
+    ``batch`` the update's global batch: ``ema_nimg = kimg * 1000``, ``min(ema_nimg, cur * rampup)`` when ``rampup >
+    0``, ``beta = 0.5 ** (batch / max(ema_nimg, 1e-8))`` and ``ema = beta * ema + (1 - beta) * weights``
+    (StyleGAN2-ADA's rule; buffers are copied). ``sample``, ``eval`` and periodic FID use the averages when a
+    checkpoint holds them."""
     enabled: bool = False
     kimg: float = 10.0                   # half-life of the average, in thousands of images
     rampup: float = 0.05                 # half-life at most rampup x the images seen so far (0: no ramp-up)
@@ -183,6 +200,7 @@ class TrainConfig:
     spade: SpadeConfig = field(default_factory=SpadeConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    progan: ProGANConfig = field(default_factory=ProGANConfig)
     dist_timeout: float = 600.0          # seconds a collective may wait for the other processes (a hung rank)
 
     # ------------------------------------------------------------------ helpers

@@ -42,8 +42,9 @@ def build_dataset(cfg, *, images: Optional[bool] = None) -> Tuple[Any, Dict[str,
 
 
 def reads_images(cfg) -> bool:
-    """Whether a run of ``cfg`` reads images (its spade or e2e stage); the seg stage reads label maps only."""
-    return any(s in ("spade", "e2e") for s in cfg.stages)
+    """Whether a run of ``cfg`` reads images (its spade, e2e or progan stage); the seg stage reads label maps
+    only."""
+    return any(s in ("spade", "e2e", "progan") for s in cfg.stages)
 
 
 def build_real_dataset(cfg, *, check: bool = True, log=None, report_unpaired: bool = False,

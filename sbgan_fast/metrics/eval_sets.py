@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from ..models import generated_label_maps, label_ids
+from ..models import generated_images, generated_label_maps, label_ids
 from .fid import FeatureStats, fid_from_stats
 from .quality import DC_K, PR_K, quality_metrics
 
@@ -89,7 +89,11 @@ def real_batches(ds, count: int, batch_size: int) -> Iterator[torch.Tensor]:
 def unconditional_batches(nets, cfg, n: int, seed: int, batch_size: int,
                            device: torch.device) -> Iterator[torch.Tensor]:
     """float (B, 3, H, W) images in [-1, 1]: z ~ N(0, I) from a generator seeded with ``seed`` (the global
-    RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels)."""
+    RNG is not touched), labels = argmax G_seg(z) (nearest x2 with e2e.seg_half_res), images = G_spd(labels);
+    with a ProGAN generator (``nets`` holds ``G_img``) the same codes give images = G_img(z)."""
+    if "G_img" in nets:
+        yield from generated_images(nets["G_img"], n, seed, batch_size, device)
+        return
     for labels in generated_label_maps(nets["G_seg"], n, seed, batch_size, device, upsample2=cfg.e2e.seg_half_res):
         yield nets["G_spd"](labels).float()
 

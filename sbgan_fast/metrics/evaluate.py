@@ -6,6 +6,8 @@ Two settings, as in the paper:
 * **unconditional** (SB-GAN): z -> G_seg -> argmax label map -> G_spd -> image. The paper's protocol is the
   mean and spread over 5 sets of 500 (Cityscapes) or 433 (ADE-Indoor) generated images, each set compared with
   the statistics of the real validation images; set ``i`` uses the latent codes of seed ``seed + i``.
+* **unconditional, ProGAN** (the paper's baseline, a checkpoint of stage ``progan``): z -> G_img -> image, the
+  same protocol (sets, seeds, latent codes, real statistics) as SB-GAN's images.
 * **conditional** (labels-to-image, the SPADE generator alone): G_spd on real validation label maps, compared
   with the same real statistics. Set ``i`` takes ``n`` label maps drawn without replacement with seed
   ``seed + i``; the generator is deterministic, so when ``n`` covers the whole split there is one set.
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from ..config import resolve_device
+from ..errors import CheckpointMismatchError
 from ..models import load_generators
 from .eval_sets import (SYNTHETIC_VAL_SEED, build_eval_dataset, conditional_batches, label_subset, real_batches,
                         set_metrics, unconditional_batches)
@@ -159,6 +162,9 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
                                     "pass the run folder or an e2e checkpoint, or evaluate G_spd alone with "
                                     "--no-unconditional --conditional") from None
         raise
+    if conditional and "G_img" in nets:
+        raise CheckpointMismatchError(f"{checkpoint} is a ProGAN checkpoint (stage progan): it has no G_spd, so "
+                                      "there is no conditional FID; evaluate it without --conditional")
     log(f"[fid] variant {extractor.variant}; Inception weights {extractor.info.get('source')} "
         f"sha256 {extractor.info.get('sha256') or '-'}")
     ds, desc = build_eval_dataset(cfg, k, split=split, data_root=data_root, image_dir=image_dir,
@@ -188,7 +194,8 @@ def evaluate_checkpoint(checkpoint: str, *, n: Optional[int] = None, sets: int =
         real, real_meta = real_statistics(real_batches(ds, count, batch_size), extractor, describe=desc,
                                           cache_dir=cache_dir, log=log, on_batch=real_batch)
         result: Dict[str, Any] = {
-            "checkpoint": os.path.abspath(checkpoint), "preset": cfg.preset, "dataset": cfg.data.dataset,
+            "checkpoint": os.path.abspath(checkpoint), "model": "progan" if "G_img" in nets else "sbgan",
+            "preset": cfg.preset, "dataset": cfg.data.dataset,
             "resolution": [cfg.data.height, cfg.data.width], "num_classes": k, "fid_variant": extractor.variant,
             "inception": {k2: v for k2, v in extractor.info.items() if k2 != "fid_variant"},
             "real": {"count": real.n, "split": split, "cache": real_meta.get("path") or None,
@@ -275,7 +282,8 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
                  log: Callable[[str], None] = _log_stderr) -> Dict[str, float]:
     """FID of a training run's current generators, for logging every K images.
 
-    Computes ``fid`` (unconditional, when G_seg and G_spd have been trained or loaded) and ``fid_cond``
+    Computes ``fid`` (unconditional, when G_seg and G_spd, or the ProGAN baseline's G_img, have been trained or
+    loaded) and ``fid_cond``
     (G_spd on the real validation label maps, when G_spd has been) from ``n_images`` generated images against
     the real statistics of the validation split (computed once, cached on disk and in memory). The latent
     codes come from a private generator seeded with ``seed`` (the same codes at every call), so the training
@@ -297,8 +305,8 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
         trainer.recalibrate_ema()
         nets = dict(nets, **ema.nets)
     has = (lambda name: name in nets and (trained is None or name in trained))
-    do_uncond, do_cond = has("G_seg") and has("G_spd"), has("G_spd")
-    if not do_cond:
+    do_uncond, do_cond = (has("G_seg") and has("G_spd")) or has("G_img"), has("G_spd")
+    if not (do_uncond or do_cond):
         return {}
     cfg, dev, k = trainer.cfg, trainer.device, trainer.num_classes
     ekey = ("extractor", variant, inception_weights, str(dev))
@@ -319,15 +327,16 @@ def fid_callback(trainer, n_images: int, *, variant: str = "pytorch-fid", incept
     modes = {name: net.training for name, net in nets.items()}
     out: Dict[str, float] = {"fid_n": float(n_images)}
     try:
-        for name in ("G_seg", "G_spd"):
+        for name in ("G_seg", "G_spd", "G_img"):
             if name in nets:
                 nets[name].eval()
         if do_uncond:
             st = extractor.statistics(unconditional_batches(nets, cfg, n_images, seed, batch_size, dev))
             out.update(_record(set_metrics(st, real, seed=seed), ""))
-        idx = list(range(min(n_images, count)))   # the same label maps at every call
-        st = extractor.statistics(conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
-        out.update(_record(set_metrics(st, real, seed=seed), "_cond"))
+        if do_cond:
+            idx = list(range(min(n_images, count)))   # the same label maps at every call
+            st = extractor.statistics(conditional_batches(nets, cfg, k, ds, idx, batch_size, dev))
+            out.update(_record(set_metrics(st, real, seed=seed), "_cond"))
     finally:
         for name, training in modes.items():
             nets[name].train(training)

@@ -13,6 +13,8 @@ from ..errors import CheckpointMismatchError
 from . import checkpoint as ckpt_io
 
 NET_NAMES = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
+# the networks of the ProGAN baseline (stage ``progan``, trained alone in its own run folder)
+PROGAN_NETS = ("G_img", "D_img")
 # Config keys that fix the shapes of each network's parameters (besides the number of label classes): a
 # checkpoint written with other values cannot be loaded into this run's networks.
 ARCH_KEYS = {
@@ -22,13 +24,22 @@ ARCH_KEYS = {
               "spade.contain_dontcare_label"),
     "D_spd": ("spade.ndf", "spade.n_layers_D", "spade.num_D", "spade.contain_dontcare_label"),
     "D2": ("spade.ndf", "spade.n_layers_D", "spade.num_D"),
+    "G_img": ("seg.max_dim", "seg.aspect_ratio", "seg.z_dim", "seg.width_mult"),
+    "D_img": ("seg.max_dim", "seg.aspect_ratio", "seg.width_mult"),
 }
+
+
+def run_networks(cfg: TrainConfig) -> Tuple[str, ...]:
+    """The networks a run of ``cfg`` builds: the ProGAN baseline's two for a ``progan`` run, else SB-GAN's five."""
+    return PROGAN_NETS if "progan" in cfg.stages else NET_NAMES
 
 
 def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[str, torch.nn.Module]:
     """The networks ``names`` of SB-GAN for ``num_classes`` label channels (the don't-care channel included, see
-    :mod:`sbgan_fast.models.labels`), as the config describes."""
+    :mod:`sbgan_fast.models.labels`), as the config describes; ``G_img`` / ``D_img`` are the ProGAN baseline's
+    (the seg networks' architecture and settings with RGB heads)."""
     from .discriminator import MultiscaleDiscriminator
+    from .progan import ImageDiscriminator, ImageGenerator
     from .seg import SegDiscriminator, SegGenerator
     from .spade_gen import SPADEGenerator
 
@@ -55,6 +66,11 @@ def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[
     if "D2" in names:
         nets["D2"] = MultiscaleDiscriminator(num_classes, conditional=False, ndf=p.ndf, n_layers_D=p.n_layers_D,
                                              num_D=p.num_D, norm_D=p.norm_D)
+    if "G_img" in names:
+        nets["G_img"] = ImageGenerator(max_dim=s.max_dim, aspect_ratio=s.aspect_ratio, z_dim=s.z_dim,
+                                       pixel_norm=s.pixel_norm, width_mult=s.width_mult)
+    if "D_img" in names:
+        nets["D_img"] = ImageDiscriminator(max_dim=s.max_dim, aspect_ratio=s.aspect_ratio, width_mult=s.width_mult)
     return nets
 
 
@@ -63,21 +79,25 @@ WEIGHTS = ("ema", "raw")
 
 def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = True, weights=None):
     """Return (cfg, num_classes, {'G_seg'?, 'G_spd'}) in eval mode on ``device``, from a checkpoint file or a run
-    folder (its e2e checkpoint, else its seg and spade checkpoints). ``weights``: 'ema' (the moving averages a
-    run with ``ema.enabled`` stores; the averaged G_spd's batch-norm statistics were recomputed on real label maps
-    when the checkpoint was written), 'raw' (the trained weights) or None (the averages where the checkpoint
+    folder (its e2e checkpoint, else its seg and spade checkpoints); from a ProGAN checkpoint (stage ``progan``:
+    the file, or a run folder holding it and no e2e or seg checkpoint), {'G_img'}. ``weights``: 'ema' (the moving
+    averages a run with ``ema.enabled`` stores; the averaged G_spd's batch-norm statistics were recomputed on real
+    label maps when the checkpoint was written), 'raw' (the trained weights) or None (the averages where the checkpoint
     holds them, else the trained weights).
 
     Raises:
         FileNotFoundError: the folder or file holds no trained generator asked for, or no average with 'ema'.
+        CheckpointMismatchError: ``need_seg=False`` (images from given label maps) with a ProGAN checkpoint.
     """
     if weights not in (None,) + WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS} or None, got {weights!r}")
     if os.path.isdir(checkpoint):
         paths = []
         e2e = ckpt_io.find_checkpoint(checkpoint, "e2e")
-        if e2e:
-            paths = [e2e]
+        progan = None if e2e or ckpt_io.find_checkpoint(checkpoint, "seg") else ckpt_io.find_checkpoint(
+            checkpoint, "progan")
+        if e2e or progan:
+            paths = [e2e or progan]
         else:
             for stage in (("seg", "spade") if need_seg else ("spade",)):
                 p = ckpt_io.find_checkpoint(checkpoint, stage)
@@ -94,13 +114,19 @@ def load_generators(checkpoint: str, device: torch.device, *, need_seg: bool = T
         if cfg is None:
             cfg, k = from_dict(ck["config"]), ck["num_classes"]
         averaged = ck.get("ema", {}).get("nets", {}) if isinstance(ck.get("ema"), dict) else {}
-        for name in ("G_seg", "G_spd"):
+        for name in ("G_seg", "G_spd", "G_img"):
             if name in ck["nets"]:
                 if weights == "ema" and name not in averaged:
                     raise FileNotFoundError(f"{p} holds no moving average of {name} (trained without ema.enabled): "
                                             "use --weights raw")
                 states[name] = averaged[name] if weights != "raw" and name in averaged else ck["nets"][name]
     names = ("G_seg", "G_spd") if need_seg else ("G_spd",)
+    if "G_img" in states:
+        if not need_seg:
+            raise CheckpointMismatchError(
+                f"{checkpoint} is a ProGAN checkpoint (stage progan): it makes images from z alone and holds no "
+                "G_spd to make images of label maps; use a SB-GAN checkpoint (seg + spade, or e2e)")
+        names = ("G_img",)
     missing = [name for name in names if name not in states]
     if missing:
         raise FileNotFoundError(

@@ -1,9 +1,9 @@
 """Exponential moving averages of the generators (``ema`` settings) and the batch-norm recalibration of an
 averaged generator.
 
-:class:`GeneratorEMA` keeps an averaged copy of G_seg and G_spd. After each applied optimizer update of a
-generator (``update``; ``cur``: the images that generator was trained on before the update, ``batch``: the
-update's global batch) it applies StyleGAN2-ADA's rule::
+:class:`GeneratorEMA` keeps an averaged copy of G_seg and G_spd (of G_img in a ProGAN run). After each applied
+optimizer update of a generator (``update``; ``cur``: the images that generator was trained on before the update,
+``batch``: the update's global batch) it applies StyleGAN2-ADA's rule::
 
     ema_nimg = kimg * 1000;  ema_nimg = min(ema_nimg, cur * rampup)  if rampup > 0
     beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
@@ -27,7 +27,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-EMA_NETS = ("G_seg", "G_spd")
+EMA_NETS = ("G_seg", "G_spd", "G_img")   # the generators averaged (those a run builds)
 _BN_STATS = ("running_mean", "running_var")
 
 

@@ -64,8 +64,11 @@ def reference_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def extract_state_dict(owner: str, state_dict: Mapping, checkpoint_key: str) -> Dict[str, torch.Tensor]:
-    """Accept a bare state dict or a whole checkpoint holding it under ``checkpoint_key``; drop a ``module.`` prefix."""
+def extract_state_dict(owner: str, state_dict: Mapping, checkpoint_key: str,
+                       rgb: bool = False) -> Dict[str, torch.Tensor]:
+    """Accept a bare state dict or a whole checkpoint holding it under ``checkpoint_key``; drop a ``module.`` prefix.
+    ``rgb``: the network has RGB heads (the image ProGAN), else label-map heads; a checkpoint of the other kind
+    raises."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{owner}.from_reference_state_dict: state_dict must be a mapping, got "
                         f"{type(state_dict).__name__}")
@@ -77,9 +80,12 @@ def extract_state_dict(owner: str, state_dict: Mapping, checkpoint_key: str) -> 
                          f"or a checkpoint with a {checkpoint_key!r} entry); keys: {sorted(state_dict)[:8]}")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    if any(".to_rgb." in k or ".from_rgb." in k for k in sd):
+    if not rgb and any(".to_rgb." in k or ".from_rgb." in k for k in sd):
         raise ValueError(f"{owner}.from_reference_state_dict: this checkpoint holds an RGB progressive GAN "
                          f"(to_rgb/from_rgb heads), not the label-map networks (to_mask/from_mask)")
+    if rgb and any(".to_mask." in k or ".from_mask." in k for k in sd):
+        raise ValueError(f"{owner}.from_reference_state_dict: this checkpoint holds the label-map networks "
+                         f"(to_mask/from_mask heads), not an RGB progressive GAN (to_rgb/from_rgb)")
     return sd
 
 
@@ -120,10 +126,10 @@ def load_mapped(model: nn.Module, owner: str, sd: Mapping[str, torch.Tensor], re
 
 
 def reference_state(owner: str, state_dict: Mapping, checkpoint_key: str, n: int,
-                    max_dim) -> Tuple[Dict[str, torch.Tensor], int]:
+                    max_dim, rgb: bool = False) -> Tuple[Dict[str, torch.Tensor], int]:
     """(reference tensors of ``state_dict`` (see :func:`extract_state_dict`), block count n), checked to hold the
     ``n`` blocks that ``max_dim`` needs."""
-    sd = extract_state_dict(owner, state_dict, checkpoint_key)
+    sd = extract_state_dict(owner, state_dict, checkpoint_key, rgb)
     n_ref = reference_block_count(owner, sd)
     if n_ref != n:
         raise ValueError(f"{owner}.from_reference_state_dict: the state dict has {n_ref} blocks (max_dim "

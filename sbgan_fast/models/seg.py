@@ -75,6 +75,9 @@ class _GenBlock(nn.Module):
 class SegGenerator(ReferenceLayout, nn.Module):
     """Progressive semantic-bottleneck generator: latent z -> per-pixel class probabilities.
 
+    The output heads are named by ``HEAD`` and activated by :meth:`output` (softmax here); the ProGAN image
+    generator (:class:`~sbgan_fast.models.progan.ImageGenerator`) is the same network with RGB heads.
+
     Args:
         num_classes: K, the number of label channels (e.g. 35 for Cityscapes, 95 for ADE-Indoor).
         max_dim: highest output height, a power of two >= 4 (256 in the paper).
@@ -91,10 +94,12 @@ class SegGenerator(ReferenceLayout, nn.Module):
     (softmax over dim 1), in the dtype of the computation (z's dtype, or the autocast dtype's softmax result).
     """
 
+    HEAD = "to_mask"    # the output heads (state-dict keys ``<HEAD>.{j}.*``; reference: ``blocks.{j}.<HEAD>``)
+
     def __init__(self, num_classes: int, *, max_dim: int = 256, aspect_ratio: float = 1.0, z_dim: int = 512,
                  pixel_norm: str = "code", width_mult: float = 1.0) -> None:
         super().__init__()
-        owner = "SegGenerator"
+        owner = type(self).__name__
         n = init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
         self.z_dim = check_positive_int(owner, "z_dim", z_dim)
         if pixel_norm not in PIXEL_NORM_MODES:
@@ -107,8 +112,12 @@ class SegGenerator(ReferenceLayout, nn.Module):
             blocks.append(_GenBlock(c_in, self.channels[j], initial=j == 0, z_dim=self.z_dim, h0=4,
                                     w0=4 * self.aspect_ratio, pixel_norm=pixel_norm))
         self.blocks = nn.ModuleList(blocks)
-        self.to_mask = nn.ModuleList(
-            EqualizedConv2d(c, self.num_classes, 1, gain=HEAD_GAIN) for c in self.channels)
+        setattr(self, self.HEAD, nn.ModuleList(
+            EqualizedConv2d(c, self.num_classes, 1, gain=HEAD_GAIN) for c in self.channels))
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The heads' activation: (N, K, h, w) -> class probabilities (softmax over dim 1)."""
+        return h.softmax(dim=1)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def resolution_index(self, res: Optional[int]) -> int:
@@ -116,15 +125,15 @@ class SegGenerator(ReferenceLayout, nn.Module):
         if res is None:
             return len(self.resolutions) - 1
         if isinstance(res, bool) or not isinstance(res, int) or res not in self.resolutions:
-            raise ValueError(f"SegGenerator: res must be one of {self.resolutions} (heights), got {res!r}")
+            raise ValueError(f"{type(self).__name__}: res must be one of {self.resolutions} (heights), got {res!r}")
         return self.resolutions.index(res)
 
     def _check_z(self, z: torch.Tensor) -> None:
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            raise TypeError(f"SegGenerator: z must be a floating-point tensor (N, {self.z_dim}), got "
+            raise TypeError(f"{type(self).__name__}: z must be a floating-point tensor (N, {self.z_dim}), got "
                             f"{z.dtype if isinstance(z, torch.Tensor) else type(z).__name__}")
         if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"SegGenerator: z must have shape (N, {self.z_dim}), got {tuple(z.shape)}")
+            raise ValueError(f"{type(self).__name__}: z must have shape (N, {self.z_dim}), got {tuple(z.shape)}")
 
     def forward(self, z: torch.Tensor, res: Optional[int] = None, alpha: float = 1.0) -> torch.Tensor:
         """Class probabilities at height ``res``.
@@ -141,15 +150,16 @@ class SegGenerator(ReferenceLayout, nn.Module):
         """
         self._check_z(z)
         j = self.resolution_index(res)
-        alpha, fade = check_fade("SegGenerator", alpha, j, f"res={self.resolutions[0]}")
+        alpha, fade = check_fade(type(self).__name__, alpha, j, f"res={self.resolutions[0]}")
+        heads = getattr(self, self.HEAD)
         x = z
         for i in range(j):
             x = self.blocks[i](x)
         if not fade:
-            return self.to_mask[j](self.blocks[j](x)).softmax(dim=1)
-        # nearest upsampling commutes with the 1x1 head and the per-pixel softmax: upsample the K-channel result.
-        coarse = F.interpolate(self.to_mask[j - 1](x).softmax(dim=1), scale_factor=2.0, mode="nearest")
-        fine = self.to_mask[j](self.blocks[j](x)).softmax(dim=1)
+            return self.output(heads[j](self.blocks[j](x)))
+        # nearest upsampling commutes with the 1x1 head and the per-pixel activation: upsample the K-channel result.
+        coarse = F.interpolate(self.output(heads[j - 1](x)), scale_factor=2.0, mode="nearest")
+        fine = self.output(heads[j](self.blocks[j](x)))
         return (1.0 - alpha) * coarse + alpha * fine
 
     # -- reference checkpoints ---------------------------------------------------------------------------------------
@@ -157,7 +167,7 @@ class SegGenerator(ReferenceLayout, nn.Module):
         layers = []
         for j in range(len(self.resolutions)):
             layers.append(("blocks.0.fc1", "blocks.0.fc") if j == 0 else (f"blocks.{j}.conv1", f"blocks.{j}.conv0"))
-            layers += [(f"blocks.{j}.conv2", f"blocks.{j}.conv1"), (f"blocks.{j}.to_mask", f"to_mask.{j}")]
+            layers += [(f"blocks.{j}.conv2", f"blocks.{j}.conv1"), (f"blocks.{j}.{self.HEAD}", f"{self.HEAD}.{j}")]
         return layers
 
     @classmethod
@@ -170,8 +180,9 @@ class SegGenerator(ReferenceLayout, nn.Module):
         checkpoints are full width). ``pixel_norm`` defaults to the authors' form, the one they trained with.
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
-        owner = "SegGenerator"
-        sd, _ = reference_state(owner, state_dict, "G_state_dict", num_blocks(owner, max_dim), max_dim)
+        owner = cls.__name__
+        sd, _ = reference_state(owner, state_dict, "G_state_dict", num_blocks(owner, max_dim), max_dim,
+                                rgb=cls.HEAD == "to_rgb")
         fc = sd.get("blocks.0.fc1.weight")
         if fc is None or fc.dim() != 2:
             raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.0.fc1.weight' (2-D) is missing")
@@ -229,17 +240,22 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
 
     Call: ``D(x, alpha=1.0)``, x float (N, K, R, R * aspect_ratio) with R in :attr:`resolutions` -> float (N,)
     scores. Any gradient order (plain PyTorch ops), as the gradient penalty requires.
+
+    The input heads are named by ``HEAD``; the ProGAN image critic
+    (:class:`~sbgan_fast.models.progan.ImageDiscriminator`) is the same network with RGB input heads.
     """
+
+    HEAD = "from_mask"   # the input heads' name (state-dict keys ``<HEAD>.{j}.*``)
 
     def __init__(self, num_classes: int, *, max_dim: int = 256, aspect_ratio: float = 1.0,
                  width_mult: float = 1.0) -> None:
         super().__init__()
-        owner = "SegDiscriminator"
+        owner = type(self).__name__
         n = init_progressive(self, owner, num_classes, max_dim, aspect_ratio, width_mult)
         top = scaled(base_channels(-1), self.width_mult)  # channels after the final block's 4x4 conv
 
-        self.from_mask = nn.ModuleList(
-            EqualizedConv2d(self.num_classes, c, 1, gain=HEAD_GAIN) for c in self.channels)
+        setattr(self, self.HEAD, nn.ModuleList(
+            EqualizedConv2d(self.num_classes, c, 1, gain=HEAD_GAIN) for c in self.channels))
         self.blocks = nn.ModuleList(
             _DiscBlock(self.channels[j], self.channels[j - 1] if j > 0 else top, final=j == 0,
                        aspect_ratio=self.aspect_ratio)
@@ -248,20 +264,20 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
     def resolution_index(self, res: int) -> int:
         """Index j of height ``res`` in :attr:`resolutions`."""
         if res not in self.resolutions:
-            raise ValueError(f"SegDiscriminator: input height must be one of {self.resolutions}, got {res}")
+            raise ValueError(f"{type(self).__name__}: input height must be one of {self.resolutions}, got {res}")
         return self.resolutions.index(res)
 
     def _check_x(self, x: torch.Tensor) -> int:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"SegDiscriminator: x must be a floating-point label map (N, {self.num_classes}, R, "
+            raise TypeError(f"{type(self).__name__}: x must be a floating-point input (N, {self.num_classes}, R, "
                             f"R*{self.aspect_ratio}), got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.num_classes:
-            raise ValueError(f"SegDiscriminator: x must have shape (N, {self.num_classes}, R, "
+            raise ValueError(f"{type(self).__name__}: x must have shape (N, {self.num_classes}, R, "
                              f"R*{self.aspect_ratio}), got {tuple(x.shape)}")
         j = self.resolution_index(int(x.shape[2]))
         if x.shape[3] != x.shape[2] * self.aspect_ratio:
-            raise ValueError(f"SegDiscriminator: x width must be height x aspect_ratio = "
+            raise ValueError(f"{type(self).__name__}: x width must be height x aspect_ratio = "
                              f"{x.shape[2] * self.aspect_ratio}, got shape {tuple(x.shape)}")
         return j
 
@@ -277,11 +293,12 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
             float (N,) scores.
         """
         j = self._check_x(x)
-        alpha, fade = check_fade("SegDiscriminator", alpha, j, f"R={self.resolutions[0]}")
-        h = lrelu(self.from_mask[j](x))
+        alpha, fade = check_fade(type(self).__name__, alpha, j, f"R={self.resolutions[0]}")
+        heads = getattr(self, self.HEAD)
+        h = lrelu(heads[j](x))
         if fade:
             fine = self.blocks[j](h)
-            coarse = lrelu(self.from_mask[j - 1](F.avg_pool2d(x, 2)))
+            coarse = lrelu(heads[j - 1](F.avg_pool2d(x, 2)))
             h = (1.0 - alpha) * coarse + alpha * fine
             j -= 1
         for i in range(j, -1, -1):
@@ -295,7 +312,7 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
         layers = []
         for i in range(n):
             j = n - 1 - i
-            layers += [(f"blocks.{i}.from_mask", f"from_mask.{j}"), (f"blocks.{i}.conv1", f"blocks.{j}.conv0"),
+            layers += [(f"blocks.{i}.{self.HEAD}", f"{self.HEAD}.{j}"), (f"blocks.{i}.conv1", f"blocks.{j}.conv0"),
                        (f"blocks.{i}.conv2", f"blocks.{j}.conv1")]
             if j == 0:
                 layers.append((f"blocks.{i}.fc3", "blocks.0.fc"))
@@ -310,11 +327,12 @@ class SegDiscriminator(ReferenceLayout, nn.Module):
         ``aspect_ratio`` cannot be read from the weights (it is the stride of the last block): pass the dataset's.
         Raises ValueError naming the offending keys/shapes when the checkpoint does not match the arguments.
         """
-        owner = "SegDiscriminator"
-        sd, n = reference_state(owner, state_dict, "D_state_dict", num_blocks(owner, max_dim), max_dim)
-        head = sd.get(f"blocks.{n - 1}.from_mask.weight")
+        owner = cls.__name__
+        sd, n = reference_state(owner, state_dict, "D_state_dict", num_blocks(owner, max_dim), max_dim,
+                                rgb=cls.HEAD == "from_rgb")
+        head = sd.get(f"blocks.{n - 1}.{cls.HEAD}.weight")
         if head is None or head.dim() != 4:
-            raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.from_mask.weight' (4-D) is missing")
+            raise ValueError(f"{owner}.from_reference_state_dict: 'blocks.{n - 1}.{cls.HEAD}.weight' (4-D) is missing")
         wm = infer_width_mult(owner, int(head.shape[0]), width_mult)
         model = cls(num_classes, max_dim=max_dim, aspect_ratio=aspect_ratio, width_mult=wm)
         load_mapped(model, owner, sd, model._reference_key_map())

@@ -83,7 +83,7 @@ def make_loader(dataset, stream: SampleStream, schedule, start: int, end: int, n
 def step_generator(seed: int, stage: str, step: int, device: torch.device) -> torch.Generator:
     """A generator for per-step random choices that must not depend on how the run was split
     (flips): seeded by (seed, stage, step)."""
-    salt = {"seg": 1, "spade": 2, "e2e": 3, "d2": 4}[stage]
+    salt = {"seg": 1, "spade": 2, "e2e": 3, "d2": 4, "progan": 5}[stage]
     g = torch.Generator(device="cpu")
     g.manual_seed((seed * 7919 + salt) * 1_000_003 + step)
     return g

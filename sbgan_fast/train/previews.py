@@ -78,11 +78,11 @@ class RunPreviews:
     def save_grid(self, stage: Stage, step: int) -> Optional[str]:
         from ..metrics.grids import make_grid_array, save_pairs_grid
         labels, images = stage.preview(step)
-        if labels is None:
+        if labels is None and images is None:
             return None
         path = os.path.join(self.out, "samples", f"{stage.name}-{step:07d}.png")
         dc = self.cfg.data.dontcare   # real maps hold the value itself, generated ones its channel (same colour)
-        save_pairs_grid(labels.cpu(), None if images is None else images.cpu(), self.palette, path, dontcare=dc)
-        self.logger.image(f"{stage.name}/samples", make_grid_array(
-            labels.cpu(), None if images is None else images.cpu(), self.palette, dontcare=dc), step)
+        labels, images = (None if t is None else t.cpu() for t in (labels, images))
+        save_pairs_grid(labels, images, self.palette, path, dontcare=dc)
+        self.logger.image(f"{stage.name}/samples", make_grid_array(labels, images, self.palette, dontcare=dc), step)
         return path

@@ -16,7 +16,7 @@ import torch
 
 from ..config import TrainConfig, validate
 from ..errors import Interrupted, RunExistsError, RunFolderError, signal_name
-from ..models import build_networks
+from ..models import build_networks, run_networks
 from . import checkpoint as ckpt_io
 from . import dist
 from .amp import Updater
@@ -67,6 +67,12 @@ class Trainer(RunCheckpoints, RunPreviews):
         ck_dir = os.path.join(self.out, "checkpoints")
         present = {s: [p for p in (ckpt_io.stage_checkpoint_path(self.out, s, w) for w in ("final", "latest"))
                        if os.path.isfile(p)] for s in STAGE_CLASSES}
+        progan = "progan" in self.cfg.stages
+        other = [os.path.basename(p) for s, paths in present.items() if (s == "progan") != progan for p in paths]
+        if other:
+            raise RunExistsError(f"run folder {self.out} holds {', '.join(other)} of "
+                                 f"{'SB-GAN' if progan else 'the ProGAN baseline'}: ProGAN and SB-GAN runs go in "
+                                 "separate run folders; choose another --out")
         if self.resume and not any(present.values()):
             raise RunFolderError(f"--resume: {ck_dir} holds no checkpoint, so there is nothing to resume (is --out "
                                  f"right?); leave out --resume to start a new run in {self.out}")
@@ -102,7 +108,7 @@ class Trainer(RunCheckpoints, RunPreviews):
         self.palette = palette_for(cfg, self.num_classes)
         self.stream = SampleStream(self.dataset_size, cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.nets = build_networks(cfg, self.num_classes)
+        self.nets = build_networks(cfg, self.num_classes, names=run_networks(cfg))
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
             net.to(self.device, memory_format=fmt).train()
@@ -118,7 +124,7 @@ class Trainer(RunCheckpoints, RunPreviews):
         if cfg.ema.enabled:
             from ..models.ema import EMA_NETS, GeneratorEMA
             with torch.random.fork_rng(devices=[]):
-                copies = build_networks(cfg, self.num_classes, names=EMA_NETS)
+                copies = build_networks(cfg, self.num_classes, names=[n for n in EMA_NETS if n in self.nets])
             for net in copies.values():
                 net.to(self.device, memory_format=fmt).eval()
             self.ema = GeneratorEMA({n: self.nets[n] for n in copies}, copies, cfg.ema)
