@@ -2,6 +2,8 @@
 
 A step at the phase's resolution: G_seg's update (WGAN loss of D_seg on the semantic bottleneck's Gumbel ST
 sample), then D_seg's (WGAN-GP on the real maps, resized with PIL's NEAREST rule, vs a sample of a fresh z).
+With ``seg.cuda_graphs_max_res`` (compile=true, CUDA) the steps at heights up to it run G_seg and D_seg as CUDA
+graphs (:class:`sbgan_fast.train.compiled.SegGraphs`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import List
 import torch
 
 from ...models import bottleneck_sample
+from .. import compiled
 from .. import losses as L
 from .base import Means, Stage, part
 
@@ -46,6 +49,13 @@ class SegStage(Stage):
                 start += steps
                 offset += steps * bs
         self._total = start
+        self.graphs = None
+        if c.cuda_graphs_max_res:
+            why = compiled.cuda_graphs_unavailable(self.cfg.compile, ctx.device)
+            if why is None:
+                self.graphs = compiled.SegGraphs(self.nets, c.cuda_graphs_max_res)
+            else:
+                ctx.log(f"seg.cuda_graphs_max_res={c.cuda_graphs_max_res}: {why}; the seg stage runs without them")
 
     def total_steps(self) -> int:
         return self._total
@@ -74,6 +84,18 @@ class SegStage(Stage):
         return {name: self.adam(self.nets[name], c.lr, c.betas) for name in ("G_seg", "D_seg")}
 
     def step(self, step, batch, noise=None):
+        if self.graphs is None:
+            return self._step(step, batch, noise)
+        res = self.phase(step).res
+        with self.graphs.step(res):
+            out = self._step(step, batch, noise)
+        if self.graphs.active(res):
+            note = self.graphs.skipped_note(res)
+            if note:
+                self.ctx.log(note)
+        return out
+
+    def _step(self, step, batch, noise=None):
         ctx, c, u = self.ctx, self.cfg.seg, self.ctx.updater
         noise = self.noise_of(noise)
         G, D = self.nets["G_seg"], self.nets["D_seg"]
