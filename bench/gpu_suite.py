@@ -19,7 +19,8 @@ Items, in this order (``--only``/``--skip`` take comma lists of their names):
   step-spade-compile  the compiled provider (``compiled``: fast + compile=true) of the spade step
   step-e2e-compile    the same for the e2e step
   step-seg            seg step at 4x8 and 256x512, ref vs fast
-  step-seg-graphs     seg step at 4x8 compiled with CUDA graphs (``compiled-graphs``) and without (``compiled``)
+  step-seg-graphs     seg step at 4x8 compiled with CUDA graphs (``compiled-graphs``) and without (``compiled``),
+                      then the test that seg steps give the same results with and without them
 (the compiled items are slots: skipped with a message if bench_train_step.py lacks their provider)
   ops-compile         the rest: torch.compile baselines of the op benchmarks, the gather embedding alone
   onehot-compile      (spade fast-no-gather), seg at the other resolutions, e2e-reuse, ADE-Indoor at 256x256,
@@ -144,6 +145,16 @@ def _slot(s: "Suite", names, stages, seg_res=None, before=()) -> Union[List[Comm
     return _step(s, stages, ",".join(provs), gpu_extra=extra)
 
 
+def _seg_graphs(s: "Suite") -> Union[List[Command], str]:
+    """The seg step at 4x8 compiled without and with CUDA graphs, then the test that seg steps give the same
+    results with and without them on this device (``tests/test_cuda_graphs.py``, its ``gpu`` test)."""
+    cmds = _slot(s, suite_targets.GRAPH_PROVIDERS, "seg", seg_res="4", before=[suite_targets.COMPILE_PROVIDERS])
+    if isinstance(cmds, str):
+        return cmds
+    return cmds + [_py(s, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       f"--junitxml={s.junit_path('step-seg-graphs')}", "-m", "gpu", "tests/test_cuda_graphs.py")]
+
+
 def _build(s: "Suite") -> List[Command]:
     if s.dry:
         return [_py(s, "bench/gpu_suite.py", "_check", "--dry")]
@@ -206,9 +217,8 @@ ITEMS: List[Item] = [
     Item("step-seg", "seg step at 4x8 and 256x512: ref vs fast", 60, 25,
          lambda s: _step(s, "seg", "ref,fast", gpu_extra=["--seg-res", "4,256", "--steps", "30"],
                          dry_extra=["--seg-res", "4,32"])),
-    Item("step-seg-graphs", "seg step at 4x8 compiled, without and with CUDA graphs", 180, 40,
-         lambda s: _slot(s, suite_targets.GRAPH_PROVIDERS, "seg", seg_res="4",
-                         before=[suite_targets.COMPILE_PROVIDERS])),
+    Item("step-seg-graphs", "seg step at 4x8 compiled, without and with CUDA graphs; then their parity test", 240,
+         40, _seg_graphs, junit=True),
     Item("ops-compile", "torch.compile baselines of the op microbenchmarks", 300, 120,
          lambda s: NO_COMPILE_ON_CPU if s.dry else _ops_triton(s, "compile"), junit=True),
     Item("onehot-compile", "torch.compile baseline of the label-embedding convolution", 120, 60,
