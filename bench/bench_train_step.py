@@ -32,8 +32,9 @@ timed row are not timed. ``compile_s``: the seconds the warm-up steps took beyon
 (the first compile of the compiled providers; empty for the others). ``load``: the 1-minute load average of
 the machine when the row started and when it ended (a CPU row timed on a loaded machine is a noisy figure).
 Stages are the outer loop and providers the inner one, so the providers of a stage are timed one after the
-other (under a changing load, side by side in time). The seg stage is timed at every resolution of its progressive schedule (the first
-steps of each stabilize phase; ``--seg-res`` picks some), one row per resolution (column ``res``).
+other (under a changing load, side by side in time). The seg stage is timed at every resolution of its
+progressive schedule (the first steps of each stabilize phase; ``--seg-res`` picks some), one row per resolution
+(column ``res``).
 
 Data feed (``--loader``):
   none            (default) the step reads batches already in memory, built from the built-in synthetic

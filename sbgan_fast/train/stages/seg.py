@@ -51,11 +51,11 @@ class SegStage(Stage):
         self._total = start
         self.graphs = None
         if c.cuda_graphs_max_res:
-            why = compiled.cuda_graphs_unavailable(self.cfg.compile, ctx.device)
+            why = compiled.cuda_graphs_unavailable(self.cfg.compile, self.ctx.device)
             if why is None:
                 self.graphs = compiled.SegGraphs(self.nets, c.cuda_graphs_max_res)
             else:
-                ctx.log(f"seg.cuda_graphs_max_res={c.cuda_graphs_max_res}: {why}; the seg stage runs without them")
+                self.ctx.log(f"seg.cuda_graphs_max_res={c.cuda_graphs_max_res}: {why}; the seg stage runs without them")
 
     def total_steps(self) -> int:
         return self._total
