@@ -9,9 +9,9 @@ rows that run measured, ``suite_targets.py``), ``triton_ops.csv`` and ``one_hot.
 configuration (rows: seg at each resolution, spade, e2e; columns: images/s, s/kimg and peak memory of each
 provider, fast / ref, the compiled providers against fast and their first-compile seconds, and the range of
 the rows' load averages where recorded), ``loader_vs_step.csv`` as the loader alone, the step on in-memory
-batches and the step fed by the loader side by side with a verdict, ``quality.csv`` (``bench_quality.py``) as the newest rows per device and
-the mean over seeds of each commit, configuration and budget. Last, every CSV's newest N rows per device (rows
-carry the device name, versions and commit).
+batches and the step fed by the loader side by side with a verdict, ``quality.csv`` (``bench_quality.py``) as
+the newest rows per device and the mean over seeds of each commit, configuration and budget. Last, every CSV's
+newest N rows per device (rows carry the device name, versions and commit).
 
 Rows written before a column existed read it as empty: train_step rows without ``res`` timed the seg stage at
 its final resolution (``size``); rows without ``preset``/``upsampling``/``data`` form their own groups.
