@@ -14,12 +14,27 @@ Providers:
                   and channels-last (on by default on a GPU).
   fast-no-gather  as ``fast`` but the label-embedding convolution on its reference path: isolates the
                   gain of the gather route (``ops.onehot_conv2d``).
+  compiled        as ``fast`` with ``compile=true``: the networks and the VGG loss through ``torch.compile``
+                  (inductor; ``sbgan_fast.train.compiled``). Its warm-up steps compile: their cost is reported
+                  apart as ``compile_s`` (below), not in images/s; give it ``--warmup`` >= 1 (2 for seg rows with
+                  fade-in). Dynamo's caches are reset before each compiled trainer, so every row compiles anew
+                  (inductor's on-disk caches are used as found: ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` gives
+                  cold-start times).
+  compiled-graphs as ``compiled`` with ``seg.cuda_graphs_max_res`` at the final height: the seg stage's
+                  G_seg and D_seg run as CUDA graphs at every resolution (inductor's CUDA graph trees; a
+                  GPU setting: on the CPU it falls back to ``compiled`` and says so once). Needs ``--warmup``
+                  >= 3 (a graph is warmed up, then recorded, then replayed).
 Stage ``e2e-reuse`` is the e2e step with ``e2e.reuse_fakes=true`` (the discriminator update reuses the generator
 update's fakes instead of making them again with a fresh z): beside ``e2e`` it measures what the authors' step
 order costs.
 Each stage runs its real step function (losses, both optimizers); the first ``--warmup`` steps of every
-timed row are not timed. The seg stage is timed at every resolution of its progressive schedule (the first
-steps of each stabilize phase; ``--seg-res`` picks some), one row per resolution (column ``res``).
+timed row are not timed. ``compile_s``: the seconds the warm-up steps took beyond as many steady-state steps
+(the first compile of the compiled providers; empty for the others). ``load``: the 1-minute load average of
+the machine when the row started and when it ended (a CPU row timed on a loaded machine is a noisy figure).
+Stages are the outer loop and providers the inner one, so the providers of a stage are timed one after the
+other (under a changing load, side by side in time). The seg stage is timed at every resolution of its
+progressive schedule (the first steps of each stabilize phase; ``--seg-res`` picks some), one row per resolution
+(column ``res``).
 
 Data feed (``--loader``):
   none            (default) the step reads batches already in memory, built from the built-in synthetic
@@ -61,7 +76,8 @@ import report  # noqa: E402  (bench/report.py)
 RESULTS = os.environ.get("SBGAN_BENCH_RESULTS") or os.path.join(HERE, "results")   # the GPU suite's dry run: a temp folder
 CSV = os.path.join(RESULTS, "train_step.csv")
 LOADER_CSV = os.path.join(RESULTS, "loader_vs_step.csv")
-PROVIDERS = ("ref", "fast", "fast-no-gather")
+PROVIDERS = ("ref", "fast", "fast-no-gather", "compiled", "compiled-graphs")
+COMPILED = ("compiled", "compiled-graphs")   # providers with compile=true
 STAGES = ("seg", "spade", "e2e", "e2e-reuse")
 FEEDS = ("none", "torch", "dali")
 REAL_DATASETS = ("cityscapes", "ade20k", "ade_indoor")
@@ -70,7 +86,7 @@ REAL_DATASETS = ("cityscapes", "ade20k", "ade_indoor")
 def provider_scope(name: str):
     if name == "ref":
         return ops.use_impl(None, "ref")
-    if name == "fast":
+    if name in ("fast",) + COMPILED:
         return contextlib.nullcontext()
     if name == "fast-no-gather":
         return ops.use_impl("onehot_conv2d", "ref")
@@ -132,6 +148,10 @@ def make_config(args, out: str, provider: str, feed: str):
         overrides += ["precision=fp32", "channels_last=false"]
     else:
         overrides += [f"precision={resolve_precision(args)}"]
+    if provider in COMPILED:
+        overrides += ["compile=true"]
+    if provider == "compiled-graphs":
+        overrides += [f"seg.cuda_graphs_max_res={h}"]
     overrides += list(args.set or [])
     return build_config(args.preset, None, overrides, out=out)
 
@@ -232,7 +252,9 @@ class StageBench:
         """Time steps [start + warmup, start + warmup + steps) over ``batches`` (a list or a loader)."""
         images, t0 = 0, None
         it = iter(batches)
+        load0 = os.getloadavg()[0]
         with provider_scope(self.provider):
+            tw = time.perf_counter()
             for i in range(self.warmup + self.steps):
                 if i == self.warmup:
                     self.sync()
@@ -246,8 +268,11 @@ class StageBench:
             self.sync()
             dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(self.dev) / 2 ** 20 if self.dev.type == "cuda" else float("nan")
+        # the warm-up steps' time beyond as many steady steps: the compiled providers' first compile
+        compile_s = (max(0.0, (t0 - tw) - self.warmup * dt / self.steps)
+                     if self.provider in COMPILED and self.warmup else float("nan"))
         return {"ms_per_step": 1e3 * dt / self.steps, "images_per_s": images / dt, "s_per_kimg": 1e3 * dt / images,
-                "peak_mem_mib": peak}
+                "peak_mem_mib": peak, "compile_s": compile_s, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"}
 
 
 def verdict(loader_ips: float, step_ips: float) -> str:
@@ -343,10 +368,12 @@ def collect(args):
     rows, lrows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for feed in feeds:
-            for provider in providers:
-                cfg = make_config(args, os.path.join(tmp, "run"), provider, feed)
-                data = "synthetic" if feed == "none" else cfg.data.dataset
-                for stage_name in stages:
+            for stage_name in stages:
+                for provider in providers:
+                    cfg = make_config(args, os.path.join(tmp, "run"), provider, feed)
+                    data = "synthetic" if feed == "none" else cfg.data.dataset
+                    if provider in COMPILED:   # each compiled trainer compiles anew, within the recompile limit
+                        torch._dynamo.reset()
                     torch.manual_seed(0)
                     trainer = Trainer(cfg)
                     trainer.cfg.e2e.reuse_fakes = stage_name == "e2e-reuse"
@@ -366,12 +393,14 @@ def collect(args):
                                 "channels_last": bool(trainer.channels_last), "data": data}
                         meta = {"device": device_name(trainer.device), "torch": torch.__version__, "commit": commit,
                                 "suite_run": os.environ.get("SBGAN_SUITE_RUN", "")}
-                        rows.append({**base, **meta, **{k: round(v, 3) for k, v in res_mem.items()}})
+                        rows.append({**base, **meta, **{k: round(v, 3) if isinstance(v, float) else v
+                                                        for k, v in res_mem.items()}})
                         if not args.no_csv:     # each row as soon as it is measured: a long run cut short keeps its rows
                             report.append_rows(CSV, rows[-1:])
                         msg = (f"{stage_name:6s} {res:>8s} {provider:15s} {res_mem['ms_per_step']:9.1f} ms/step "
                                f"{res_mem['images_per_s']:8.2f} img/s {res_mem['s_per_kimg']:8.1f} s/kimg  "
-                               f"peak {res_mem['peak_mem_mib']:.0f} MiB")
+                               f"peak {res_mem['peak_mem_mib']:.0f} MiB  load {res_mem['load']}"
+                               + (f"  compile {res_mem['compile_s']:.1f} s" if provider in COMPILED else ""))
                         if feed != "none":
                             res_fed = sb.run(start, sb.loader(start))
                             kind = sb.loader_kind()
@@ -397,9 +426,11 @@ def main(argv=None) -> int:
     rows, lrows = collect(args)
     by = {(r["data"], r["stage"], r["res"], r["provider"]): r for r in rows}
     for (data, stage_name, res, prov), r in by.items():
-        ref = by.get((data, stage_name, res, "ref"))
-        if prov != "ref" and ref:
-            print(f"{stage_name} {res} ({data}): {prov} / ref = {r['images_per_s'] / ref['images_per_s']:.2f}x")
+        for base in ("ref", "fast") if prov in COMPILED else ("ref",):
+            b = by.get((data, stage_name, res, base))
+            if prov != base and b:
+                print(f"{stage_name} {res} ({data}): {prov} / {base} = "
+                      f"{r['images_per_s'] / b['images_per_s']:.2f}x")
     if not args.no_csv and not args.no_report:
         report.main(["--results", RESULTS, "--out", os.path.join(os.path.dirname(RESULTS), "RESULTS.md")])
     return 0

@@ -16,10 +16,12 @@ Items, in this order (``--only``/``--skip`` take comma lists of their names):
   ops-onehot          one-hot embedding and label-embedding convolution, ref against the CUDA kernels
   step-spade          spade training step at 256x512, authors' widths: ref fp32 NCHW vs fast bf16 channels-last
   step-e2e            the same for the e2e step
-  step-spade-compile  the compiled provider (``fast+compile``) of the spade step: a slot, skipped with a message
-  step-e2e-compile    while bench_train_step.py has no such provider
+  step-spade-compile  the compiled provider (``compiled``: fast + compile=true) of the spade step
+  step-e2e-compile    the same for the e2e step
   step-seg            seg step at 4x8 and 256x512, ref vs fast
-  step-seg-graphs     seg step at 4x8 with CUDA graphs (a slot like the compiled ones)
+  step-seg-graphs     seg step at 4x8 compiled with CUDA graphs (``compiled-graphs``) and without (``compiled``),
+                      then the test that seg steps give the same results with and without them
+(the compiled items are slots: skipped with a message if bench_train_step.py lacks their provider)
   ops-compile         the rest: torch.compile baselines of the op benchmarks, the gather embedding alone
   onehot-compile      (spade fast-no-gather), seg at the other resolutions, e2e-reuse, ADE-Indoor at 256x256,
   step-spade-nogather the loader against the step (when SBGAN_DATA_ROOT is set) and the loaders alone
@@ -127,16 +129,30 @@ def _step(s: "Suite", stages, providers, gpu_extra=(), dry_extra=(), ade=False) 
                 "--no-report", *(dry_extra if s.dry else gpu_extra))]
 
 
-def _slot(s: "Suite", names, stages, seg_res=None) -> Union[List[Command], str]:
-    """A provider that bench_train_step.py may not have yet: its commands, or why the slot is skipped."""
-    prov = s.train_provider(names)
-    if prov is None:
-        return (f"slot: bench_train_step.py has no provider {' or '.join(repr(n) for n in names)} yet "
-                "(kept for when it exists)")
+def _slot(s: "Suite", names, stages, seg_res=None, before=()) -> Union[List[Command], str]:
+    """A provider that bench_train_step.py may not have: its commands (after the ``before`` providers, each the
+    first of its names that bench_train_step.py offers), or why the slot is skipped."""
+    provs = []
+    for group in list(before) + [names]:
+        prov = s.train_provider(group)
+        if prov is None:
+            return (f"slot: bench_train_step.py has no provider {' or '.join(repr(n) for n in group)} yet "
+                    "(kept for when it exists)")
+        provs.append(prov)
     if s.dry:
         return NO_COMPILE_ON_CPU
     extra = ["--seg-res", seg_res, "--steps", "30"] if seg_res else []
-    return _step(s, stages, prov, gpu_extra=extra)
+    return _step(s, stages, ",".join(provs), gpu_extra=extra)
+
+
+def _seg_graphs(s: "Suite") -> Union[List[Command], str]:
+    """The seg step at 4x8 compiled without and with CUDA graphs, then the test that seg steps give the same
+    results with and without them on this device (``tests/test_cuda_graphs.py``, its ``gpu`` test)."""
+    cmds = _slot(s, suite_targets.GRAPH_PROVIDERS, "seg", seg_res="4", before=[suite_targets.COMPILE_PROVIDERS])
+    if isinstance(cmds, str):
+        return cmds
+    return cmds + [_py(s, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       f"--junitxml={s.junit_path('step-seg-graphs')}", "-m", "gpu", "tests/test_cuda_graphs.py")]
 
 
 def _build(s: "Suite") -> List[Command]:
@@ -201,8 +217,8 @@ ITEMS: List[Item] = [
     Item("step-seg", "seg step at 4x8 and 256x512: ref vs fast", 60, 25,
          lambda s: _step(s, "seg", "ref,fast", gpu_extra=["--seg-res", "4,256", "--steps", "30"],
                          dry_extra=["--seg-res", "4,32"])),
-    Item("step-seg-graphs", "seg step at 4x8 with CUDA graphs", 120, 40,
-         lambda s: _slot(s, suite_targets.GRAPH_PROVIDERS, "seg", seg_res="4")),
+    Item("step-seg-graphs", "seg step at 4x8 compiled, without and with CUDA graphs; then their parity test", 240,
+         40, _seg_graphs, junit=True),
     Item("ops-compile", "torch.compile baselines of the op microbenchmarks", 300, 120,
          lambda s: NO_COMPILE_ON_CPU if s.dry else _ops_triton(s, "compile"), junit=True),
     Item("onehot-compile", "torch.compile baseline of the label-embedding convolution", 120, 60,

@@ -7,10 +7,11 @@ suite run (``suite_items.csv``: each item's status, time and estimate, and the t
 rows that run measured, ``suite_targets.py``), ``triton_ops.csv`` and ``one_hot.csv`` as one table per device
 (ms and GB/s of each provider, speed-up over the reference), ``train_step.csv`` as one table per device and model
 configuration (rows: seg at each resolution, spade, e2e; columns: images/s, s/kimg and peak memory of each
-provider, fast / ref), ``loader_vs_step.csv`` as the loader alone, the step on in-memory batches and the step fed
-by the loader side by side with a verdict, ``quality.csv`` (``bench_quality.py``) as the newest rows per device and
-the mean over seeds of each commit, configuration and budget. Last, every CSV's newest N rows per device (rows
-carry the device name, versions and commit).
+provider, fast / ref, the compiled providers against fast and their first-compile seconds, and the range of
+the rows' load averages where recorded), ``loader_vs_step.csv`` as the loader alone, the step on in-memory
+batches and the step fed by the loader side by side with a verdict, ``quality.csv`` (``bench_quality.py``) as
+the newest rows per device and the mean over seeds of each commit, configuration and budget. Last, every CSV's
+newest N rows per device (rows carry the device name, versions and commit).
 
 Rows written before a column existed read it as empty: train_step rows without ``res`` timed the seg stage at
 its final resolution (``size``); rows without ``preset``/``upsampling``/``data`` form their own groups.
@@ -24,7 +25,8 @@ import sys
 from collections import OrderedDict, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROVIDER_ORDER = ("ref", "fast", "fast-no-gather")
+PROVIDER_ORDER = ("ref", "fast", "fast-no-gather", "compiled", "compiled-graphs")
+COMPILED = ("compiled", "compiled-graphs")   # providers with a first-compile time (``compile_s``)
 STAGE_ORDER = ("seg", "spade", "e2e", "e2e-reuse")
 GROUP_KEY = ("device", "preset", "size", "classes", "upsampling", "ngf", "seg_width", "batch", "data")
 
@@ -127,9 +129,16 @@ def train_step_summary(rows) -> list:
         if fast is not None:
             desc += f"; fast: {fast.get('precision', '?')}, channels-last {fast.get('channels_last', '?')}"
         desc += ("; ref: fp32, NCHW" if "ref" in provs else "") + f". Newest row {newest}, commit(s) {', '.join(commits)}."
+        loads = [float(x) for r in rs for x in str(r.get("load") or "").split("/") if num(x) is not None]
+        if loads:
+            desc += f" 1-minute load average while these rows ran: {min(loads):.1f} to {max(loads):.1f}."
+        comp = [p for p in provs if p in COMPILED]
         header = ["stage", "res"] + [f"{p} img/s" for p in provs]
         if "ref" in provs:
             header += [f"{p} / ref" for p in provs if p != "ref"]
+        if "fast" in provs:
+            header += [f"{p} / fast" for p in comp]
+        header += [f"{p} compile s" for p in comp]
         header += [f"{p} s/kimg" for p in provs] + [f"{p} peak MiB" for p in provs]
         out = []
         cells = sorted({(s, res) for (s, res, _) in latest}, key=lambda sr: res_sort_key(*sr))
@@ -140,6 +149,11 @@ def train_step_summary(rows) -> list:
                 row[f"{p} img/s"] = fmt(r.get("images_per_s"))
                 row[f"{p} s/kimg"] = fmt(r.get("s_per_kimg"), 1)
                 row[f"{p} peak MiB"] = fmt(r.get("peak_mem_mib"), 0)
+            fast_ips = num(latest.get((s, res, "fast"), {}).get("images_per_s"))
+            for p in comp:
+                v = num(latest.get((s, res, p), {}).get("images_per_s"))
+                row[f"{p} / fast"] = f"{v / fast_ips:.2f}x" if v and fast_ips else "-"
+                row[f"{p} compile s"] = fmt(latest.get((s, res, p), {}).get("compile_s"), 1)
             ref = num(latest.get((s, res, "ref"), {}).get("images_per_s"))
             for p in provs:
                 if p != "ref" and "ref" in provs:

@@ -60,6 +60,26 @@ def test_loader_vs_step_rows(bench, tmp_path):
         assert r["verdict"] == bench.verdict(r["loader_images_per_s"], r["step_images_per_s"])
 
 
+@pytest.mark.slow   # compiles G_seg and D_seg twice (aot_eager: inductor's CPU compile takes minutes)
+def test_compiled_providers_rows_with_compile_time(bench, monkeypatch, capsys):
+    from sbgan_fast.train import compiled
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+    args = bench.parse_args(["--quick", "--no-csv", "--no-report", "--providers", "fast,compiled,compiled-graphs",
+                             "--stages", "seg", "--seg-res", "4"] + SMALL)
+    rows, _ = bench.collect(args)
+    assert [(r["stage"], r["res"], r["provider"]) for r in rows] == [
+        ("seg", "4x8", "fast"), ("seg", "4x8", "compiled"), ("seg", "4x8", "compiled-graphs")]
+    fast, comp, graphs = rows
+    assert fast["compile_s"] != fast["compile_s"]            # NaN: no compile
+    assert comp["compile_s"] > 0 and graphs["compile_s"] > 0
+    for r in rows:
+        a, b = (float(x) for x in r["load"].split("/"))
+        assert a >= 0 and b >= 0 and r["images_per_s"] > 0
+    # on the CPU the CUDA graphs fall back to the compiled path, saying so once
+    err = capsys.readouterr().err
+    assert err.count("seg.cuda_graphs_max_res=32: CUDA graphs need a CUDA device") == 1, err[-2000:]
+
+
 def test_bad_arguments_are_named(bench, tmp_path):
     with pytest.raises(SystemExit, match="--loader torch needs --data-root"):
         bench.parse_args(["--loader", "torch", "--data-root", str(tmp_path / "missing")])
@@ -90,6 +110,19 @@ def test_report_reads_old_and_new_rows(bench, tmp_path):
     text = out.read_text()
     assert "| seg | 64x128 | 2.00 |" in text        # an old seg row: its final resolution
     assert "| seg | 8x16 | 40.00 |" in text
+
+
+def test_report_compiled_columns(bench, tmp_path):
+    """The compiled providers' rows: against fast, their compile seconds, and the rows' load averages."""
+    base = dict(date="d", stage="spade", res="32x64", size="32x64", preset="demo", classes="11", upsampling="normal",
+                ngf="8", seg_width="0.0625", batch="8", data="synthetic", device="CPU", s_per_kimg="1",
+                peak_mem_mib="nan")
+    rows = [dict(base, provider="fast", images_per_s="10", compile_s="nan", load="3.5/4.0"),
+            dict(base, provider="compiled", images_per_s="15", compile_s="42.25", load="4.5/6.1")]
+    text = "\n".join(bench.report.train_step_summary(rows))
+    assert "| stage | res | fast img/s | compiled img/s | compiled / fast | compiled compile s |" in text
+    assert "| spade | 32x64 | 10.00 | 15.00 | 1.50x | 42.2 |" in text
+    assert "load average while these rows ran: 3.5 to 6.1" in text
 
 
 def test_report_keeps_the_resize_rule_of_onehot_rows(bench):

@@ -173,6 +173,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.seg.aspect_ratio >= 1 and float(cfg.seg.aspect_ratio).is_integer(),
          f"seg.aspect_ratio must be a whole number >= 1 (1 ADE, 2 Cityscapes), got {cfg.seg.aspect_ratio}")
     need(cfg.seg.pixel_norm in ("code", "standard"), f"seg.pixel_norm must be 'code' or 'standard', got {cfg.seg.pixel_norm!r}")
+    cg = cfg.seg.cuda_graphs_max_res
+    need(cg == 0 or (cg >= 4 and (cg & (cg - 1)) == 0),
+         f"seg.cuda_graphs_max_res must be 0 (off) or a power of two >= 4 (a seg height), got {cg}")
     need(cfg.spade.num_upsampling_layers in ("normal", "more", "most"),
          f"spade.num_upsampling_layers must be normal|more|most, got {cfg.spade.num_upsampling_layers!r}")
     for name in ("seg.batch_size", "seg.batch_size_high", "spade.batch_size", "e2e.batch_size"):

@@ -73,6 +73,8 @@ class SegConfig:
     batch_size: int = 16
     batch_size_high: int = 4             # batch size for resolutions above 128
     fade_in: bool = False                # (code) False: no fade-in during training; True: ProGAN alpha ramp
+    cuda_graphs_max_res: int = 0         # with compile=true on a CUDA device: G_seg and D_seg as CUDA graphs at
+                                         # heights up to this (train/compiled.py); 0: off
 
 
 @dataclass

@@ -6,6 +6,9 @@ sample), then D_seg's (WGAN-GP on the real maps, resized with PIL's NEAREST rule
 The schedule and the step are written once for any progressive WGAN-GP pair (the networks ``trains`` names):
 what a stage feeds its critic is three methods, :meth:`SegStage.real_input`, :meth:`SegStage.fake_noise` and
 :meth:`SegStage.fake_input`; the ProGAN baseline on images (:mod:`.progan`) overrides them.
+
+With ``seg.cuda_graphs_max_res`` (compile=true, CUDA) the steps at heights up to it run G_seg and D_seg as CUDA
+graphs (:class:`sbgan_fast.train.compiled.SegGraphs`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import List
 import torch
 
 from ...models import bottleneck_sample
+from .. import compiled
 from .. import losses as L
 from .base import Means, Stage, part
 
@@ -48,6 +52,14 @@ class SegStage(Stage):
                 start += steps
                 offset += steps * bs
         self._total = start
+        self.graphs = None
+        c = self.cfg.seg
+        if c.cuda_graphs_max_res:
+            why = compiled.cuda_graphs_unavailable(self.cfg.compile, self.ctx.device)
+            if why is None:
+                self.graphs = compiled.SegGraphs(self.nets, c.cuda_graphs_max_res, names=self.trains)
+            else:
+                self.ctx.log(f"seg.cuda_graphs_max_res={c.cuda_graphs_max_res}: {why}; the seg stage runs without them")
 
     def phase_plan(self, res: int, n: int):
         """(batch size, steps) of each phase at height ``res`` for a dataset of ``n`` samples: ``seg.batch_size``
@@ -99,6 +111,18 @@ class SegStage(Stage):
         return bottleneck_sample(G(z, res=res, alpha=alpha), self.cfg.seg.tau, extra, self.cfg.impl)
 
     def step(self, step, batch, noise=None):
+        if self.graphs is None:
+            return self._step(step, batch, noise)
+        res = self.phase(step).res
+        with self.graphs.step(res):
+            out = self._step(step, batch, noise)
+        if self.graphs.active(res):
+            note = self.graphs.skipped_note(res)
+            if note:
+                self.ctx.log(note)
+        return out
+
+    def _step(self, step, batch, noise=None):
         c, u = self.cfg.seg, self.ctx.updater
         noise = self.noise_of(noise)
         g_name, d_name = self.trains
