@@ -1,8 +1,11 @@
 """Moving averages of the generators (``ema`` settings): the update rule and its ramp-up, off by default, checkpoint
-round trip and exact resume, batch-norm recalibration, and sample/eval choosing the averages."""
+round trip and exact resume, batch-norm recalibration, and sample/eval and the sample grids choosing the averages."""
+import os
+
 import torch
 
 from sbgan_fast.models.ema import ema_beta, recalibrate_batchnorm
+from sbgan_fast.train.stages import STAGE_CLASSES
 from sbgan_fast.train.trainer import Trainer, train
 from tiny import tiny_cfg
 
@@ -164,3 +167,56 @@ def test_settings_are_validated(tmp_path):
     for bad, key in (("ema.kimg=0", "ema.kimg"), ("ema.rampup=-1", "ema.rampup"), ("ema.bn_maps=-2", "ema.bn_maps")):
         with pytest.raises(ConfigError, match=key):
             tiny_cfg(tmp_path / "r", bad)
+
+
+def test_previews_draw_with_the_averages(tmp_path, monkeypatch):
+    """With ema.enabled the sample grids show the moving averages (as sample/eval do): each stage's grid equals
+    the grid its checkpoint's averaged generators draw (G_spd with the statistics the checkpoint holds), differs
+    from the trained generators' grid, and drawing it changes neither the training nor the averages."""
+    import numpy as np
+    import sbgan_fast.metrics.grids as grids
+    from sbgan_fast.models import build
+    from sbgan_fast.train import checkpoint as ckpt_io
+    drawn = {}
+
+    def capture(labels, images, palette, path, **kw):
+        drawn[os.path.basename(path)] = (labels.clone(), None if images is None else images.clone())
+    monkeypatch.setattr(grids, "save_pairs_grid", capture)
+    over = ["stages=seg,spade,e2e", *EMA, "sample_every=2", "ckpt_every=2"]
+    train(tiny_cfg(tmp_path / "r", *over, max_steps=2)).close()
+    assert sorted(drawn) == ["e2e-0000002.png", "seg-0000002.png", "spade-0000002.png"]
+    for stage_name in ("seg", "spade", "e2e"):
+        path = ckpt_io.stage_checkpoint_path(str(tmp_path / "r"), stage_name, "latest")
+        ck = ckpt_io.load_checkpoint(path)
+        tr = Trainer(tiny_cfg(tmp_path / f"fresh_{stage_name}", *over, max_steps=2))
+        try:
+            stage = STAGE_CLASSES[stage_name](tr.ctx)
+            outs = {}
+            for weights in ("ema", "raw"):
+                for name, sd in (ck["ema"]["nets"] if weights == "ema" else ck["nets"]).items():
+                    if name in ("G_seg", "G_spd"):
+                        tr.nets[name].load_state_dict(sd)
+                outs[weights] = stage.preview(2)
+        finally:
+            tr.close()
+        labels, images = drawn[f"{stage_name}-0000002.png"]
+        ema_labels, ema_images = (None if t is None else t.cpu() for t in outs["ema"])
+        raw_labels, raw_images = (None if t is None else t.cpu() for t in outs["raw"])
+        assert torch.equal(labels, ema_labels), stage_name
+        if stage_name == "seg":
+            assert images is None
+        else:
+            assert torch.equal(images, ema_images), stage_name
+            assert not torch.equal(images, raw_images), stage_name
+    # drawing previews moves no training state: the same run without grids ends with the same weights and averages
+    monkeypatch.undo()
+    train(tiny_cfg(tmp_path / "quiet", *over[:-2], "sample_every=0", "ckpt_every=2", max_steps=2)).close()
+    for stage_name in ("seg", "spade", "e2e"):
+        a = ckpt_io.load_checkpoint(ckpt_io.stage_checkpoint_path(str(tmp_path / "r"), stage_name, "latest"))
+        b = ckpt_io.load_checkpoint(ckpt_io.stage_checkpoint_path(str(tmp_path / "quiet"), stage_name, "latest"))
+        for part in ("nets", "ema"):
+            nets_a = a[part] if part == "nets" else a[part]["nets"]
+            nets_b = b[part] if part == "nets" else b[part]["nets"]
+            for name in nets_a:
+                for k, v in nets_a[name].items():
+                    assert np.array_equal(v.numpy(), nets_b[name][k].numpy()), (stage_name, part, name, k)

@@ -12,7 +12,6 @@ TINY = [
     # the authors' recipe where the demo preset departs from it for what it shows (tests exercise the defaults)
     "seg.pixel_norm=code", "seg.fade_in=false", "spade.lr_G=1e-4", "spade.lr_D=4e-4", "e2e.lr_G=1e-4",
     "e2e.lr_D=4e-4", "e2e.lr_seg=1e-4", "ema.enabled=false", "progan.schedule=code",
-    "spade.ngf=8",   # the smallest SPADE generator (the demo's is twice as wide): the tests' time
 ]
 
 

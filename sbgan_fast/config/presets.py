@@ -40,16 +40,15 @@ def _preset_ade_indoor() -> TrainConfig:
 def _preset_demo() -> TrainConfig:
     """A few minutes on a 2-core CPU, tuned for what it shows (bench/bench_quality.py measured each change; README,
     "The demo"): four times the seg epochs of a phase, standard PixelNorm (x / sqrt(mean x^2)) and the ProGAN
-    fade-in instead of the authors' two quirks, a G_spd twice as wide as the seg widths suggest (ngf 16), four times
-    the SPADE learning rates (TTUR ratio kept) over three times the spade epochs, twice the SPADE rates and the
-    authors' Cityscapes G_seg rate in e2e, and moving averages of the generators."""
+    fade-in instead of the authors' two quirks, twice the SPADE learning rates (TTUR ratio kept) over four times the
+    spade epochs, the authors' Cityscapes e2e rate for G_seg, and moving averages of the generators."""
     c = TrainConfig(preset="demo", out="runs/demo", log_every=10, sample_every=100, ckpt_every=100)
     c.data = DataConfig(dataset="synthetic", num_classes=0, height=32, width=64, synthetic_size=512)
     c.seg = SegConfig(max_dim=32, aspect_ratio=2.0, z_dim=64, width_mult=0.0625, epochs_per_phase=4.0,
                       batch_size=16, batch_size_high=16, pixel_norm="standard", fade_in=True)
-    c.spade = SpadeConfig(ngf=16, ndf=8, num_upsampling_layers="normal", crop_size=64, aspect_ratio=2.0,
-                          norm_G="spectralspadebatch3x3", vgg_loss=False, lr_G=4e-4, lr_D=1.6e-3, epochs=3.0,
-                          epochs_decay=3.0, batch_size=8)
+    c.spade = SpadeConfig(ngf=8, ndf=8, num_upsampling_layers="normal", crop_size=64, aspect_ratio=2.0,
+                          norm_G="spectralspadebatch3x3", vgg_loss=False, lr_G=2e-4, lr_D=8e-4, epochs=4.0,
+                          epochs_decay=4.0, batch_size=8)
     c.e2e = E2EConfig(lr_seg=1e-5, lr_G=2e-4, lr_D=8e-4, d2_pretrain_epochs=0.25, epochs=0.5, epochs_decay=0.5,
                       batch_size=8)
     c.ema = EMAConfig(enabled=True)

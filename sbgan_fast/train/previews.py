@@ -1,10 +1,13 @@
-"""What a run shows while it trains: sample grids (a failure is reported and training goes on) and periodic FID.
+"""What a run shows while it trains: sample grids (a failure is reported and training goes on; drawn with the
+moving averages of the generators when ``ema.enabled``, as ``sample`` and ``eval`` do) and periodic FID.
 
 :class:`RunPreviews` is a part of :class:`~sbgan_fast.train.trainer.Trainer`; it uses the trainer's ``cfg``,
 ``out``, ``dist``, ``device``, ``is_main``, ``num_classes``, ``palette``, ``logger`` and ``log_message``.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import time
 from typing import Dict, Optional
@@ -75,9 +78,28 @@ class RunPreviews:
             self.log_message(f"[sbgan_fast] {len(failed)} sample grids of stage {stage.name} were not written "
                              f"(steps {failed[0]}..{failed[-1]}); the first failure is reported above")
 
+    @contextlib.contextmanager
+    def _preview_generators(self, stage: Stage):
+        """With ``ema.enabled``, the stage draws its grid with the moving averages of its generators, as ``sample``
+        and ``eval`` do: they take the trained networks' places in ``stage.nets`` meanwhile, the averaged G_spd
+        as a copy whose batch-norm statistics are recomputed on real maps (the average itself, what checkpoints
+        hold, is not touched). Without averages the trained generators draw it."""
+        ema = self.ema
+        swap = {} if ema is None else {n: net for n, net in ema.nets.items() if n in stage.nets}
+        if "G_spd" in swap:
+            swap["G_spd"] = copy.deepcopy(swap["G_spd"])
+            self.recalibrate_ema(swap["G_spd"])
+        trained = {n: stage.nets[n] for n in swap}
+        try:
+            stage.nets.update(swap)
+            yield
+        finally:
+            stage.nets.update(trained)
+
     def save_grid(self, stage: Stage, step: int) -> Optional[str]:
         from ..metrics.grids import make_grid_array, save_pairs_grid
-        labels, images = stage.preview(step)
+        with self._preview_generators(stage):
+            labels, images = stage.preview(step)
         if labels is None and images is None:
             return None
         path = os.path.join(self.out, "samples", f"{stage.name}-{step:07d}.png")
