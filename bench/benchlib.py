@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -48,14 +48,20 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+#: the benchmarks' own outputs: a tree that differs from its commit only there is not ``+dirty``
+OUTPUT_PATHS = ("bench/results", "bench/RESULTS.md")
+
+
 @functools.lru_cache(maxsize=None)
-def git_commit() -> str:
-    """Short commit of the repository, ``+dirty`` when tracked files differ from it."""
-    repo = os.path.dirname(HERE)
+def git_commit(repo: Optional[str] = None) -> str:
+    """Short commit of the repository, ``+dirty`` when tracked files other than the benchmarks' own outputs
+    (:data:`OUTPUT_PATHS`: the CSV files and ``RESULTS.md`` an earlier row of the same run rewrote) differ from it."""
+    repo = repo or os.path.dirname(HERE)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                               + [f":(exclude){p}" for p in OUTPUT_PATHS], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

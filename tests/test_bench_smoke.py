@@ -154,3 +154,37 @@ def test_inception_bench_runs(capsys):
     out = capsys.readouterr().out
     row = out.strip().splitlines()[-1].split()
     assert row[:5] == ["1", "2", "1", "no_grad", "1"] and float(row[5]) > 0 and float(row[7]) < 1e-4, out
+
+
+def test_commit_is_dirty_only_for_changes_outside_the_benchmark_outputs(tmp_path):
+    """A row's commit gets ``+dirty`` for a changed source file, not for the CSV / RESULTS.md an earlier row of
+    the same run rewrote."""
+    import shutil
+    import subprocess
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    sys.path.insert(0, BENCH)
+    try:
+        benchlib = importlib.import_module("benchlib")
+    finally:
+        sys.path.remove(BENCH)
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    files = {"code.py": "x = 1\n", "bench/RESULTS.md": "# r\n", "bench/results/quality.csv": "a\n1\n"}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
+    subprocess.run(git + ["add", "."], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], cwd=repo, check=True)
+
+    def commit():
+        benchlib.git_commit.cache_clear()
+        return benchlib.git_commit(str(repo))
+    clean = commit()
+    assert clean and not clean.endswith("+dirty") and clean != "unknown"
+    (repo / "bench/results/quality.csv").write_text("a\n1\n2\n")
+    (repo / "bench/RESULTS.md").write_text("# r\nmore\n")
+    assert commit() == clean
+    (repo / "code.py").write_text("x = 2\n")
+    assert commit() == clean + "+dirty"
