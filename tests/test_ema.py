@@ -2,6 +2,7 @@
 round trip and exact resume, batch-norm recalibration, and sample/eval and the sample grids choosing the averages."""
 import os
 
+import pytest
 import torch
 
 from sbgan_fast.models.ema import ema_beta, recalibrate_batchnorm
@@ -23,6 +24,7 @@ def test_beta_and_rampup_by_hand():
     assert ema_beta(4, 0, 10.0, 0.0) == 0.5 ** (4 / 10000.0)     # no ramp-up
 
 
+@pytest.mark.slow   # trains a tiny run
 def test_update_against_hand_computation(tmp_path):
     tr = Trainer(tiny_cfg(tmp_path / "r", "stages=seg", *EMA, max_steps=3))
     try:
@@ -50,6 +52,7 @@ def test_update_against_hand_computation(tmp_path):
         tr.close()
 
 
+@pytest.mark.slow   # trains a tiny run
 def test_off_by_default_changes_nothing(tmp_path):
     cfg = tiny_cfg(tmp_path / "a", "stages=seg", max_steps=2)
     assert cfg.ema.enabled is False
@@ -64,6 +67,7 @@ def test_off_by_default_changes_nothing(tmp_path):
     assert "ema" not in ckpt_io.load_checkpoint(ckpt_io.find_checkpoint(str(tmp_path / "a"), "seg"))
 
 
+@pytest.mark.slow   # trains a tiny run
 def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     from sbgan_fast.train import checkpoint as ckpt_io
     full = train(tiny_cfg(tmp_path / "full", "stages=spade", *EMA, max_steps=4, ckpt_every=2))
@@ -124,6 +128,7 @@ def test_bn_recalibration_sets_statistics_of_the_maps(tmp_path):
     assert seen
 
 
+@pytest.mark.slow   # trains a tiny run
 def test_sample_and_eval_choose_the_average(tmp_path, monkeypatch):
     from sbgan_fast.models import build
     from sbgan_fast.train import checkpoint as ckpt_io
@@ -140,7 +145,6 @@ def test_sample_and_eval_choose_the_average(tmp_path, monkeypatch):
             assert torch.equal(v, want[k]), (weights, k)
     train(tiny_cfg(tmp_path / "plain", "stages=spade", max_steps=1)).close()
     plain = ckpt_io.find_checkpoint(str(tmp_path / "plain"), "spade")
-    import pytest
     with pytest.raises(FileNotFoundError, match="no moving average of G_spd"):
         build.load_generators(plain, torch.device("cpu"), need_seg=False, weights="ema")
     # sample and eval pass their choice through to load_generators
@@ -161,7 +165,6 @@ def test_sample_and_eval_choose_the_average(tmp_path, monkeypatch):
 
 
 def test_settings_are_validated(tmp_path):
-    import pytest
 
     from sbgan_fast.config import ConfigError
     for bad, key in (("ema.kimg=0", "ema.kimg"), ("ema.rampup=-1", "ema.rampup"), ("ema.bn_maps=-2", "ema.bn_maps")):
@@ -169,6 +172,7 @@ def test_settings_are_validated(tmp_path):
             tiny_cfg(tmp_path / "r", bad)
 
 
+@pytest.mark.slow   # trains a tiny run
 def test_previews_draw_with_the_averages(tmp_path, monkeypatch):
     """With ema.enabled the sample grids show the moving averages (as sample/eval do): each stage's grid equals
     the grid its checkpoint's averaged generators draw (G_spd with the statistics the checkpoint holds), differs
