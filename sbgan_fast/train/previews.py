@@ -7,7 +7,6 @@ moving averages of the generators when ``ema.enabled``, as ``sample`` and ``eval
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import time
 from typing import Dict, Optional
@@ -82,13 +81,14 @@ class RunPreviews:
     def _preview_generators(self, stage: Stage):
         """With ``ema.enabled``, the stage draws its grid with the moving averages of its generators, as ``sample``
         and ``eval`` do: they take the trained networks' places in ``stage.nets`` meanwhile, the averaged G_spd
-        as a copy whose batch-norm statistics are recomputed on real maps (the average itself, what checkpoints
-        hold, is not touched). Without averages the trained generators draw it."""
+        with its batch-norm statistics recomputed on real maps (in place, as the periodic FID and every
+        checkpoint do). Without averages the trained generators draw it."""
         ema = self.ema
-        swap = {} if ema is None else {n: net for n, net in ema.nets.items() if n in stage.nets}
-        if "G_spd" in swap:
-            swap["G_spd"] = copy.deepcopy(swap["G_spd"])
-            self.recalibrate_ema(swap["G_spd"])
+        if ema is None:
+            yield
+            return
+        self.recalibrate_ema()
+        swap = {n: net for n, net in ema.nets.items() if n in stage.nets}
         trained = {n: stage.nets[n] for n in swap}
         try:
             stage.nets.update(swap)

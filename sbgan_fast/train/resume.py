@@ -167,10 +167,9 @@ class RunCheckpoints:
                                   f"moving average of {name}: its average starts from the loaded weights "
                                   "(ramp-up restarted)")
 
-    def recalibrate_ema(self, net=None) -> None:
-        """The batch-norm statistics of the averaged G_spd (or of ``net``, a copy of it) from the first
-        ``ema.bn_maps`` real label maps of the dataset (:func:`sbgan_fast.models.ema.recalibrate_batchnorm`), in
-        batches of ``spade.batch_size``."""
+    def recalibrate_ema(self) -> None:
+        """The batch-norm statistics of the averaged G_spd from the first ``ema.bn_maps`` real label maps of the
+        dataset (:func:`sbgan_fast.models.ema.recalibrate_batchnorm`), in batches of ``spade.batch_size``."""
         n = self.cfg.ema.bn_maps
         if self.ema is None or n <= 0 or "G_spd" not in self.ema.nets or "G_spd" not in self.trained:
             return
@@ -178,8 +177,7 @@ class RunCheckpoints:
         from ..models.ema import recalibrate_batchnorm
         ids = self.label_ids(preview_label_maps(self.dataset, n).to(self.device))
         bs = max(1, self.cfg.spade.batch_size)
-        recalibrate_batchnorm(self.ema.nets["G_spd"] if net is None else net,
-                              (ids[i:i + bs] for i in range(0, len(ids), bs)))
+        recalibrate_batchnorm(self.ema.nets["G_spd"], (ids[i:i + bs] for i in range(0, len(ids), bs)))
 
     def _exists_everywhere(self, path: str) -> bool:
         return dist.exists_everywhere(path, self.dist)
