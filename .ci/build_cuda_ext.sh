@@ -37,7 +37,7 @@ if [ "$have" != "$want" ]; then
   say "creating $VENV with $TORCH_REQ (CUDA build)"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "$TORCH_REQ" numpy "setuptools>=64" wheel ninja \
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir "$TORCH_REQ" numpy "setuptools>=64" wheel ninja \
     || die "pip could not install $TORCH_REQ"
 fi
 "$VENV/bin/python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else "torch in the venv is a CPU build")' \

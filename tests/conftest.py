@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import random  # noqa: E402
+import shutil  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -29,3 +30,12 @@ def shared_fixtures():
     if not os.path.isdir(path):
         pytest.skip(f"real sample data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """A folder shared by one test module's tests, removed when the module ends (the module-scoped
+    training runs write checkpoints of tens of MB; a session that keeps them all fills a small disk)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

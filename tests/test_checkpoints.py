@@ -16,8 +16,8 @@ from tiny import tiny_cfg
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck") / "seg"
+def seg_run(module_tmp):
+    out = module_tmp / "seg"
     train(tiny_cfg(out, "stages=seg", max_steps=2))
     return out
 

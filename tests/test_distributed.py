@@ -182,8 +182,8 @@ def _spawn(fn, args, nprocs, timeout_s=600):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
+def two_process_run(module_tmp):
+    root = module_tmp
     (root / "results").mkdir()
     data = random_pairs(str(root / "data"))
     # the common starting point of e2e: seg and spade, 1 step each, one process

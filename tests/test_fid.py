@@ -407,10 +407,10 @@ def test_missing_packaged_weights_say_how_to_install(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(module_tmp):
     from sbgan_fast.config import build_config
     from sbgan_fast.train.trainer import train
-    out = tmp_path_factory.mktemp("fid") / "run"
+    out = module_tmp / "run"
     torch.manual_seed(0)
     train(build_config("demo", None, TINY + ["stages=seg,spade", "sample_every=0"], out=str(out), max_steps=2))
     return out

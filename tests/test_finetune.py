@@ -14,8 +14,8 @@ ALL = ("G_seg", "D_seg", "G_spd", "D_spd", "D2")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ft") / "base"
+def base(module_tmp):
+    out = module_tmp / "base"
     train(tiny_cfg(out, "stages=seg,spade", max_steps=2))
     return out
 

@@ -47,9 +47,9 @@ def _image_of(run, ids):
 
 
 @pytest.fixture(scope="module")
-def ids_run(tmp_path_factory):
+def ids_run(module_tmp):
     """A run on Cityscapes label ids (35 channels) with its dataset root: (run folder, root)."""
-    tmp = tmp_path_factory.mktemp("ids")
+    tmp = module_tmp
     root = make_cityscapes(tmp / "cs", n=3)
     return _run(tiny_cfg(tmp / "run", *CS, f"data.root={root}", "data.num_classes=35")), root
 

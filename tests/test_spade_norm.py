@@ -259,10 +259,10 @@ def _far_stats(x):
 
 
 @pytest.fixture(scope="module")
-def sync_run(tmp_path_factory):
+def sync_run(module_tmp):
     """Two gloo processes (rank 0 holds 2 images, rank 1 holds 3: unequal local batches) run the
     synchronized paths on their slices; returns (inputs, per-rank results)."""
-    tmp_path = tmp_path_factory.mktemp("sync")
+    tmp_path = module_tmp
     previous = torch.get_default_device()
     torch.set_default_device("cpu")
     try:

@@ -17,8 +17,8 @@ from tiny import TINY, tiny_cfg
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("seg") / "run"
+def seg_run(module_tmp):
+    out = module_tmp / "run"
     train(tiny_cfg(out, "stages=seg", max_steps=2))
     return out
 

@@ -312,10 +312,10 @@ def _worker(out_path: str, shard: int = 0, shards: int = 1) -> None:
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(module_tmp):
     """Run the compile processes (one per core, up to 2) once for the module and merge their
     reports; skip when the compile path is unavailable."""
-    work = tmp_path_factory.mktemp("sm90")
+    work = module_tmp
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(work / "triton_cache")  # fresh: every launch is really compiled
     shards = max(1, min(2, os.cpu_count() or 1))

@@ -41,9 +41,9 @@ def fake_torchvision_state(gen):
 
 
 @pytest.fixture(scope="module")
-def fake_weights(tmp_path_factory):
+def fake_weights(module_tmp):
     sd = fake_torchvision_state(torch.Generator().manual_seed(0))
-    path = tmp_path_factory.mktemp("vgg") / "vgg19-fake.pth"
+    path = module_tmp / "vgg19-fake.pth"
     # torchvision's file is a pickled OrderedDict in torch's legacy (non-zip) format
     torch.save(OrderedDict(sd), path, _use_new_zipfile_serialization=False)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
