@@ -8,6 +8,8 @@
 #
 # Environment:
 #   SBGAN_CUDA_VENV        venv folder (default: /tmp/sbgan-cuda-venv)
+#   SBGAN_CUDA_VENV_REMOVE_NEW  1: remove the venv at exit when this run created it (it takes several GB; a
+#                          venv that was already usable is kept)
 #   SBGAN_CUDA_TORCH       torch requirement (default: torch==2.14.1)
 #   TORCH_CUDA_ARCH_LIST   GPU architectures to compile for (default: 9.0; no GPU to detect them)
 #   PYTHON                 interpreter that creates the venv (default: python3)
@@ -31,11 +33,15 @@ export CUDA_HOME="$(cd "$top" && pwd -P)"
 [ -x "$CUDA_HOME/bin/nvcc" ] || die "CUDA_HOME=$CUDA_HOME has no bin/nvcc"
 say "CUDA_HOME=$CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | tail -n1)), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 
+created_venv="" tmp_out=""
+trap 'rm -rf ${created_venv:+"$created_venv"} ${tmp_out:+"$tmp_out"}' EXIT
+
 want="${TORCH_REQ#torch==}"
 have="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0] if torch.version.cuda else "cpu")' 2>/dev/null || true)"
 if [ "$have" != "$want" ]; then
   say "creating $VENV with $TORCH_REQ (CUDA build)"
   rm -rf "$VENV"
+  [ "${SBGAN_CUDA_VENV_REMOVE_NEW:-0}" = 1 ] && created_venv="$VENV"
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir "$TORCH_REQ" numpy "setuptools>=64" wheel ninja \
     || die "pip could not install $TORCH_REQ"
@@ -48,7 +54,7 @@ if [ -n "${SBGAN_CUDA_BUILD_DIR:-}" ]; then  # kept: ninja rebuilds only what ch
   out="$SBGAN_CUDA_BUILD_DIR"; mkdir -p "$out"; rm -rf "$out/import"
 else
   out="$(mktemp -d)"
-  trap 'rm -rf "$out"' EXIT
+  tmp_out="$out"
 fi
 say "compiling into $out"
 cd "$ROOT"
