@@ -21,6 +21,7 @@ def test_authors_values():
     assert (c.e2e.lr_seg, c.e2e.lr_D2, c.e2e.d2_betas, c.e2e.lambda_seg, c.e2e.lambda_d2) == (
         1e-5, 2e-4, (0.0, 0.99), 10.0, 0.1)
     assert c.e2e.detach_seg and not c.seg.fade_in and c.seg.pixel_norm == "code"
+    assert c.spade.nhidden == 128
     a = preset("ade_indoor")
     assert (a.data.num_classes, a.e2e.lr_seg, a.seg.batch_size, a.seg.batch_size_high) == (95, 1e-4, 36, 12)
 
@@ -42,6 +43,8 @@ def test_overrides_and_types(tmp_path):
     ({}, ["data.dataset=imagenet"], "data.dataset"),
     ({}, ["spade.crop_size=128"], "must equal the SPADE generator's output"),
     ({}, ["noequals"], "KEY=VALUE"),
+    ({}, ["spade.nhidden=0"], "spade.nhidden must be >= 1, got 0"),
+    ({}, ["spade.ngf=0"], "spade.ngf must be >= 1, got 0"),
     ({"preset_name": "cityscapes"}, [], "data.root"),
 ])
 def test_bad_config_values(kwargs, overrides, match):

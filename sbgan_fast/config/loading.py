@@ -178,9 +178,10 @@ def validate(cfg: TrainConfig) -> None:
          f"seg.cuda_graphs_max_res must be 0 (off) or a power of two >= 4 (a seg height), got {cg}")
     need(cfg.spade.num_upsampling_layers in ("normal", "more", "most"),
          f"spade.num_upsampling_layers must be normal|more|most, got {cfg.spade.num_upsampling_layers!r}")
-    for name in ("seg.batch_size", "seg.batch_size_high", "spade.batch_size", "e2e.batch_size"):
+    for name in ("seg.batch_size", "seg.batch_size_high", "spade.batch_size", "e2e.batch_size", "spade.ngf",
+                 "spade.ndf", "spade.nhidden"):
         sec, key = name.split(".")
-        need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1")
+        need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
     need(cfg.sample_every >= 0, f"sample_every must be >= 0 (0: no sample grids), got {cfg.sample_every}")

@@ -82,6 +82,7 @@ class SpadeConfig:
     """SPADE label-to-image pretraining (REFERENCE.md sections 5-7)."""
     ngf: int = 64
     ndf: int = 64
+    nhidden: int = 128                   # width of each SPADE layer's shared label embedding (the authors' 128)
     num_upsampling_layers: str = "normal"
     crop_size: int = 256                 # image width
     aspect_ratio: float = 1.0

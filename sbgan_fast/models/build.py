@@ -58,7 +58,7 @@ def build_networks(cfg: TrainConfig, num_classes: int, names=NET_NAMES) -> Dict[
         nets["G_spd"] = SPADEGenerator(spade_classes, contain_dontcare_label=p.contain_dontcare_label, ngf=p.ngf,
                                        num_upsampling_layers=p.num_upsampling_layers, crop_size=p.crop_size,
                                        aspect_ratio=p.aspect_ratio, norm_G=p.norm_G, detach_seg=e.detach_seg,
-                                       impl=cfg.impl)
+                                       impl=cfg.impl, nhidden=p.nhidden)
     if "D_spd" in names:
         nets["D_spd"] = MultiscaleDiscriminator(spade_classes, conditional=True,
                                                 contain_dontcare_label=p.contain_dontcare_label, ndf=p.ndf,

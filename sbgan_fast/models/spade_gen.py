@@ -69,6 +69,8 @@ class SPADEGenerator(nn.Module):
         norm_G: '[spectral]spade<norm><k>x<k>' with norm syncbatch | batch | instance.
         detach_seg: see the module docstring (default True, the authors' code).
         impl: impl of the SPADE normalization op; embed_impl: of the int-label embedding op.
+        nhidden: width of every SPADE layer's shared label embedding (128 in the reference); at small ngf its
+            convolutions (nhidden -> channels, 3x3, twice per layer) are most of the generator's work.
 
     Forward:
         seg: float (N, K (+1), H, W) one-hot or soft map (NCHW or channels-last), or int (N, H, W)
@@ -80,7 +82,7 @@ class SPADEGenerator(nn.Module):
     def __init__(self, label_nc: int, *, contain_dontcare_label: bool = False, ngf: int = 64,
                  num_upsampling_layers: str = "normal", crop_size: int = 256, aspect_ratio: float = 1.0,
                  norm_G: str = "spectralspadesyncbatch3x3", detach_seg: bool = True, impl: str = "auto",
-                 embed_impl: str = "auto"):
+                 embed_impl: str = "auto", nhidden: int = 128):
         super().__init__()
         if int(label_nc) <= 0:
             raise ValueError(f"SPADEGenerator: label_nc must be positive, got {label_nc}")
@@ -115,7 +117,7 @@ class SPADEGenerator(nn.Module):
         self.embed_impl = embed_impl
 
         nf = self.ngf
-        block = dict(norm_G=norm_G, dontcare=self.dontcare, impl=impl, embed_impl=embed_impl)
+        block = dict(norm_G=norm_G, dontcare=self.dontcare, impl=impl, embed_impl=embed_impl, nhidden=nhidden)
         c = self.semantic_nc
         self.fc = nn.Conv2d(c, 16 * nf, 3, padding=1)
         self.head_0 = SPADEResnetBlock(16 * nf, 16 * nf, c, **block)

@@ -195,14 +195,15 @@ class SPADEResnetBlock(nn.Module):
         fin, fout: input / output channels.
         label_nc: channels of the float label map (including a don't-care channel if any).
         norm_G: reference-style string '[spectral]spade<norm><k>x<k>' (see :func:`parse_norm_G`).
-        dontcare, impl, embed_impl: passed to every :class:`SPADE` layer.
+        dontcare, impl, embed_impl, nhidden: passed to every :class:`SPADE` layer (nhidden: the width of its shared
+            label embedding, 128 in the reference).
 
     Forward: x float (N, fin, H, W), seg float (N, label_nc, H', W') or int (N, H', W');
     returns (N, fout, H, W). The label map is resized to (H, W) once and shared by the block's SPADE layers.
     """
 
     def __init__(self, fin: int, fout: int, label_nc: int, *, norm_G: str = "spectralspadesyncbatch3x3",
-                 dontcare: Optional[int] = None, impl: str = "auto", embed_impl: str = "auto"):
+                 dontcare: Optional[int] = None, impl: str = "auto", embed_impl: str = "auto", nhidden: int = 128):
         super().__init__()
         spectral, pf_norm, ks = parse_norm_G(norm_G)
         self.fin, self.fout = int(fin), int(fout)
@@ -218,7 +219,7 @@ class SPADEResnetBlock(nn.Module):
             spectral_norm(self.conv_1)
             if self.learned_shortcut:
                 spectral_norm(self.conv_s)
-        kw = dict(param_free_norm=pf_norm, ks=ks, dontcare=dontcare, impl=impl, embed_impl=embed_impl)
+        kw = dict(param_free_norm=pf_norm, ks=ks, dontcare=dontcare, impl=impl, embed_impl=embed_impl, nhidden=nhidden)
         self.norm_0 = SPADE(fin, label_nc, **kw)
         self.norm_1 = SPADE(fmiddle, label_nc, **kw)
         if self.learned_shortcut:
