@@ -21,7 +21,7 @@ def test_authors_values():
     assert (c.e2e.lr_seg, c.e2e.lr_D2, c.e2e.d2_betas, c.e2e.lambda_seg, c.e2e.lambda_d2) == (
         1e-5, 2e-4, (0.0, 0.99), 10.0, 0.1)
     assert c.e2e.detach_seg and not c.seg.fade_in and c.seg.pixel_norm == "code"
-    assert c.spade.nhidden == 128
+    assert c.spade.nhidden == 128 and c.lr_decay == "epoch"
     a = preset("ade_indoor")
     assert (a.data.num_classes, a.e2e.lr_seg, a.seg.batch_size, a.seg.batch_size_high) == (95, 1e-4, 36, 12)
 
@@ -44,6 +44,7 @@ def test_overrides_and_types(tmp_path):
     ({}, ["spade.crop_size=128"], "must equal the SPADE generator's output"),
     ({}, ["noequals"], "KEY=VALUE"),
     ({}, ["spade.nhidden=0"], "spade.nhidden must be >= 1, got 0"),
+    ({}, ["lr_decay=linear"], "lr_decay must be epoch|step, got 'linear'"),
     ({}, ["spade.ngf=0"], "spade.ngf must be >= 1, got 0"),
     ({"preset_name": "cityscapes"}, [], "data.root"),
 ])
@@ -70,6 +71,24 @@ def test_learning_rate_decay_follows_spade_epochs():
     assert decay_factor(199.9, 100, 100) == pytest.approx(0.01)
     assert decay_factor(250.0, 100, 100) == 0.0
     assert decay_factor(5.0, 1, 0) == 1.0
+
+
+def test_per_step_learning_rate_decay():
+    from sbgan_fast.train.stages import decay_factor, e2e_decay
+    # lr_decay=step: the same line at the fractional epoch, 1 at `epochs`, 0 at `epochs + epochs_decay`
+    assert decay_factor(3.999, 4, 4, per_step=True) == 1.0
+    assert decay_factor(4.0, 4, 4, per_step=True) == 1.0
+    assert decay_factor(5.0, 4, 4, per_step=True) == pytest.approx(0.75)
+    assert decay_factor(6.5, 4, 4, per_step=True) == pytest.approx(0.375)
+    assert decay_factor(8.0, 4, 4, per_step=True) == 0.0 and decay_factor(9.0, 4, 4, per_step=True) == 0.0
+    assert decay_factor(0.75, 0.5, 0.5, per_step=True) == pytest.approx(0.5)
+    assert decay_factor(0.75, 0.5, 0.5) == 1.0            # the authors' rule: no decay inside the first epoch
+    assert decay_factor(7.0, 1, 0, per_step=True) == 1.0
+    assert e2e_decay(0.25, 0.5, 0.5, per_step=True) == (1.0, False)
+    f, decaying = e2e_decay(0.75, 0.5, 0.5, per_step=True)
+    assert f == pytest.approx(0.5) and decaying
+    assert e2e_decay(0.75, 0.5, 0.5) == (1.0, False)       # (code) the first lowered e2e epoch is epochs + 2
+    assert e2e_decay(3.0, 3, 0, per_step=True) == (1.0, False)
 
 
 def test_config_names_the_same_impls_as_the_ops():

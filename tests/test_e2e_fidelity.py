@@ -181,6 +181,25 @@ def test_learning_rates_follow_the_authors_e2e_loop(base, tmp_path, d2_lr):
 
 
 @pytest.mark.slow
+def test_per_step_decay_falls_to_zero_within_a_short_stage(base, tmp_path):
+    """lr_decay=step: a joint phase shorter than an epoch still decays, linearly per step, to 0 at its end (the
+    authors' per-epoch rule keeps it at the full rate); D2 follows D_spd's rate once the decay has begun."""
+    t, stage = _open(base, tmp_path, "lr_decay=step", "e2e.d2_pretrain_epochs=0", "e2e.epochs=0.5",
+                     "e2e.epochs_decay=0.5", "e2e.lr_G=1e-4", "e2e.lr_D=4e-4")
+    n = t.dataset_size / t.cfg.e2e.batch_size          # steps per epoch
+    total = stage.total_steps()
+    assert total == math.ceil(n)
+    for step in range(total):
+        f = min(1.0, max(0.0, 1.0 - (step / n - 0.5) / 0.5))
+        lrs = stage.set_lr(step)
+        assert lrs["lr_G_spd"] == pytest.approx(1e-4 * f, rel=1e-9, abs=1e-15), step
+        assert lrs["lr_D_spd"] == pytest.approx(4e-4 * f, rel=1e-9, abs=1e-15), step
+        assert lrs["lr_D2"] == pytest.approx(4e-4 * f if step / n >= 0.5 else 2e-4, rel=1e-9, abs=1e-15), step
+    assert stage.set_lr(total - 1)["lr_G_spd"] == pytest.approx(1e-4 * 2 / n)   # the line meets 0 one step later
+    t.close()
+
+
+@pytest.mark.slow
 def test_resume_across_the_pretraining_boundary_and_the_first_decay(base, tmp_path):
     extra = ("stages=e2e", "data.synthetic_size=16", "e2e.batch_size=8", "e2e.epochs=0", "e2e.epochs_decay=3")
     # 1 pre-training step, 2 joint steps per epoch, the first decayed epoch (2) starts at step 5

@@ -141,3 +141,22 @@ def test_seg_stage_on_files_without_a_cache_gives_a_hint(tmp_path, capsys):
     assert "data.cache=DIR" in capsys.readouterr().err
     train(tiny_cfg(tmp_path / "synthetic", "stages=seg", max_steps=1))   # built-in scenes: nothing to cache
     assert "data.cache=DIR" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["epoch", "step"])
+def test_spade_learning_rate_decay_rules(tmp_path, rule):
+    """spade.epochs + epochs_decay = 1 + 1: the authors' rule runs both epochs at the full rate (the first
+    decayed epoch keeps it); lr_decay=step lowers the rate at every step of the second epoch, linearly to 0."""
+    t = Trainer(tiny_cfg(tmp_path / rule, "stages=spade", f"lr_decay={rule}", "spade.epochs=1",
+                         "spade.epochs_decay=1", "spade.lr_G=1e-4", "spade.lr_D=4e-4"))
+    stage, start = t.open_stage("spade")
+    n = t.dataset_size / t.cfg.spade.batch_size
+    assert start == 0 and stage.total_steps() == int(2 * n)
+    for step in range(stage.total_steps()):
+        e = step / n
+        f = 1.0 if rule == "epoch" or e < 1 else 1.0 - (e - 1)
+        lrs = stage.set_lr(step)
+        assert lrs["lr_G_spd"] == pytest.approx(1e-4 * f, rel=1e-9), step
+        assert lrs["lr_D_spd"] == pytest.approx(4e-4 * f, rel=1e-9), step
+        assert t.optims["G_spd"].param_groups[0]["lr"] == lrs["lr_G_spd"]
+    t.close()

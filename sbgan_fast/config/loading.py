@@ -182,6 +182,7 @@ def validate(cfg: TrainConfig) -> None:
                  "spade.ndf", "spade.nhidden"):
         sec, key = name.split(".")
         need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
+    need(cfg.lr_decay in ("epoch", "step"), f"lr_decay must be epoch|step, got {cfg.lr_decay!r}")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
     need(cfg.sample_every >= 0, f"sample_every must be >= 0 (0: no sample grids), got {cfg.sample_every}")

@@ -180,6 +180,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     impl: str = "auto"                   # default impl of the custom ops
+    lr_decay: str = "epoch"              # spade/e2e linear decay: epoch (the authors': lowered once per whole epoch,
+                                         # so a stage under two epochs long never decays) | step (every step)
     # precision, memory layout and scale (train/amp.py, train/dist.py, train/monitor.py)
     precision: str = "fp32"              # fp32 | bf16 (autocast) | fp16 (autocast + a GradScaler per loss group)
     channels_last: Optional[bool] = None  # channels-last networks and inputs (None: on for CUDA, off on CPU)

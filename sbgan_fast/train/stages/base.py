@@ -99,9 +99,16 @@ class Means:
         return {name: v / self.k for name, v in self.sums.items()}
 
 
-def decay_factor(epoch: float, epochs: float, epochs_decay: float) -> float:
-    """SPADE's schedule: constant for ``epochs``, then linear decay to 0 over ``epochs_decay``,
-    updated once per (whole) epoch."""
+def decay_factor(epoch: float, epochs: float, epochs_decay: float, per_step: bool = False) -> float:
+    """SPADE's schedule: constant for ``epochs``, then linear decay to 0 over ``epochs_decay``, updated once per
+    (whole) epoch (the authors' rule: the first decayed epoch still runs at the full rate, the last at
+    ``1 / epochs_decay``; a stage shorter than two epochs never decays). ``per_step`` (option ``lr_decay=step``):
+    the same line evaluated at the fractional epoch of every step, so the rate falls from 1 at ``epochs`` to 0 at
+    ``epochs + epochs_decay``."""
+    if per_step:
+        if epochs_decay <= 0 or epoch < epochs:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - epochs) / epochs_decay)
     e = math.floor(epoch)
     if epochs_decay <= 0 or e < epochs:
         return 1.0

@@ -33,11 +33,15 @@ FINETUNE = {"all": ("G_seg", "D_seg", "G_spd", "D_spd", "D2"),
             "spade": ("G_spd", "D_spd", "D2")}      # the conditional image synthesis only (G_seg fixed)
 
 
-def e2e_decay(epoch: float, epochs: float, epochs_decay: float) -> Tuple[float, bool]:
+def e2e_decay(epoch: float, epochs: float, epochs_decay: float, per_step: bool = False) -> Tuple[float, bool]:
     """The e2e stage's learning-rate factor at (fractional) joint epoch ``epoch`` and whether the decay has
     begun. (code) The e2e loop counts epochs from 0 and lowers the rate at the end of every epoch
     ``e > epochs``, so the first lowered epoch is ``epochs + 2`` (0-based): one epoch later than the spade
-    stage's rule (:func:`decay_factor`), and 50 + 50 epochs end at 0.04 x the base rate."""
+    stage's rule (:func:`decay_factor`), and 50 + 50 epochs end at 0.04 x the base rate. ``per_step`` (option
+    ``lr_decay=step``): linear from 1 at ``epochs`` to 0 at ``epochs + epochs_decay``, evaluated at every step
+    (:func:`decay_factor` with ``per_step``); the decay has begun once ``epoch >= epochs``."""
+    if per_step:
+        return decay_factor(epoch, epochs, epochs_decay, per_step=True), epochs_decay > 0 and epoch >= epochs
     e = math.floor(epoch)
     if e < 1:
         return 1.0, False
@@ -84,7 +88,7 @@ class E2EStage(Stage):
         if step == p and p > 0:
             self.ctx.optims["D2"] = self.adam(self.nets["D2"], c.lr_D2, c.d2_betas)   # the updater shares this dict
         epoch = max(0, step - p) * self.batch_size() / self.ctx.dataset_size   # joint epochs
-        f, decaying = e2e_decay(epoch, c.epochs, c.epochs_decay)
+        f, decaying = e2e_decay(epoch, c.epochs, c.epochs_decay, per_step=self.cfg.lr_decay == "step")
         lrs = {name: lr * f for name, lr in (("G_spd", c.lr_G), ("D_spd", c.lr_D)) if name in self.trains}
         lrs["D2"] = c.lr_D * f if decaying and c.d2_lr == "ttur" else c.lr_D2
         return self.apply_lrs(lrs)

@@ -83,7 +83,8 @@ class SpadeStage(Stage):
     def set_lr(self, step):
         """G_spd / D_spd: constant for ``spade.epochs``, then linear decay to 0 (D2 keeps its rate)."""
         c = self.cfg.spade
-        f = decay_factor(self.schedule(step)[0] / self.ctx.dataset_size, c.epochs, c.epochs_decay)
+        f = decay_factor(self.schedule(step)[0] / self.ctx.dataset_size, c.epochs, c.epochs_decay,
+                         per_step=self.cfg.lr_decay == "step")
         return self.apply_lrs({"G_spd": c.lr_G * f, "D_spd": c.lr_D * f})
 
     def step(self, step, batch, noise=None):
