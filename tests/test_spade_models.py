@@ -304,14 +304,14 @@ def test_generator_output_shapes(mode, crop, ar, expect):
 
 def test_generator_nhidden_sets_every_spade_embedding_width():
     g = SPADEGenerator(5, ngf=4, crop_size=64, aspect_ratio=2.0, nhidden=24)
-    norms = [m for m in g.modules() if type(m).__name__ == "SPADE"]
+    norms = [m for m in g.modules() if isinstance(m, SPADE)]
     assert len(norms) == 18  # 7 blocks x 2 + 4 learned shortcuts
     for m in norms:
         assert m.mlp_shared[0].out_channels == 24
         assert m.mlp_gamma.in_channels == m.mlp_beta.in_channels == 24
     assert g(random_onehot(2, 5, 32, 64)).shape == (2, 3, 32, 64)
     default = SPADEGenerator(5, ngf=4, crop_size=64, aspect_ratio=2.0)
-    assert {m.mlp_shared[0].out_channels for m in default.modules() if type(m).__name__ == "SPADE"} == {128}
+    assert {m.mlp_shared[0].out_channels for m in default.modules() if isinstance(m, SPADE)} == {128}
 
 
 @pytest.mark.parametrize("dataset,label_nc,mode,crop,ar,printed", [

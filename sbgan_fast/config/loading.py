@@ -181,7 +181,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("seg.batch_size", "seg.batch_size_high", "spade.batch_size", "e2e.batch_size", "spade.ngf",
                  "spade.ndf", "spade.nhidden"):
         sec, key = name.split(".")
-        need(getattr(getattr(cfg, sec), key) >= 1, f"{name} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
+        value = getattr(getattr(cfg, sec), key)
+        need(value >= 1, f"{name} must be >= 1, got {value}")
     need(cfg.lr_decay in ("epoch", "step"), f"lr_decay must be epoch|step, got {cfg.lr_decay!r}")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")

@@ -105,14 +105,10 @@ def decay_factor(epoch: float, epochs: float, epochs_decay: float, per_step: boo
     ``1 / epochs_decay``; a stage shorter than two epochs never decays). ``per_step`` (option ``lr_decay=step``):
     the same line evaluated at the fractional epoch of every step, so the rate falls from 1 at ``epochs`` to 0 at
     ``epochs + epochs_decay``."""
-    if per_step:
-        if epochs_decay <= 0 or epoch < epochs:
-            return 1.0
-        return max(0.0, 1.0 - (epoch - epochs) / epochs_decay)
-    e = math.floor(epoch)
+    e, start = (epoch, epochs) if per_step else (math.floor(epoch), math.floor(epochs))
     if epochs_decay <= 0 or e < epochs:
         return 1.0
-    return max(0.0, 1.0 - (e - math.floor(epochs)) / epochs_decay)
+    return max(0.0, 1.0 - (e - start) / epochs_decay)
 
 
 class Stage:
