@@ -34,6 +34,19 @@ def test_overrides_and_types(tmp_path):
     assert cfg.data.hflip is False and cfg.stages == ["seg", "spade"]
 
 
+def test_synthetic_detail_reaches_the_training_and_evaluation_scenes():
+    from sbgan_fast.data.factory import build_dataset
+    from sbgan_fast.metrics.eval_sets import build_eval_dataset
+    assert build_config("demo", None, []).data.synthetic_detail == 1.0
+    cfg = build_config("demo", None, ["data.synthetic_detail=0.25"])
+    ds, _ = build_dataset(cfg, images=True)
+    assert ds.detail == 0.25
+    ev, desc = build_eval_dataset(cfg, 11, size=4)
+    assert ev.detail == 0.25 and desc["detail"] == 0.25
+    _, desc_full = build_eval_dataset(build_config("demo", None, []), 11, size=4)
+    assert "detail" not in desc_full   # the full scenes keep their statistics-cache key
+
+
 @pytest.mark.parametrize("kwargs, overrides, match", [
     ({"preset_name": "nope"}, [], "unknown preset 'nope'"),
     ({}, ["spade.nfg=3"], "unknown config key 'spade.nfg'"),
@@ -46,6 +59,8 @@ def test_overrides_and_types(tmp_path):
     ({}, ["spade.nhidden=0"], "spade.nhidden must be >= 1, got 0"),
     ({}, ["lr_decay=linear"], "lr_decay must be epoch|step, got 'linear'"),
     ({}, ["spade.ngf=0"], "spade.ngf must be >= 1, got 0"),
+    ({}, ["data.synthetic_detail=1.5"], r"data.synthetic_detail must be in \[0, 1\] \(1: the full scenes\), got 1.5"),
+    ({}, ["data.synthetic_detail=nan"], "data.synthetic_detail must be in"),
     ({"preset_name": "cityscapes"}, [], "data.root"),
 ])
 def test_bad_config_values(kwargs, overrides, match):

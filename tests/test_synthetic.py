@@ -1,4 +1,6 @@
 """The built-in synthetic street scenes: determinism, scene structure, image/label alignment, sizes."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,8 @@ def test_num_classes_coarse_and_padded():
 
 
 @pytest.mark.parametrize("kwargs", [dict(size=0), dict(height=4), dict(width=2.5), dict(seed=-1),
-                                    dict(num_classes=1), dict(num_classes=True)])
+                                    dict(num_classes=1), dict(num_classes=True), dict(detail=1.5),
+                                    dict(detail=-0.1), dict(detail=float("nan")), dict(detail="low")])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="SyntheticScenes"):
         SyntheticScenes(**kwargs)
@@ -149,3 +152,47 @@ def test_labels_only_and_dataloader():
     assert batch["image"].shape == (3, 3, 32, 64) and batch["image"].dtype == torch.float32
     assert -1.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
     assert batch["label"].shape == (3, 32, 64) and batch["label"].dtype == torch.int64
+
+
+def test_full_detail_scenes_are_unchanged():
+    """detail=1 (the default) draws the scenes bit for bit as they were before the option existed."""
+    ds = SyntheticScenes(4, height=32, width=64, seed=3)
+    assert SyntheticScenes(4, height=32, width=64, seed=3, detail=1.0).detail == ds.detail == 1.0
+    h = hashlib.sha256()
+    for i in range(4):
+        img, lab = ds.generate(i)
+        h.update(img.tobytes())
+        h.update(lab.tobytes())
+    assert h.hexdigest() == "a7de65c1d2b4a3190ab9e9c25b63709142aa21eb9ad35611962944cb196e2259"
+
+
+def _roughness(img: np.ndarray) -> float:
+    """Mean absolute horizontal + vertical pixel difference of an (H, W, 3) uint8 image."""
+    f = img.astype(np.float64)
+    return float(np.abs(np.diff(f, axis=0)).mean() + np.abs(np.diff(f, axis=1)).mean())
+
+
+def test_detail_changes_the_images_only():
+    """Lower detail: the same layout and label maps, smoother images (texture, windows and seams fade out), and
+    the image stays the same scene (mean colour close to the full scene's)."""
+    full = SyntheticScenes(12, height=64, width=128, seed=2)
+    half = SyntheticScenes(12, height=64, width=128, seed=2, detail=0.5)
+    flat = SyntheticScenes(12, height=64, width=128, seed=2, detail=0.0)
+    rough = {0: [], 1: [], 2: []}
+    for i in range(12):
+        (a, la), (b, lb), (c, lc) = full.generate(i), half.generate(i), flat.generate(i)
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(la, lc)
+        assert not np.array_equal(a, c)
+        assert np.abs(a.astype(np.float64).mean((0, 1)) - c.astype(np.float64).mean((0, 1))).max() < 20
+        for k, im in enumerate((a, b, c)):
+            rough[k].append(_roughness(im))
+    r_full, r_half, r_flat = (float(np.mean(v)) for v in rough.values())
+    assert r_flat < r_half < r_full
+    assert r_flat < 0.8 * r_full
+    # within one class region the flat image varies less than the full one (no texture noise)
+    img_full, lab = full.generate(0)
+    img_flat, _ = flat.generate(0)
+    road = lab == ROAD
+    assert img_flat[road].astype(np.float64).std(0).mean() < img_full[road].astype(np.float64).std(0).mean()
+    assert "detail=0.0" in repr(flat) and "detail" not in repr(full)

@@ -162,6 +162,8 @@ def validate(cfg: TrainConfig) -> None:
     need(pg.batch_size >= 1, f"progan.batch_size must be >= 1, got {pg.batch_size}")
     need(pg.epochs_per_phase > 0, f"progan.epochs_per_phase must be > 0, got {pg.epochs_per_phase}")
     need(cfg.data.loader in ("auto", "torch", "dali"), f"data.loader must be auto|torch|dali, got {cfg.data.loader!r}")
+    sd = cfg.data.synthetic_detail
+    need(0.0 <= sd <= 1.0, f"data.synthetic_detail must be in [0, 1] (1: the full scenes), got {sd}")
     need(cfg.data.num_classes >= 0, f"data.num_classes must be >= 0 (0 = from the dataset), got {cfg.data.num_classes}")
     need(cfg.data.dataset == "synthetic" or cfg.data.root or cfg.data.image_dir or cfg.data.label_dir,
          f"data.root (--data-root) is required for dataset {cfg.data.dataset!r}")

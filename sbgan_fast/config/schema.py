@@ -35,6 +35,7 @@ class DataConfig:
     height: int = 64                     # image/label height fed to the image stage
     width: int = 128                     # image/label width
     synthetic_size: int = 2000           # number of synthetic scenes (dataset size of 'synthetic')
+    synthetic_detail: float = 1.0        # fine image detail of the synthetic scenes in [0, 1] (texture, windows)
     hflip: bool = True                   # shared random horizontal flip of image and label
     num_workers: int = 0                 # torch DataLoader workers
     image_dir: Optional[str] = None      # 'folder' dataset: images

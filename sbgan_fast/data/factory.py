@@ -22,7 +22,8 @@ def build_dataset(cfg, *, images: Optional[bool] = None) -> Tuple[Any, Dict[str,
     if d.dataset == "synthetic":
         from .synthetic import SyntheticScenes
         k = d.num_classes or len(SyntheticScenes.CLASS_NAMES)
-        ds = SyntheticScenes(d.synthetic_size, height=d.height, width=d.width, seed=cfg.seed, num_classes=k)
+        ds = SyntheticScenes(d.synthetic_size, height=d.height, width=d.width, seed=cfg.seed, num_classes=k,
+                             detail=d.synthetic_detail)
         return ds, {"num_classes": k}
     if d.dataset == "folder":
         ds = build_real_dataset(cfg, images=images)

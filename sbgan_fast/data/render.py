@@ -122,11 +122,11 @@ def jitter(rng: np.random.Generator, color, amount: float) -> np.ndarray:
 
 
 def finish_image(c: Canvas, r: np.random.Generator, n: np.random.Generator, aspect: float,
-                 pixel_noise: np.ndarray, block_noise: np.ndarray) -> np.ndarray:
+                 pixel_noise: np.ndarray, block_noise: np.ndarray, illumination: float = 0.07) -> np.ndarray:
     """The canvas's float image made final: uint8 (H, W, 3). ``r`` (the layout generator) draws the
     resolution-independent illumination and colour jitter, ``n`` the per-pixel texture; ``pixel_noise`` and
-    ``block_noise`` (float32 (classes,)) are each class's amplitudes of per-pixel and blocky texture noise. The
-    canvas's image is modified in place."""
+    ``block_noise`` (float32 (classes,)) are each class's amplitudes of per-pixel and blocky texture noise,
+    ``illumination`` the amplitude of the large-scale brightness noise. The canvas's image is modified in place."""
     h, w = c.h, c.w
     img, lab = c.img, c.label
     # per-pixel luminance noise and blocky texture (leaves, grass, asphalt), amplitudes per class
@@ -141,7 +141,7 @@ def finish_image(c: Canvas, r: np.random.Generator, n: np.random.Generator, aspe
     img += tex[..., None]
     # large-scale illumination (the node values come from the layout generator: resolution independent)
     illum = smooth_noise(r, h, w, 4, max(2, int(round(4 * aspect))))
-    illum *= 0.07
+    illum *= np.float32(illumination)
     illum += 1.0
     img *= illum[..., None]
     # per-sample colour jitter as one affine colour map (saturation, contrast, per-channel gain), scaled to

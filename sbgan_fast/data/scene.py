@@ -52,7 +52,9 @@ _SKIES = (  # (top colour, horizon colour) per weather
 class StreetScene:
     """Draws one sample. ``lay`` drives the layout and colours, ``noise`` the resolution-dependent pixel noise."""
 
-    def __init__(self, lay: np.random.Generator, noise: np.random.Generator, height: int, width: int):
+    def __init__(self, lay: np.random.Generator, noise: np.random.Generator, height: int, width: int,
+                 detail: float = 1.0):
+        self.detail = float(detail)
         self.r = lay
         self.noise = noise
         self.c = Canvas(height, width)
@@ -82,7 +84,15 @@ class StreetScene:
         self.draw_ground()
         self.draw_facades()
         self.draw_objects()
-        return finish_image(self.c, self.r, self.noise, self.aspect, _PIXEL_NOISE, _BLOCK_NOISE), self.c.label
+        d = self.detail
+        pixel, block = (_PIXEL_NOISE, _BLOCK_NOISE) if d == 1.0 else (_PIXEL_NOISE * d, _BLOCK_NOISE * d)
+        return finish_image(self.c, self.r, self.noise, self.aspect, pixel, block, illumination=0.07 * d), \
+            self.c.label
+
+    def _fine(self, plain: np.ndarray, fine: np.ndarray) -> np.ndarray:
+        """``fine`` (windows, seams: the scene's fine detail) drawn at :attr:`detail` over ``plain``."""
+        d = self.detail
+        return fine if d == 1.0 else plain + np.float32(d) * (fine - plain)
 
     # -- background -------------------------------------------------------------------------------------------
     def draw_sky(self) -> None:
@@ -166,7 +176,7 @@ class StreetScene:
             is_lit = ((cell % 1009) / 1009.0) < f(lit_p)
             wcol = np.where(is_lit[..., None], lit[bid].astype(np.float32),
                             glass[bid].astype(np.float32) * (0.8 + 0.4 * t[..., None]))
-            img = np.where(wmask[..., None], wcol, img)
+            img = np.where(wmask[..., None], self._fine(img, wcol), img)
         c.paint(BUILDING, sl, mask, img)
 
     def draw_ground(self) -> None:
@@ -199,7 +209,8 @@ class StreetScene:
         table = np.stack([grass, walk, road, mark, np.minimum(walk * 1.2, 1.0)]).astype(np.float32)
         # brightness: paving seams on sidewalks, darker far away; the far ground fades into the sky colour
         seam = (((depth * 1.6) % 1.0) < 0.09) | (((xw * 4.0) % 1.0) < 0.07)
-        bright = np.where(seam & (cidx == 1), np.float32(0.82), np.float32(1.0)) * (0.9 + 0.12 * t)
+        seam_dark = np.float32(1.0 - 0.18 * self.detail) if self.detail != 1.0 else np.float32(0.82)
+        bright = np.where(seam & (cidx == 1), seam_dark, np.float32(1.0)) * (0.9 + 0.12 * t)
         haze = 0.6 * np.exp(-t / 0.12)  # (h, 1)
         img = table[cidx] * (bright * (1.0 - haze))[..., None]
         img += (haze[..., None] * self.sky_bottom[None, None, :]).astype(np.float32)
@@ -250,7 +261,8 @@ class StreetScene:
             shop = (v < floor_h * 0.8) & (along > 0.1) & (along < 0.9)
             base = color[seg].astype(np.float32) * np.float32(lit_side)  # (1, w, 3)
             shade = (0.85 + 0.15 * np.minimum(v / np.maximum(hgt, 1e-3), 1.0))[..., None]
-            img = np.where((windows | shop)[..., None], glass * (0.9 + 0.2 * up[..., None]), base * shade)
+            wall = base * shade
+            img = np.where((windows | shop)[..., None], self._fine(wall, glass * (0.9 + 0.2 * up[..., None])), wall)
             # a thin dark line between neighbouring houses
             edge = np.abs(((zstart - z) / np.maximum(seg_len[seg].astype(np.float32), 1e-3)) - 0.0) < 0.02
             img = np.where(edge[..., None], base * 0.6, img)
@@ -381,9 +393,13 @@ class StreetScene:
     # -- global texture, shading and colour jitter -------------------------------------------------------------
 
 
-def render_sample(seed: int, index: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_sample(seed: int, index: int, height: int, width: int,
+                  detail: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
     """Sample ``index`` of the scenes of ``seed`` at ``height x width``: (image uint8 (H, W, 3), label int8 (H, W)
     with the fine class values). The layout and colours come from one generator and the pixel noise from another,
-    both seeded by ``(seed, index)``."""
+    both seeded by ``(seed, index)``. ``detail`` in [0, 1] scales the fine detail of the image (texture noise,
+    illumination noise, window grids, paving seams; 1 = the full scenes, 0 = flat-coloured regions with the same
+    layout, objects and labels); the label map does not depend on it."""
     layout, noise = np.random.SeedSequence([seed, index]).spawn(2)
-    return StreetScene(np.random.default_rng(layout), np.random.default_rng(noise), height, width).draw()
+    return StreetScene(np.random.default_rng(layout), np.random.default_rng(noise), height, width,
+                       detail).draw()

@@ -38,6 +38,9 @@ class SyntheticScenes(Dataset):
             road, cloud -> sky) in the label map (the image is unchanged); a larger K keeps the labels and leaves
             the extra classes unused.
         with_images: False skips converting the image to a tensor and returns labels only.
+        detail: fine image detail in [0, 1]: texture and illumination noise, window grids and paving seams are
+            drawn at this strength (1 = the full scenes; 0 = flat-coloured regions). Layout, objects, colours and
+            label maps do not depend on it.
 
     Items (``__getitem__``): ``{"image": uint8 (3, H, W), "label": int64 (H, W) in [0, K), "index": int}``.
     """
@@ -47,10 +50,14 @@ class SyntheticScenes(Dataset):
     PALETTE.setflags(write=False)
 
     def __init__(self, size: int = 1000, *, height: int = 64, width: int = 128, seed: int = 0,
-                 num_classes: Optional[int] = None, with_images: bool = True):
+                 num_classes: Optional[int] = None, with_images: bool = True, detail: float = 1.0):
         for name, value, lo in (("size", size, 1), ("height", height, 8), ("width", width, 8), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"SyntheticScenes: {name} must be an int >= {lo}, got {value!r}")
+        if isinstance(detail, bool) or not isinstance(detail, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= float(detail) <= 1.0:
+            raise ValueError(f"SyntheticScenes: detail must be a number in [0, 1], got {detail!r}")
+        self.detail = float(detail)
         base = len(SYNTHETIC_CLASSES)
         if num_classes is None:
             num_classes = base
@@ -79,7 +86,7 @@ class SyntheticScenes(Dataset):
     def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Draw sample ``index``: (image uint8 (H, W, 3), label int64 (H, W)) as numpy arrays."""
         index = check_index("SyntheticScenes", index, self.size)
-        img, lab = render_sample(self.seed, index, self.height, self.width)
+        img, lab = render_sample(self.seed, index, self.height, self.width, self.detail)
         return img, self._lut[lab]
 
     def __getitem__(self, index: int) -> Dict[str, object]:
@@ -92,4 +99,4 @@ class SyntheticScenes(Dataset):
 
     def __repr__(self) -> str:
         return (f"SyntheticScenes(size={self.size}, height={self.height}, width={self.width}, seed={self.seed}, "
-                f"num_classes={self.num_classes})")
+                f"num_classes={self.num_classes}" + (f", detail={self.detail}" if self.detail != 1.0 else "") + ")")

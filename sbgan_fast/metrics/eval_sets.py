@@ -39,8 +39,11 @@ def build_eval_dataset(cfg, num_classes: int, *, split: str = "val", data_root: 
         from ..data.synthetic import SyntheticScenes
         n = size or SYNTHETIC_VAL_SIZE
         seed = cfg.seed + (SYNTHETIC_VAL_SEED if split != "train" else 0)
-        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes)
+        detail = float(getattr(d, "synthetic_detail", 1.0))
+        ds = SyntheticScenes(n, height=d.height, width=d.width, seed=seed, num_classes=num_classes, detail=detail)
         desc.update(seed=seed, size=n, num_classes=num_classes)
+        if detail != 1.0:   # the full scenes keep the cache key they always had
+            desc.update(detail=detail)
         return ds, desc
     from ..data.factory import build_dataset
     if d.dataset == "folder":   # the training folders' preprocessing (crop, interpolation, value checks)
